@@ -1,1 +1,6 @@
-//! dream-models
+//! Stable Diffusion networks on candle, and the loading of their weights.
+//!
+//! The networks take a `candle_nn::VarBuilder` whose names are diffusers' names; `weights`
+//! maps other checkpoint layouts onto those names, so the network code never sees files.
+
+pub mod config;
