@@ -13,6 +13,9 @@ like diffusers must reproduce these files.
            latent noise (init_noise) that scheduler.add_noise mixes in.
   later draws (ancestral / DDPM / LCM step noise) continue the same generator: noise.NNN.
 The metadata's "noise" and "noise_order" say which names were drawn in which order.
+
+Extra option: --model-label TEXT replaces the model's absolute path in the metadata. Timings are
+dropped from the metadata, so rebuilding a fixture gives a byte-identical file.
 """
 import json
 import os
@@ -70,6 +73,11 @@ MODE = {"name": "txt2img"}
 
 def main():
     argv = sys.argv[1:]
+    label = None
+    if "--model-label" in argv:
+        i = argv.index("--model-label")
+        label = argv[i + 1]
+        del sys.argv[i + 1:i + 3]
     if "--init-image" in argv:
         if "--mask" in argv:
             sys.exit("reference_torch_seed.py: inpaint is not supported (its noise order is not handled here)")
@@ -86,6 +94,9 @@ def main():
             raise RuntimeError("init_noise was never drawn")
         meta["noise"] = NOISE_DOC
         meta["noise_order"] = noise.order
+        del meta["timing_s"]
+        if label is not None:
+            meta["model"] = label
         return orig_save(tensors, path, metadata={"reference": json.dumps(meta)})
 
     safetensors.torch.save_file = save_file

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Regenerate every file under fixtures/ from the parity harness in ../shared/parity.
+#
+# Usage: tools/parity/make_fixtures.sh
+#   PY=python        the parity venv's python (default /tmp/sdref-venv/bin/python; see
+#                    ../shared/parity/setup.sh)
+#   PARITY_DIR=dir   the harness (default: ../shared/parity relative to the repository root)
+#   WORK=dir         scratch space for the fp32 models and PNGs (default: a new temp dir)
+# On the same torch/diffusers versions the outputs are byte-identical to the committed ones;
+# `git status fixtures` after a run shows whether anything changed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export PARITY_DIR=${PARITY_DIR:-$(cd "$ROOT/../shared/parity" && pwd)}
+PY=${PY:-/tmp/sdref-venv/bin/python}
+WORK=${WORK:-$(mktemp -d)}
+TOOLS=$ROOT/tools/parity
+FX=fixtures
+cd "$ROOT"
+mkdir -p "$WORK" $FX/ref $FX/images $FX/rng $FX/tokenizer
+
+# 1-2. Tiny model: fp32 random weights, then rounded through fp16 (fp32 copy for the reference
+#      runs, fp16 folder + single file + ckpt committed; all verified tensor-identical).
+"$PY" "$PARITY_DIR/make_model.py" --size tiny --out "$WORK/tiny_fp32" --seed 0 >"$WORK/make_model.log"
+rm -rf $FX/tiny
+"$PY" "$TOOLS/round_model.py" --src "$WORK/tiny_fp32" --out-fp32 "$WORK/tiny" --out-fp16 $FX/tiny \
+    --single-file $FX/tiny.safetensors --ckpt $FX/tiny.ckpt
+
+# 3. Malicious pickles for the pickle guard (never loaded).
+"$PY" "$TOOLS/make_hostile.py" $FX
+
+# 4. References, diffusers' torch.Generator("cpu") seed path, from the rounded fp32 model.
+"$PY" "$PARITY_DIR/make_test_images.py" $FX/images --width 64 --height 64
+REF=("$PY" "$TOOLS/reference_torch_seed.py" --model "$WORK/tiny" --model-label "fixtures/tiny"
+     --prompt "a photograph of an astronaut riding a horse" --steps 20 --cfg 7.5 --unet-io first)
+"${REF[@]}" --negative "blurry" --seed 42 --width 64 --height 64 --scheduler ddim,euler \
+    --out "$FX/ref/txt2img_{scheduler}.safetensors" --png "$WORK/txt2img_{scheduler}.png"
+"${REF[@]}" --negative "blurry" --seed 42 --width 64 --height 64 --scheduler ddim \
+    --init-image $FX/images/init_64x64.png --strength 0.6 \
+    --out $FX/ref/img2img_ddim.safetensors --png "$WORK/img2img_ddim.png"
+"${REF[@]}" --negative "" --seed 1234 --width 64 --height 48 --scheduler euler \
+    --out $FX/ref/txt2img_euler_64x48.safetensors --png "$WORK/txt2img_euler_64x48.png"
+
+# 5-6. torch CPU randn values and CLIP tokenizer ids.
+"$PY" "$TOOLS/make_rng.py" $FX/rng/torch_randn.safetensors
+"$PY" "$TOOLS/make_tokenizer_cases.py" $FX/tiny/tokenizer $FX/tokenizer/cases.json
+
+# Every reference must reproduce with plain diffusers (generator=), from the folder and the single file.
+"$PY" "$TOOLS/check_fixtures.py" $FX
+du -sh $FX
