@@ -15,7 +15,7 @@ like diffusers must reproduce these files.
 The metadata's "noise" and "noise_order" say which names were drawn in which order.
 
 Extra option: --model-label TEXT replaces the model's absolute path in the metadata. Timings are
-dropped from the metadata, so rebuilding a fixture gives a byte-identical file.
+dropped from the metadata and set-ordered lists sorted, so rebuilding a fixture gives a byte-identical file.
 """
 import json
 import os
@@ -95,6 +95,9 @@ def main():
         meta["noise"] = NOISE_DOC
         meta["noise_order"] = noise.order
         del meta["timing_s"]
+        sc = meta["scheduler_config"]
+        if "_use_default_values" in sc:  # built from a set: its order changes between runs
+            sc["_use_default_values"] = sorted(sc["_use_default_values"])
         if label is not None:
             meta["model"] = label
         return orig_save(tensors, path, metadata={"reference": json.dumps(meta)})
