@@ -4,3 +4,5 @@
 //! maps other checkpoint layouts onto those names, so the network code never sees files.
 
 pub mod config;
+pub mod layers;
+pub mod resnet;

@@ -1,0 +1,251 @@
+//! Building blocks shared by the UNet and the VAE.
+//!
+//! Every convolution of both networks is a [`Conv2d`] from here rather than candle's, because
+//! seamless (tileable) generation needs to switch the padding of all of them to wrap-around, and
+//! every attention calls [`scaled_dot_product_attention`], the one place where a faster attention
+//! kernel can be plugged in.
+
+use candle_core::{bail, Result, Tensor, D};
+use candle_nn::{Module, VarBuilder};
+
+pub use candle_nn::{group_norm, GroupNorm};
+
+/// How a convolution fills the border it pads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaddingMode {
+    /// Zeros, as PyTorch's default `padding_mode="zeros"`.
+    #[default]
+    Zeros,
+    /// Wrap-around along the axes that are `true` (`x` = width, `y` = height), zeros along the
+    /// others: an image made with it tiles seamlessly along those axes.
+    Circular { x: bool, y: bool },
+}
+
+/// Stride and symmetric padding of a square-kernel convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvConfig {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Default for ConvConfig {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+        }
+    }
+}
+
+/// A 2-D convolution with bias, like `torch.nn.Conv2d`, whose padding mode can be changed after
+/// loading.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    config: ConvConfig,
+    padding_mode: PaddingMode,
+}
+
+/// Reads `weight` `[out, in, kernel, kernel]` and `bias` `[out]` from `vb`.
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: ConvConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let weight = vb.get(
+        (out_channels, in_channels, kernel_size, kernel_size),
+        "weight",
+    )?;
+    let bias = vb.get(out_channels, "bias")?;
+    Ok(Conv2d {
+        weight,
+        bias,
+        config,
+        padding_mode: PaddingMode::Zeros,
+    })
+}
+
+impl Conv2d {
+    pub fn set_padding_mode(&mut self, mode: PaddingMode) {
+        self.padding_mode = mode;
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ConvConfig { stride, padding } = self.config;
+        let y = match self.padding_mode {
+            PaddingMode::Zeros => x.conv2d(&self.weight, padding, stride, 1, 1)?,
+            PaddingMode::Circular {
+                x: wrap_x,
+                y: wrap_y,
+            } => {
+                let x = pad(x, D::Minus1, padding, wrap_x)?;
+                let x = pad(&x, D::Minus2, padding, wrap_y)?;
+                x.conv2d(&self.weight, 0, stride, 1, 1)?
+            }
+        };
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}
+
+/// Pads `x` by `amount` on both sides of `dim`, wrapping around when `wrap`, else with zeros.
+fn pad(x: &Tensor, dim: D, amount: usize, wrap: bool) -> Result<Tensor> {
+    if amount == 0 {
+        return Ok(x.clone());
+    }
+    if !wrap {
+        return x.pad_with_zeros(dim, amount, amount);
+    }
+    let size = x.dim(dim)?;
+    if amount > size {
+        bail!("circular padding of {amount} is larger than the dimension it wraps ({size})");
+    }
+    let before = x.narrow(dim, size - amount, amount)?;
+    let after = x.narrow(dim, 0, amount)?;
+    Tensor::cat(&[&before, x, &after], dim)
+}
+
+/// `softmax(q·kᵀ·scale)·v` over the last two dimensions: `q` is `[..., seq_q, d]`, `k` is
+/// `[..., seq_k, d]`, `v` is `[..., seq_k, d_v]`, with equal leading (batch, head) dimensions.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let logits = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
+    candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v.contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    fn conv(kernel: Tensor, padding: usize, mode: PaddingMode) -> Result<Conv2d> {
+        let dev = Device::Cpu;
+        let k = kernel.dim(0)?;
+        let weight = kernel.reshape((1, 1, k, k))?;
+        let bias = Tensor::new(&[0.5f32], &dev)?;
+        let vb = VarBuilder::from_tensors(
+            HashMap::from([("weight".to_string(), weight), ("bias".to_string(), bias)]),
+            DType::F32,
+            &dev,
+        );
+        let mut conv = conv2d(1, 1, k, ConvConfig { stride: 1, padding }, vb)?;
+        conv.set_padding_mode(mode);
+        Ok(conv)
+    }
+
+    /// One input and one output channel, kernel [[1,2,3],[4,5,6],[7,8,9]], bias 0.5.
+    fn conv_3x3(mode: PaddingMode) -> Result<Conv2d> {
+        conv(
+            Tensor::arange(1f32, 10., &Device::Cpu)?.reshape((3, 3))?,
+            1,
+            mode,
+        )
+    }
+
+    /// The 2×3 image [[1,2,3],[4,5,6]]. Worked by hand for output pixel (0,0), whose 3×3
+    /// window centred on it reads rows (-1,0,1) and columns (-1,0,1):
+    /// - wrapping both axes, row -1 is row 1 and column -1 is column 2:
+    ///   [[6,4,5],[3,1,2],[6,4,5]]·k = 6+8+15+12+5+12+42+32+45 = 177;
+    /// - wrapping x only, row -1 is zeros: [[0,0,0],[3,1,2],[6,4,5]]·k = 12+5+12+42+32+45 = 148;
+    /// - zeros: [[0,0,0],[0,1,2],[0,4,5]]·k = 5+12+32+45 = 94.
+    #[test]
+    fn conv_padding_modes_match_hand_computation() -> Result<()> {
+        let image =
+            Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu)?.reshape((1, 1, 2, 3))?;
+        let corner = |mode| -> Result<f32> {
+            let y = conv_3x3(mode)?.forward(&image)?;
+            assert_eq!(y.dims(), &[1, 1, 2, 3]);
+            y.flatten_all()?.get(0)?.to_scalar::<f32>()
+        };
+        assert_eq!(corner(PaddingMode::Circular { x: true, y: true })?, 177.5);
+        assert_eq!(corner(PaddingMode::Circular { x: true, y: false })?, 148.5);
+        assert_eq!(corner(PaddingMode::Zeros)?, 94.5);
+        assert_eq!(corner(PaddingMode::Circular { x: false, y: false })?, 94.5);
+        Ok(())
+    }
+
+    /// A fully wrapped convolution commutes with rolling the image: shifting the input by one
+    /// column shifts the output by one column, including across the border.
+    #[test]
+    fn circular_conv_is_shift_equivariant() -> Result<()> {
+        let image = Tensor::randn(0f32, 1., (1, 1, 4, 5), &Device::Cpu)?;
+        let roll = |t: &Tensor| -> Result<Tensor> {
+            Tensor::cat(&[&t.narrow(3, 4, 1)?, &t.narrow(3, 0, 4)?], 3)
+        };
+        let conv = conv_3x3(PaddingMode::Circular { x: true, y: true })?;
+        let a = conv.forward(&roll(&image)?)?;
+        let b = roll(&conv.forward(&image)?)?;
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max abs diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn circular_padding_wider_than_image_is_an_error() -> Result<()> {
+        let kernel = Tensor::ones((1, 1), DType::F32, &Device::Cpu)?;
+        let conv = conv(kernel, 2, PaddingMode::Circular { x: true, y: false })?;
+        let image = Tensor::zeros((1, 1, 3, 1), DType::F32, &Device::Cpu)?;
+        let err = conv.forward(&image).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("circular padding of 2"), "{err}");
+        Ok(())
+    }
+
+    /// Against the textbook formula, written out element by element on odd sizes.
+    #[test]
+    fn attention_matches_naive_formula() -> Result<()> {
+        let dev = Device::Cpu;
+        let (batch, seq_q, seq_k, d, d_v) = (3, 5, 7, 3, 2);
+        let q = Tensor::randn(0f32, 1., (batch, seq_q, d), &dev)?;
+        let k = Tensor::randn(0f32, 1., (batch, seq_k, d), &dev)?;
+        let v = Tensor::randn(0f32, 1., (batch, seq_k, d_v), &dev)?;
+        let scale = 0.7;
+        let out = scaled_dot_product_attention(&q, &k, &v, scale)?.to_vec3::<f32>()?;
+        let (q, k, v) = (
+            q.to_vec3::<f32>()?,
+            k.to_vec3::<f32>()?,
+            v.to_vec3::<f32>()?,
+        );
+        let mut max_diff = 0f32;
+        for b in 0..batch {
+            for i in 0..seq_q {
+                let logits: Vec<f32> = (0..seq_k)
+                    .map(|j| (0..d).map(|c| q[b][i][c] * k[b][j][c]).sum::<f32>() * scale as f32)
+                    .collect();
+                let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let weights: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+                let total: f32 = weights.iter().sum();
+                for c in 0..d_v {
+                    let expected: f32 = (0..seq_k).map(|j| weights[j] / total * v[b][j][c]).sum();
+                    max_diff = max_diff.max((out[b][i][c] - expected).abs());
+                }
+            }
+        }
+        assert!(max_diff < 1e-5, "max abs diff {max_diff}");
+        Ok(())
+    }
+
+    /// Four-dimensional `[batch, heads, seq, d]` inputs, as non-contiguous views, give the same
+    /// result as the flattened `[batch·heads, seq, d]` form.
+    #[test]
+    fn attention_accepts_head_dimension_and_strided_views() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 5, 3, 4), &dev)?.transpose(1, 2)?;
+        let k = Tensor::randn(0f32, 1., (2, 7, 3, 4), &dev)?.transpose(1, 2)?;
+        let v = Tensor::randn(0f32, 1., (2, 7, 3, 4), &dev)?.transpose(1, 2)?;
+        let four = scaled_dot_product_attention(&q, &k, &v, 0.5)?.reshape((6, 5, 4))?;
+        let flat = |t: &Tensor| t.contiguous()?.reshape((6, (), 4));
+        let three = scaled_dot_product_attention(&flat(&q)?, &flat(&k)?, &flat(&v)?, 0.5)?;
+        let diff = (four - three)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "max abs diff {diff}");
+        Ok(())
+    }
+}
