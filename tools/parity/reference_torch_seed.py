@@ -15,7 +15,8 @@ like diffusers must reproduce these files.
 The metadata's "noise" and "noise_order" say which names were drawn in which order.
 
 Extra option: --model-label TEXT replaces the model's absolute path in the metadata. Timings are
-dropped from the metadata and set-ordered lists sorted, so rebuilding a fixture gives a byte-identical file.
+dropped from the metadata and set-ordered lists sorted, so rebuilding a fixture gives a
+byte-identical file.
 """
 import json
 import os
