@@ -1,1 +1,113 @@
-fn main() {}
+//! `dream`: generate images from the command line, with InvokeAI 2.x's switches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use dream_pipeline::{LoadOptions, Sampler, StableDiffusion, Txt2Img};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Stable Diffusion image generation, compatible with InvokeAI's `invoke>` switches.
+#[derive(Parser, Debug)]
+#[command(name = "dream", disable_version_flag = true)]
+struct Args {
+    /// The prompt.
+    prompt: String,
+    /// A diffusers model folder or a single .safetensors/.ckpt checkpoint.
+    #[arg(long)]
+    model: PathBuf,
+    /// A VAE file (or diffusers vae/ folder) to use instead of the model's own.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// For a single-file checkpoint: a diffusers folder whose configs describe it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Sampling steps.
+    #[arg(short = 's', long, default_value_t = 50)]
+    steps: usize,
+    /// Seed of the first image (a random one if omitted); image k of a batch uses seed+k.
+    #[arg(short = 'S', long)]
+    seed: Option<u32>,
+    #[arg(short = 'W', long, default_value_t = 512)]
+    width: usize,
+    #[arg(short = 'H', long, default_value_t = 512)]
+    height: usize,
+    /// Classifier-free guidance scale.
+    #[arg(short = 'C', long = "cfg_scale", default_value_t = 7.5)]
+    cfg_scale: f64,
+    /// Sampler: ddim, k_euler (InvokeAI names; A1111's "DDIM", "Euler" work too).
+    #[arg(short = 'A', long, visible_short_alias = 'm', default_value = "k_euler")]
+    sampler: Sampler,
+    /// Number of images to make.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    iterations: u32,
+    /// Output folder.
+    #[arg(short = 'o', long, default_value = "outputs/img-samples")]
+    outdir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    std::fs::create_dir_all(&args.outdir).with_context(|| format!("cannot create {}", args.outdir.display()))?;
+    let options = LoadOptions { vae: args.vae.clone(), config_dir: args.config.clone(), ..LoadOptions::default() };
+    let model = StableDiffusion::load_with(&args.model, &options)?;
+    let first_seed = args.seed.unwrap_or_else(random_seed);
+    for k in 0..args.iterations {
+        let request = Txt2Img {
+            prompt: args.prompt.clone(),
+            negative_prompt: String::new(),
+            steps: args.steps,
+            cfg_scale: args.cfg_scale,
+            width: args.width,
+            height: args.height,
+            seed: first_seed.wrapping_add(k),
+            sampler: args.sampler,
+        };
+        let bar = progress_bar(request.steps);
+        let generated = model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
+        bar.finish_and_clear();
+        if let Some(dropped) = &generated.truncated_prompt {
+            eprintln!("warning: the prompt is longer than 77 tokens; this part was dropped: {dropped:?}");
+        }
+        let path = dream_pipeline::image::next_output_path(&args.outdir, request.seed)?;
+        generated.save(&path, model.name())?;
+        println!("{}: {}", path.display(), invoke_command(&request));
+    }
+    Ok(())
+}
+
+/// The InvokeAI command line that makes the image again.
+fn invoke_command(r: &Txt2Img) -> String {
+    format!(
+        "{:?} -s{} -W{} -H{} -C{} -A{} -S{}",
+        r.prompt, r.steps, r.width, r.height, r.cfg_scale, r.sampler, r.seed
+    )
+}
+
+fn progress_bar(steps: usize) -> ProgressBar {
+    // indicatif draws nothing when stderr is not a terminal.
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
+            .expect("the template is valid"),
+    );
+    bar
+}
+
+/// A seed from the OS's randomness (std seeds every `RandomState` from it).
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
+}

@@ -1,1 +1,47 @@
-//! dream-pipeline
+//! Dream's pipelines: from a model on disk and a prompt to an image.
+//!
+//! ```no_run
+//! let sd = dream_pipeline::StableDiffusion::load("models/stable-diffusion-v1-5")?;
+//! let image = sd.txt2img("a unicorn in manhattan", 42)?;
+//! image.save("unicorn.png", sd.name())?;
+//! # Ok::<(), dream_pipeline::DreamError>(())
+//! ```
+
+pub mod image;
+pub mod model;
+pub mod sampling;
+pub mod txt2img;
+
+use std::path::PathBuf;
+
+pub use dream_core::sampler::Sampler;
+pub use model::{LoadOptions, StableDiffusion};
+pub use sampling::StepInfo;
+pub use txt2img::{Generated, Txt2Img};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DreamError {
+    #[error(transparent)]
+    Weights(#[from] dream_models::weights::WeightsError),
+    #[error("{}: {message}", path.display())]
+    InvalidModelFile { path: PathBuf, message: String },
+    #[error("{}: the weights do not fit the model: {source}", path.display())]
+    BadModel { path: PathBuf, source: candle_core::Error },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0} is not supported yet")]
+    NotSupported(String),
+    #[error(transparent)]
+    Schedule(#[from] dream_core::schedule::ScheduleError),
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl StableDiffusion {
+    /// One image with InvokeAI's defaults; see `generate` for every setting.
+    pub fn txt2img(&self, prompt: &str, seed: u32) -> Result<Generated, DreamError> {
+        self.generate(&Txt2Img::new(prompt, seed), &mut |_| {})
+    }
+}

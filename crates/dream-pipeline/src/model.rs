@@ -1,0 +1,168 @@
+//! A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and noise schedule.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use dream_core::schedule::SchedulerConfig;
+use dream_core::tokenizer::ClipTokenizer;
+use dream_models::clip::ClipTextTransformer;
+use dream_models::config::VaeConfig;
+use dream_models::unet::UNet2DConditionModel;
+use dream_models::vae::AutoencoderKL;
+use dream_models::weights;
+
+use crate::DreamError;
+
+/// The number of token positions SD's text encoder takes, start and end tokens included.
+const CLIP_CONTEXT: usize = 77;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// A VAE file or diffusers `vae/` folder that replaces the model's own VAE.
+    pub vae: Option<PathBuf>,
+    /// For a single-file checkpoint: a diffusers model folder whose `*/config.json` files
+    /// describe it, for details that tensor shapes cannot tell (as diffusers'
+    /// `from_single_file(config=...)`).
+    pub config_dir: Option<PathBuf>,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { vae: None, config_dir: None, device: default_device() }
+    }
+}
+
+/// The CPU, or the first GPU when Dream was built with a GPU backend and one is present.
+pub fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(device) = Device::new_cuda(0) {
+        return device;
+    }
+    #[cfg(feature = "metal")]
+    if let Ok(device) = Device::new_metal(0) {
+        return device;
+    }
+    Device::Cpu
+}
+
+pub struct StableDiffusion {
+    pub(crate) tokenizer: ClipTokenizer,
+    pub(crate) text_encoder: ClipTextTransformer,
+    pub(crate) unet: UNet2DConditionModel,
+    pub(crate) vae: AutoencoderKL,
+    pub(crate) vae_config: VaeConfig,
+    pub(crate) unet_in_channels: usize,
+    pub(crate) scheduler: SchedulerConfig,
+    pub(crate) device: Device,
+    name: String,
+}
+
+impl StableDiffusion {
+    /// Loads a diffusers folder or a single `.safetensors` / `.ckpt` checkpoint, on the
+    /// default device.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, DreamError> {
+        Self::load_with(path, &LoadOptions::default())
+    }
+
+    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, DreamError> {
+        let path = path.as_ref();
+        let dtype = DType::F32;
+        let device = &options.device;
+        let (components, tokenizer, scheduler) = if path.is_dir() {
+            let components = weights::load_diffusers_folder(path, dtype, device)?;
+            (components, folder_tokenizer(path)?, folder_scheduler(path)?)
+        } else {
+            let components = weights::load_single_file(path, options.config_dir.as_deref(), dtype, device)?;
+            let tokenizer = match &options.config_dir {
+                Some(dir) => folder_tokenizer(dir)?,
+                None => ClipTokenizer::bundled(),
+            };
+            let scheduler = match &options.config_dir {
+                Some(dir) => folder_scheduler(dir)?,
+                None => SchedulerConfig::sd1(),
+            };
+            (components, tokenizer, scheduler)
+        };
+        let (vae_config, vae_weights) = match &options.vae {
+            Some(vae_path) => weights::load_vae(vae_path, dtype, device)?,
+            None => components.vae,
+        };
+        let (unet_config, unet_weights) = components.unet;
+        let (clip_config, clip_weights) = components.text_encoder;
+        let in_model = |source: candle_core::Error| DreamError::BadModel { path: path.to_path_buf(), source };
+        Ok(StableDiffusion {
+            tokenizer,
+            text_encoder: ClipTextTransformer::new(clip_weights, &clip_config).map_err(in_model)?,
+            unet: UNet2DConditionModel::new(unet_weights, &unet_config).map_err(in_model)?,
+            vae: AutoencoderKL::new(vae_weights, &vae_config).map_err(in_model)?,
+            unet_in_channels: unet_config.in_channels,
+            vae_config,
+            scheduler,
+            device: device.clone(),
+            name: model_name(path),
+        })
+    }
+
+    /// The model's name as image metadata records it: its file or folder name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn latent_channels(&self) -> usize {
+        self.vae_config.latent_channels
+    }
+
+    /// The UNet's context for classifier-free guidance: the text encoder's last hidden state
+    /// for [negative, prompt], `[2, 77, D]`. Also returns the prompt text that did not fit.
+    pub fn encode_prompts(&self, prompt: &str, negative_prompt: &str) -> Result<(Tensor, Option<String>), DreamError> {
+        if self.unet_in_channels != self.latent_channels() {
+            return Err(DreamError::NotSupported(format!(
+                "txt2img with a {}-channel (inpainting) UNet",
+                self.unet_in_channels
+            )));
+        }
+        let positive = self.tokenizer.encode_for_clip(prompt, CLIP_CONTEXT);
+        let negative = self.tokenizer.encode_for_clip(negative_prompt, CLIP_CONTEXT);
+        let ids: Vec<u32> = negative.ids.iter().chain(&positive.ids).copied().collect();
+        let ids = Tensor::from_vec(ids, (2, CLIP_CONTEXT), &self.device)?;
+        let context = self.text_encoder.forward(&ids)?.last_hidden_state;
+        let truncated = (!positive.truncated.is_empty()).then(|| self.tokenizer.decode(&positive.truncated));
+        Ok((context, truncated))
+    }
+
+    /// The VAE's image for latents, unclamped, `[B, 3, H, W]` in about [-1, 1].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor, DreamError> {
+        Ok(self.vae.decode(&(latents / self.vae_config.scaling_factor)?)?)
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, DreamError> {
+    std::fs::read_to_string(path).map_err(|source| DreamError::Io { path: path.to_path_buf(), source })
+}
+
+/// The folder's own `tokenizer/` vocabulary, or OpenAI's CLIP vocabulary when it has none.
+fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer, DreamError> {
+    let (vocab, merges) = (dir.join("tokenizer/vocab.json"), dir.join("tokenizer/merges.txt"));
+    if !vocab.exists() || !merges.exists() {
+        return Ok(ClipTokenizer::bundled());
+    }
+    ClipTokenizer::from_vocab_and_merges(&read_text(&vocab)?, &read_text(&merges)?)
+        .map_err(|e| DreamError::InvalidModelFile { path: vocab, message: e.to_string() })
+}
+
+/// The folder's `scheduler/scheduler_config.json`, or SD 1.x's schedule when it has none.
+fn folder_scheduler(dir: &Path) -> Result<SchedulerConfig, DreamError> {
+    let path = dir.join("scheduler/scheduler_config.json");
+    if !path.exists() {
+        return Ok(SchedulerConfig::sd1());
+    }
+    SchedulerConfig::from_json_str(&read_text(&path)?)
+        .map_err(|e| DreamError::InvalidModelFile { path, message: e.to_string() })
+}
+
+fn model_name(path: &Path) -> String {
+    let file_name = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    file_name.map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}

@@ -1,0 +1,159 @@
+//! Text to image: encode the prompts, draw the seed's noise, sample, decode.
+
+use candle_core::{DType, Tensor};
+use dream_core::metadata::A1111Parameters;
+use dream_core::rng::TorchGenerator;
+use dream_core::sampler::Sampler;
+use dream_core::schedule::{ddim_timesteps, euler_schedule, NoiseSchedule};
+
+use crate::image::RgbImage;
+use crate::model::StableDiffusion;
+use crate::sampling::{sample_ddim, sample_euler, NoisePredictor, StepInfo};
+use crate::DreamError;
+
+/// Everything that determines a txt2img image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Txt2Img {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub cfg_scale: f64,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u32,
+    pub sampler: Sampler,
+}
+
+impl Txt2Img {
+    /// InvokeAI's defaults (50 steps, CFG 7.5, 512×512) with the given prompt and seed.
+    pub fn new(prompt: &str, seed: u32) -> Self {
+        Txt2Img {
+            prompt: prompt.to_string(),
+            negative_prompt: String::new(),
+            steps: 50,
+            cfg_scale: 7.5,
+            width: 512,
+            height: 512,
+            seed,
+            sampler: Sampler::Euler,
+        }
+    }
+
+    fn validate(&self) -> Result<(), DreamError> {
+        let invalid = |message: String| Err(DreamError::InvalidRequest(message));
+        if self.width == 0 || self.height == 0 || self.width % 8 != 0 || self.height % 8 != 0 {
+            return invalid(format!("width and height must be positive multiples of 8, got {}x{}", self.width, self.height));
+        }
+        if self.steps == 0 {
+            return invalid("steps must be at least 1".into());
+        }
+        if !self.cfg_scale.is_finite() {
+            return invalid(format!("CFG scale must be a finite number, got {}", self.cfg_scale));
+        }
+        Ok(())
+    }
+}
+
+/// A finished image and what made it.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub image: RgbImage,
+    pub request: Txt2Img,
+    /// The sampler's final latents, before VAE decoding.
+    pub latents: Tensor,
+    /// Prompt tokens that did not fit the text encoder's 77 and were dropped.
+    pub truncated_prompt: Option<String>,
+}
+
+impl Generated {
+    /// A1111's `parameters` text for this image.
+    pub fn a1111_parameters(&self, model_name: &str) -> String {
+        let r = &self.request;
+        A1111Parameters::new(&r.prompt, &r.negative_prompt)
+            .field("Steps", r.steps)
+            .field("Sampler", r.sampler.a1111_name())
+            .field("CFG scale", r.cfg_scale)
+            .field("Seed", r.seed)
+            .field("Size", format!("{}x{}", r.width, r.height))
+            .field("Model", model_name)
+            .field("Version", concat!("dream ", env!("CARGO_PKG_VERSION")))
+            .to_text()
+    }
+
+    /// Writes the image as a PNG carrying its A1111 `parameters`.
+    pub fn save(&self, path: impl AsRef<std::path::Path>, model_name: &str) -> Result<(), DreamError> {
+        self.image.save_png(path.as_ref(), &[("parameters", &self.a1111_parameters(model_name))])
+    }
+}
+
+/// Classifier-free guidance: the UNet sees [unconditional, conditional] as one batch, and the
+/// noise prediction is pushed away from the unconditional one by the CFG scale.
+struct Guided<'a> {
+    model: &'a StableDiffusion,
+    /// [negative, positive] text embeddings, [2, 77, D].
+    context: &'a Tensor,
+    cfg_scale: f64,
+}
+
+impl NoisePredictor for Guided<'_> {
+    fn predict_noise(&mut self, latents: &Tensor, timestep: f64) -> candle_core::Result<Tensor> {
+        let batch = Tensor::cat(&[latents, latents], 0)?;
+        let eps = self.model.unet.forward(&batch, timestep, self.context)?;
+        let (uncond, cond) = (eps.get(0)?.unsqueeze(0)?, eps.get(1)?.unsqueeze(0)?);
+        &uncond + ((cond - &uncond)? * self.cfg_scale)?
+    }
+}
+
+impl StableDiffusion {
+    /// The seed's starting noise, [1, 4, h/8, w/8], equal to
+    /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`.
+    pub fn initial_noise(&self, seed: u32, width: usize, height: usize) -> Result<Tensor, DreamError> {
+        let shape = (1, self.latent_channels(), height / 8, width / 8);
+        let values = TorchGenerator::seeded(seed as u64).randn(shape.0 * shape.1 * shape.2 * shape.3);
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
+    }
+
+    /// Generates one image, reporting each sampler step to `progress`.
+    pub fn generate(
+        &self,
+        request: &Txt2Img,
+        progress: &mut dyn FnMut(StepInfo<'_>),
+    ) -> Result<Generated, DreamError> {
+        request.validate()?;
+        let (context, truncated_prompt) = self.encode_prompts(&request.prompt, &request.negative_prompt)?;
+        let noise = self.initial_noise(request.seed, request.width, request.height)?;
+        let mut guided = Guided { model: self, context: &context, cfg_scale: request.cfg_scale };
+        let mut callback = |info: StepInfo<'_>| {
+            progress(info);
+            Ok(())
+        };
+        let latents = match request.sampler {
+            Sampler::Euler => {
+                let schedule = euler_schedule(&self.scheduler, request.steps)?;
+                let x = (noise * schedule.init_noise_sigma as f64)?;
+                sample_euler(&mut guided, &schedule, x, &mut callback)?
+            }
+            Sampler::Ddim => {
+                let noise_schedule = NoiseSchedule::new(&self.scheduler)?;
+                let timesteps = ddim_timesteps(&self.scheduler, request.steps)?;
+                sample_ddim(&mut guided, &noise_schedule, &timesteps, request.steps, noise, &mut callback)?
+            }
+        };
+        let image = self.decode_to_image(&latents)?;
+        Ok(Generated { image, request: request.clone(), latents, truncated_prompt })
+    }
+
+    /// Decodes latents to 8-bit RGB as diffusers does: clamp(x/2 + 0.5, 0, 1), ×255, rounded.
+    pub fn decode_to_image(&self, latents: &Tensor) -> Result<RgbImage, DreamError> {
+        let raw = self.decode(latents)?;
+        let (_, _, height, width) = raw.dims4()?;
+        let pixels = (raw.affine(0.5, 0.5)?.clamp(0f32, 1f32)? * 255.0)?
+            .round()?
+            .squeeze(0)?
+            .permute((1, 2, 0))?
+            .to_dtype(DType::U8)?
+            .flatten_all()?
+            .to_vec1::<u8>()?;
+        Ok(RgbImage { width, height, pixels })
+    }
+}
