@@ -6,3 +6,4 @@
 pub mod config;
 pub mod layers;
 pub mod resnet;
+pub mod vae;
