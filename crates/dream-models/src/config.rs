@@ -58,6 +58,22 @@ pub struct UNetConfig {
     pub downsample_padding: usize,
     #[serde(default = "transformer_layers")]
     pub transformer_layers_per_block: PerBlock<usize>,
+    /// `null` means no mid block, which no SD 1.x/2.x model has.
+    #[serde(default = "cross_attn_mid_block")]
+    pub mid_block_type: Option<String>,
+    // The conditioning extensions of later models (SDXL's micro-conditioning, class-conditional
+    // and LCM-distilled UNets). They are read only so that the UNet can refuse them by name
+    // instead of silently ignoring weights it does not use.
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub num_class_embeds: Option<usize>,
+    #[serde(default)]
+    pub encoder_hid_dim_type: Option<String>,
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<usize>,
 }
 
 /// `vae/config.json` of a diffusers `AutoencoderKL`.
@@ -133,6 +149,9 @@ fn sd1_scaling_factor() -> f64 {
 }
 fn eight_per_block() -> PerBlock<usize> {
     PerBlock::Same(8)
+}
+fn cross_attn_mid_block() -> Option<String> {
+    Some("UNetMidBlock2DCrossAttn".to_string())
 }
 fn transformer_layers() -> PerBlock<usize> {
     PerBlock::Same(1)

@@ -3,7 +3,10 @@
 //! The networks take a `candle_nn::VarBuilder` whose names are diffusers' names; `weights`
 //! maps other checkpoint layouts onto those names, so the network code never sees files.
 
+pub mod attention;
 pub mod config;
+pub mod embeddings;
 pub mod layers;
 pub mod resnet;
+pub mod unet;
 pub mod vae;

@@ -1,0 +1,239 @@
+//! The UNet's spatial transformer: latent pixels become tokens that attend to each other and to
+//! the text embedding (Rombach et al. 2022, §3.3), as diffusers' `Transformer2DModel` with
+//! `BasicTransformerBlock`s.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+
+use crate::layers::{
+    conv2d, group_norm, scaled_dot_product_attention, Conv2d, ConvConfig, GroupNorm,
+};
+
+/// LayerNorm epsilon of the transformer blocks (diffusers' `norm_eps` default, which SD keeps).
+const LAYER_NORM_EPS: f64 = 1e-5;
+/// GroupNorm epsilon in front of the transformer, fixed in diffusers rather than configurable.
+const GROUP_NORM_EPS: f64 = 1e-6;
+/// Hidden width of the feed-forward network relative to the model width.
+const FF_MULT: usize = 4;
+
+/// Multi-head attention with bias-free q/k/v projections. Without a context it is
+/// self-attention; with one, the keys and values come from the context (cross-attention).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    /// `context_dim` is the width of the context tokens (`None`: the same as `query_dim`).
+    pub fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        dim_head: usize,
+    ) -> Result<Self> {
+        let inner_dim = heads * dim_head;
+        let context_dim = context_dim.unwrap_or(query_dim);
+        Ok(Self {
+            to_q: linear_no_bias(query_dim, inner_dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, inner_dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, inner_dim, vb.pp("to_v"))?,
+            // `to_out.1` is a dropout, a no-op at inference.
+            to_out: linear(inner_dim, query_dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: 1.0 / (dim_head as f64).sqrt(),
+        })
+    }
+
+    /// `xs` is `[batch, tokens, query_dim]`, `context` `[batch, context_tokens, context_dim]`.
+    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let context = context.unwrap_or(xs);
+        let q = self.split_heads(&self.to_q.forward(xs)?)?;
+        let k = self.split_heads(&self.to_k.forward(context)?)?;
+        let v = self.split_heads(&self.to_v.forward(context)?)?;
+        let attended = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
+        let (batch, _, tokens, _) = attended.dims4()?;
+        let merged = attended.transpose(1, 2)?.reshape((batch, tokens, ()))?;
+        self.to_out.forward(&merged)
+    }
+
+    /// `[batch, tokens, heads·dim_head]` → `[batch, heads, tokens, dim_head]`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, tokens, _) = xs.dims3()?;
+        xs.reshape((batch, tokens, self.heads, ()))?.transpose(1, 2)
+    }
+}
+
+/// The gated-GELU feed-forward network (Shazeer 2020): `proj` yields a value half and a gate
+/// half, the value is multiplied by the exact (erf) GELU of the gate, then projected back.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner_dim = dim * FF_MULT;
+        Ok(Self {
+            // `net.1` is a dropout.
+            proj: linear(dim, inner_dim * 2, vb.pp("net.0.proj"))?,
+            out: linear(inner_dim, dim, vb.pp("net.2"))?,
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let projected = self.proj.forward(xs)?;
+        let half = projected.dim(D::Minus1)? / 2;
+        let value = projected.narrow(D::Minus1, 0, half)?;
+        let gate = projected.narrow(D::Minus1, half, half)?;
+        self.out.forward(&(value * gate.gelu_erf()?)?)
+    }
+}
+
+/// Pre-norm transformer block: self-attention, cross-attention to the context, feed-forward,
+/// each added back onto its input.
+#[derive(Debug, Clone)]
+pub struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn new(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        dim_head: usize,
+        context_dim: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, None, heads, dim_head)?,
+            norm2: layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, Some(context_dim), heads, dim_head)?,
+            norm3: layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm3"))?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+        })
+    }
+
+    /// `xs` is `[batch, tokens, dim]`, `context` `[batch, context_tokens, context_dim]`.
+    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+/// How the transformer maps between the channels of the feature map and its token width: SD 1.x
+/// uses 1×1 convolutions, SD 2.x linear layers (`use_linear_projection`). The two are the same
+/// map; only the stored weight shapes and the order relative to the reshape differ.
+#[derive(Debug, Clone)]
+enum Projection {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+impl Projection {
+    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, use_linear: bool) -> Result<Self> {
+        Ok(if use_linear {
+            Projection::Linear(linear(in_dim, out_dim, vb)?)
+        } else {
+            // Padding 0, so the convolution's padding mode (seamless tiling) never matters here.
+            Projection::Conv(conv2d(in_dim, out_dim, 1, ConvConfig::default(), vb)?)
+        })
+    }
+}
+
+/// Configuration of one [`Transformer2DModel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transformer2DConfig {
+    pub channels: usize,
+    pub heads: usize,
+    pub dim_head: usize,
+    pub num_layers: usize,
+    pub context_dim: usize,
+    pub norm_num_groups: usize,
+    pub use_linear_projection: bool,
+}
+
+/// GroupNorm, projection to tokens, transformer blocks, projection back, plus the input.
+#[derive(Debug, Clone)]
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Projection,
+    transformer_blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2DModel {
+    pub fn new(vb: VarBuilder, cfg: &Transformer2DConfig) -> Result<Self> {
+        let inner_dim = cfg.heads * cfg.dim_head;
+        let linear = cfg.use_linear_projection;
+        let transformer_blocks = (0..cfg.num_layers)
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    inner_dim,
+                    cfg.heads,
+                    cfg.dim_head,
+                    cfg.context_dim,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            norm: group_norm(
+                cfg.norm_num_groups,
+                cfg.channels,
+                GROUP_NORM_EPS,
+                vb.pp("norm"),
+            )?,
+            proj_in: Projection::new(vb.pp("proj_in"), cfg.channels, inner_dim, linear)?,
+            transformer_blocks,
+            proj_out: Projection::new(vb.pp("proj_out"), inner_dim, cfg.channels, linear)?,
+        })
+    }
+
+    /// `xs` is `[batch, channels, height, width]`, `context` `[batch, context_tokens, context_dim]`.
+    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (batch, _, height, width) = xs.dims4()?;
+        let to_tokens = |t: &Tensor| -> Result<Tensor> {
+            let channels = t.dim(1)?;
+            t.permute((0, 2, 3, 1))?
+                .reshape((batch, height * width, channels))
+        };
+        let to_map = |t: &Tensor| -> Result<Tensor> {
+            let channels = t.dim(2)?;
+            t.reshape((batch, height, width, channels))?
+                .permute((0, 3, 1, 2))
+        };
+
+        let normed = self.norm.forward(xs)?;
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.transformer_blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_map(&tokens)?.contiguous()?)?,
+            Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}
