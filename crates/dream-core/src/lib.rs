@@ -1,1 +1,4 @@
 //! dream-core
+
+pub mod rng;
+pub mod schedule;
