@@ -6,8 +6,10 @@
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod detect;
 pub mod embeddings;
 pub mod layers;
 pub mod resnet;
 pub mod unet;
 pub mod vae;
+pub mod weights;

@@ -1,0 +1,277 @@
+//! Network configurations inferred from tensor shapes, for single-file checkpoints, which carry
+//! no config.
+//!
+//! The shapes fix most of a config: channel counts, levels, layers per block, which levels have
+//! attention, the conditioning width, whether the transformers project linearly. They cannot
+//! show three things, and for those this module applies Stable Diffusion's own values:
+//!
+//! * **GroupNorm groups**: 32, as in every SD 1.x/2.x UNet and VAE.
+//! * **Attention heads**: in the UNet, 8 heads (SD 1.x) or, with a 1024-wide (OpenCLIP ViT-H)
+//!   conditioning, 64-channel heads (SD 2.x: 5/10/20/20 heads per level); in the text encoder,
+//!   64-channel heads (ViT-L/14: 12, ViT-H/14: 16).
+//! * **Prediction type** ([`default_prediction`]).
+//! * **fp16 attention upcasting** (`upcast_attention`, set in SD 2.1's diffusers config): off;
+//!   it changes nothing in f32.
+//!
+//! A model that departs from these (the tiny test model has 8 groups and 2 heads) needs its
+//! diffusers configs: `weights::load_single_file(path, Some(config_dir))`.
+
+use serde_json::json;
+
+use crate::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::weights::{Weights, WeightsError};
+use dream_core::keymap::TextEncoderLayout;
+
+/// Which Stable Diffusion a checkpoint is, as far as a pipeline needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelKind {
+    pub version: SdVersion,
+    /// A 9-channel UNet (latents + mask + masked-image latents).
+    pub inpainting: bool,
+    pub prediction: Prediction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdVersion {
+    /// CLIP ViT-L/14 conditioning, 768 wide.
+    V1,
+    /// OpenCLIP ViT-H/14 conditioning, 1024 wide.
+    V2,
+}
+
+/// What the UNet was trained to predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// The added noise ε.
+    Epsilon,
+    /// v = α·ε − σ·x₀ (SD 2.x 768-v models).
+    VPrediction,
+}
+
+/// The version follows the conditioning width; inpainting the UNet's 9 input channels.
+pub fn model_kind(unet: &UNetConfig, prediction: Prediction) -> ModelKind {
+    ModelKind {
+        version: if unet.cross_attention_dim == 1024 {
+            SdVersion::V2
+        } else {
+            SdVersion::V1
+        },
+        inpainting: unet.in_channels == 9,
+        prediction,
+    }
+}
+
+/// The prediction type of a single file without a config. Shapes cannot tell: SD 2.0/2.1's
+/// 768-v models predict v, their 512-base models ε, with identical tensors. Like diffusers'
+/// `from_single_file`, this follows what most SD 2.x files are, the 768-v models: SD 2.x (an
+/// OpenCLIP text encoder) means v-prediction, except for inpainting UNets (Stability's only
+/// SD 2.x inpainting model predicts ε); SD 1.x means ε. A 512-base SD 2.x file needs its
+/// diffusers config folder.
+pub fn default_prediction(open_clip_text_encoder: bool, inpainting: bool) -> Prediction {
+    if open_clip_text_encoder && !inpainting {
+        Prediction::VPrediction
+    } else {
+        Prediction::Epsilon
+    }
+}
+
+fn undetectable(w: &Weights, what: &'static str, why: impl Into<String>) -> WeightsError {
+    WeightsError::Undetectable {
+        path: w.path().to_path_buf(),
+        what,
+        why: why.into(),
+    }
+}
+
+fn dim(w: &Weights, what: &'static str, name: &str, index: usize) -> Result<usize, WeightsError> {
+    let shape = w
+        .shape(name)
+        .ok_or_else(|| undetectable(w, what, format!("no tensor {name}")))?;
+    shape
+        .get(index)
+        .copied()
+        .ok_or_else(|| undetectable(w, what, format!("{name} has shape {shape:?}")))
+}
+
+/// How many consecutive `{prefix}{i}.` indices exist, from 0.
+fn count(w: &Weights, prefix: &str) -> usize {
+    (0..)
+        .take_while(|i| {
+            let level = format!("{prefix}{i}.");
+            w.names().any(|n| n.starts_with(&level))
+        })
+        .count()
+}
+
+fn has_prefix(w: &Weights, prefix: &str) -> bool {
+    w.names().any(|n| n.starts_with(prefix))
+}
+
+fn build<T: serde::de::DeserializeOwned>(
+    w: &Weights,
+    what: &'static str,
+    value: serde_json::Value,
+) -> Result<T, WeightsError> {
+    serde_json::from_value(value).map_err(|e| undetectable(w, what, e.to_string()))
+}
+
+/// A UNet config from diffusers-named UNet weights (see the module docs for what is assumed).
+pub fn unet_config(w: &Weights) -> Result<UNetConfig, WeightsError> {
+    const WHAT: &str = "UNet config";
+    let levels = count(w, "down_blocks.");
+    let layers_per_block = count(w, "down_blocks.0.resnets.");
+    if levels == 0 || layers_per_block == 0 {
+        return Err(undetectable(w, WHAT, "no down_blocks.*.resnets.* tensors"));
+    }
+    let block_out_channels = (0..levels)
+        .map(|i| {
+            dim(
+                w,
+                WHAT,
+                &format!("down_blocks.{i}.resnets.0.conv2.weight"),
+                0,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let block_type = |blocks: &str, i: usize, with: &str, without: &str| {
+        if has_prefix(w, &format!("{blocks}.{i}.attentions.")) {
+            with.to_owned()
+        } else {
+            without.to_owned()
+        }
+    };
+    let down_block_types: Vec<String> = (0..levels)
+        .map(|i| block_type("down_blocks", i, "CrossAttnDownBlock2D", "DownBlock2D"))
+        .collect();
+    let up_block_types: Vec<String> = (0..count(w, "up_blocks."))
+        .map(|i| block_type("up_blocks", i, "CrossAttnUpBlock2D", "UpBlock2D"))
+        .collect();
+
+    let attention = "mid_block.attentions.0";
+    let cross_attention_dim = dim(
+        w,
+        WHAT,
+        &format!("{attention}.transformer_blocks.0.attn2.to_k.weight"),
+        1,
+    )?;
+    let proj_in_rank = w
+        .shape(&format!("{attention}.proj_in.weight"))
+        .map_or(0, |s| s.len());
+    // Levels without attention do not use their entry, except the last, whose entry diffusers
+    // gives the mid block.
+    let mid_layers = count(w, &format!("{attention}.transformer_blocks."));
+    let transformer_layers: Vec<usize> = (0..levels)
+        .map(|i| {
+            match count(
+                w,
+                &format!("down_blocks.{i}.attentions.0.transformer_blocks."),
+            ) {
+                0 if i + 1 == levels => mid_layers,
+                0 => 1,
+                n => n,
+            }
+        })
+        .collect();
+    let transformer_layers = if transformer_layers
+        .iter()
+        .all(|n| *n == transformer_layers[0])
+    {
+        json!(transformer_layers[0])
+    } else {
+        json!(transformer_layers)
+    };
+    let heads = if cross_attention_dim == 1024 {
+        json!(block_out_channels
+            .iter()
+            .map(|c| c / 64)
+            .collect::<Vec<_>>())
+    } else {
+        json!(8)
+    };
+    build(
+        w,
+        WHAT,
+        json!({
+            "in_channels": dim(w, WHAT, "conv_in.weight", 1)?,
+            "out_channels": dim(w, WHAT, "conv_out.weight", 0)?,
+            "block_out_channels": block_out_channels,
+            "down_block_types": down_block_types,
+            "up_block_types": up_block_types,
+            "layers_per_block": layers_per_block,
+            "attention_head_dim": heads,
+            "cross_attention_dim": cross_attention_dim,
+            "use_linear_projection": proj_in_rank == 2,
+            "transformer_layers_per_block": transformer_layers,
+        }),
+    )
+}
+
+/// A VAE config from diffusers-named VAE weights (32 groups and SD's 0.18215 scaling assumed).
+pub fn vae_config(w: &Weights) -> Result<VaeConfig, WeightsError> {
+    const WHAT: &str = "VAE config";
+    let levels = count(w, "encoder.down_blocks.");
+    if levels == 0 {
+        return Err(undetectable(w, WHAT, "no encoder.down_blocks.* tensors"));
+    }
+    let block_out_channels = (0..levels)
+        .map(|i| {
+            dim(
+                w,
+                WHAT,
+                &format!("encoder.down_blocks.{i}.resnets.0.conv2.weight"),
+                0,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    build(
+        w,
+        WHAT,
+        json!({
+            "in_channels": dim(w, WHAT, "encoder.conv_in.weight", 1)?,
+            "out_channels": dim(w, WHAT, "decoder.conv_out.weight", 0)?,
+            "block_out_channels": block_out_channels,
+            "layers_per_block": count(w, "encoder.down_blocks.0.resnets."),
+            "latent_channels": dim(w, WHAT, "post_quant_conv.weight", 0)?,
+        }),
+    )
+}
+
+/// A CLIP text-model config from transformers-named weights. SD 2.x uses the penultimate layer
+/// of OpenCLIP's 24, and diffusers' SD 2.x configs say 23 layers: the same is done here, so the
+/// last layer's weights are left unused.
+pub fn text_encoder_config(
+    w: &Weights,
+    layout: TextEncoderLayout,
+) -> Result<ClipTextConfig, WeightsError> {
+    const WHAT: &str = "text encoder config";
+    let token_embedding = "text_model.embeddings.token_embedding.weight";
+    let hidden = dim(w, WHAT, token_embedding, 1)?;
+    if hidden % 64 != 0 {
+        return Err(undetectable(
+            w,
+            "text encoder's attention heads",
+            format!(
+                "its width {hidden} is not a multiple of the 64-channel heads of CLIP and \
+                 OpenCLIP; pass the model's diffusers config folder"
+            ),
+        ));
+    }
+    let layers = count(w, "text_model.encoder.layers.");
+    let (layers, activation) = match layout {
+        TextEncoderLayout::OpenAiClip => (layers, "quick_gelu"),
+        TextEncoderLayout::OpenClip => (layers.saturating_sub(1), "gelu"),
+    };
+    build(
+        w,
+        WHAT,
+        json!({
+            "vocab_size": dim(w, WHAT, token_embedding, 0)?,
+            "hidden_size": hidden,
+            "intermediate_size": dim(w, WHAT, "text_model.encoder.layers.0.mlp.fc1.weight", 0)?,
+            "num_hidden_layers": layers,
+            "num_attention_heads": hidden / 64,
+            "max_position_embeddings": dim(w, WHAT, "text_model.embeddings.position_embedding.weight", 0)?,
+            "hidden_act": activation,
+        }),
+    )
+}

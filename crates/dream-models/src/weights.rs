@@ -1,0 +1,965 @@
+//! Opening weight files, and serving their tensors to the networks under diffusers' names.
+//!
+//! Stable Diffusion weights come as diffusers folders (`unet/`, `vae/`, `text_encoder/`, each a
+//! `config.json` plus safetensors or `.bin` weights) or as one file in the original
+//! latent-diffusion layout (A1111's `.safetensors`/`.ckpt`). Either way the result is an
+//! [`SdComponents`]: per network a config and a [`Weights`], which hands out a
+//! `candle_nn::VarBuilder` speaking diffusers' names; `dream_core::keymap` does the renaming.
+//!
+//! Files are recognised by their content, not their extension, and memory-mapped: a tensor is
+//! read (and converted to the requested dtype) only when a network asks for it. PyTorch zip
+//! archives are read without Python's unpickler: `dream_core::pickle_guard` interprets
+//! `data.pkl` as data and refuses anything a plain tensor checkpoint would not contain, so a
+//! malicious `.ckpt` is reported, never run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use dream_core::keymap::{self, KeyMapError, Part, Source, TextEncoderLayout};
+use dream_core::pickle_guard::{self, PickleError, Value};
+use serde::de::DeserializeOwned;
+
+use crate::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::detect::{self, ModelKind, Prediction};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is damaged or not what its format promises.
+    #[error("{}: {problem}", path.display())]
+    Corrupt { path: PathBuf, problem: String },
+    #[error("{}: {problem}", path.display())]
+    Unsupported { path: PathBuf, problem: String },
+    #[error("{}: {source}", path.display())]
+    Pickle { path: PathBuf, source: PickleError },
+    #[error("{} does not look like a Stable Diffusion checkpoint: {source}", path.display())]
+    NotStableDiffusion { path: PathBuf, source: KeyMapError },
+    #[error("{}: cannot infer the {what} from the tensor shapes: {why}", path.display())]
+    Undetectable {
+        path: PathBuf,
+        what: &'static str,
+        why: String,
+    },
+    #[error("{}: invalid config: {source}", path.display())]
+    Config {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{}: no weights file (looked for {looked_for})", dir.display())]
+    NoWeights { dir: PathBuf, looked_for: String },
+    #[error("{}: tensor {name}: {problem}", path.display())]
+    Tensor {
+        path: PathBuf,
+        name: String,
+        problem: String,
+    },
+}
+
+/// How a tensor is laid out in the mapped file: `shape` elements of `dtype`, element `i` at
+/// `region.start + (offset + Σ iₖ·strides[k])·size`. Safetensors tensors are contiguous regions
+/// of their own; PyTorch tensors are strided views into a storage entry of the zip.
+#[derive(Debug, Clone)]
+struct TensorInfo {
+    /// `Err` holds the stored type's name when candle cannot represent it.
+    dtype: Result<DType, String>,
+    shape: Vec<usize>,
+    region: std::ops::Range<usize>,
+    offset: usize,
+    strides: Vec<usize>,
+}
+
+/// One opened weights file: its tensor names, shapes and dtypes, and their bytes, mapped.
+pub struct Checkpoint {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl Checkpoint {
+    /// Opens a safetensors file or a PyTorch zip archive (`.ckpt`, `.pt`, `.bin`), whatever its
+    /// extension says, and validates every tensor's extent against the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, WeightsError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| WeightsError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            return Err(corrupt(&path, "the file is empty"));
+        }
+        // SAFETY: the map is read-only; like every memory-mapping loader (candle's, safetensors')
+        // this assumes nobody truncates the file while it is open.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let tensors = if mmap.starts_with(b"PK\x03\x04") || mmap.starts_with(b"PK\x05\x06") {
+            torch_zip_tensors(&path, &mmap)?
+        } else if mmap.get(8) == Some(&b'{') || mmap.len() <= 8 {
+            safetensors_tensors(&path, &mmap)?
+        } else if mmap.first() == Some(&0x80) && mmap.get(1).is_some_and(|p| *p <= 5) {
+            return Err(legacy_pickle(&path, &mmap));
+        } else {
+            return Err(WeightsError::Unsupported {
+                path,
+                problem: "not a recognised weights format: expected safetensors or a PyTorch zip \
+                          archive (.ckpt/.pt/.bin)"
+                    .into(),
+            });
+        };
+        Ok(Checkpoint {
+            path,
+            mmap,
+            tensors,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.shape.as_slice())
+    }
+
+    /// The stored dtype, or `None` for an unknown name or a type candle cannot hold.
+    pub fn dtype(&self, name: &str) -> Option<DType> {
+        self.tensors.get(name)?.dtype.as_ref().ok().copied()
+    }
+
+    /// The tensor as stored (shape and dtype), on `device`.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, WeightsError> {
+        let fail = |problem: String| WeightsError::Tensor {
+            path: self.path.clone(),
+            name: name.to_owned(),
+            problem,
+        };
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| fail("no such tensor".into()))?;
+        let dtype = info
+            .dtype
+            .clone()
+            .map_err(|stored| fail(format!("stored as {stored}, which cannot be read")))?;
+        let size = dtype.size_in_bytes();
+        let region = &self.mmap[info.region.clone()];
+        let numel: usize = info.shape.iter().product();
+        let bytes = if info.strides == contiguous_strides(&info.shape) {
+            let start = info.offset * size;
+            std::borrow::Cow::Borrowed(&region[start..start + numel * size])
+        } else {
+            std::borrow::Cow::Owned(gather(
+                region,
+                size,
+                info.offset,
+                &info.shape,
+                &info.strides,
+            ))
+        };
+        Tensor::from_raw_buffer(&bytes, dtype, &info.shape, device).map_err(|e| fail(e.to_string()))
+    }
+}
+
+fn corrupt(path: &Path, problem: impl Into<String>) -> WeightsError {
+    WeightsError::Corrupt {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * shape[k + 1];
+    }
+    strides
+}
+
+/// Copies a strided view into contiguous bytes (rare: torch saves views of shared storages).
+fn gather(
+    region: &[u8],
+    size: usize,
+    offset: usize,
+    shape: &[usize],
+    strides: &[usize],
+) -> Vec<u8> {
+    let numel: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(numel * size);
+    let mut index = vec![0usize; shape.len()];
+    for _ in 0..numel {
+        let element = offset + index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+        out.extend_from_slice(&region[element * size..(element + 1) * size]);
+        for k in (0..shape.len()).rev() {
+            index[k] += 1;
+            if index[k] < shape[k] {
+                break;
+            }
+            index[k] = 0;
+        }
+    }
+    out
+}
+
+fn safetensors_dtype(dtype: safetensors::Dtype) -> Result<DType, String> {
+    use safetensors::Dtype as S;
+    Ok(match dtype {
+        S::F16 => DType::F16,
+        S::BF16 => DType::BF16,
+        S::F32 => DType::F32,
+        S::F64 => DType::F64,
+        S::I64 => DType::I64,
+        S::I32 => DType::I32,
+        S::I16 => DType::I16,
+        S::U32 => DType::U32,
+        S::U8 | S::BOOL => DType::U8,
+        S::F8_E4M3 => DType::F8E4M3,
+        other => return Err(format!("{other:?}")),
+    })
+}
+
+fn safetensors_tensors(
+    path: &Path,
+    data: &[u8],
+) -> Result<BTreeMap<String, TensorInfo>, WeightsError> {
+    use safetensors::SafeTensorError as E;
+    let (header_len, metadata) = match safetensors::SafeTensors::read_metadata(data) {
+        Ok(ok) => ok,
+        Err(e) => {
+            let declared = data
+                .get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+            let problem = match e {
+                E::HeaderTooSmall => format!(
+                    "only {} bytes, too short for a safetensors header (truncated?)",
+                    data.len()
+                ),
+                E::InvalidHeaderLength => format!(
+                    "the safetensors header is declared as {} bytes, past the end of the {}-byte \
+                     file (truncated?)",
+                    declared.unwrap_or_default(),
+                    data.len()
+                ),
+                E::HeaderTooLarge => format!(
+                    "the safetensors header is declared as {} bytes, more than safetensors allows: \
+                     not a safetensors file",
+                    declared.unwrap_or_default()
+                ),
+                E::InvalidHeader(_) => "the safetensors header is not UTF-8 text".into(),
+                E::InvalidHeaderDeserialization(e) => {
+                    format!("the safetensors header is not valid JSON: {e}")
+                }
+                E::MetadataIncompleteBuffer => format!(
+                    "the tensors the header lists do not end where the {}-byte file ends \
+                     (truncated or appended to)",
+                    data.len()
+                ),
+                E::InvalidOffset(name) => {
+                    format!("tensor {name}: its data offsets overlap or leave a gap")
+                }
+                E::TensorInvalidInfo => {
+                    "a tensor's byte range does not match its shape and dtype".into()
+                }
+                other => format!("invalid safetensors file: {other}"),
+            };
+            return Err(corrupt(path, problem));
+        }
+    };
+    let data_start = 8 + header_len;
+    Ok(metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (start, end) = info.data_offsets;
+            let tensor = TensorInfo {
+                dtype: safetensors_dtype(info.dtype),
+                strides: contiguous_strides(&info.shape),
+                shape: info.shape.clone(),
+                region: data_start + start..data_start + end,
+                offset: 0,
+            };
+            (name, tensor)
+        })
+        .collect())
+}
+
+/// A file that starts like a pickle: PyTorch's pre-1.6 format (several pickles, then raw
+/// storages) or a bare pickle. The pickles are checked first, so that a hostile file is named
+/// as such; the format is refused either way.
+fn legacy_pickle(path: &Path, data: &[u8]) -> WeightsError {
+    let mut rest = data;
+    // The legacy format writes five pickles (magic number, protocol, system info, the object,
+    // the storage keys); the storage data that follows is not a pickle.
+    for _ in 0..5 {
+        if rest.first() != Some(&0x80) {
+            break;
+        }
+        match pickle_guard::load_prefix(rest) {
+            Ok((_, used)) => rest = &rest[used..],
+            Err(source) => {
+                return WeightsError::Pickle {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        }
+    }
+    WeightsError::Unsupported {
+        path: path.to_path_buf(),
+        problem: "a bare pickle or PyTorch's pre-1.6 serialization, which is not supported: \
+                  re-save it with a current PyTorch or convert it to safetensors"
+            .into(),
+    }
+}
+
+fn torch_zip_tensors(
+    path: &Path,
+    data: &[u8],
+) -> Result<BTreeMap<String, TensorInfo>, WeightsError> {
+    let zip_error =
+        |e: zip::result::ZipError| corrupt(path, format!("not a readable zip archive: {e}"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(zip_error)?;
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .collect();
+    let pickles: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .collect();
+    let pkl_name = match pickles.as_slice() {
+        [one] => one.as_str(),
+        [] => {
+            return Err(WeightsError::Unsupported {
+                path: path.to_path_buf(),
+                problem: "a zip archive without a data.pkl: not a PyTorch checkpoint".into(),
+            })
+        }
+        _ => return Err(corrupt(path, "a zip archive with several data.pkl files")),
+    };
+    let archive = pkl_name.trim_end_matches("/data.pkl").to_owned();
+
+    let mut byteorder = String::new();
+    if let Ok(mut entry) = zip.by_name(&format!("{archive}/byteorder")) {
+        use std::io::Read;
+        entry
+            .by_ref()
+            .take(16)
+            .read_to_string(&mut byteorder)
+            .map_err(|e| corrupt(path, format!("unreadable byteorder entry: {e}")))?;
+    }
+    if byteorder.trim() == "big" {
+        return Err(WeightsError::Unsupported {
+            path: path.to_path_buf(),
+            problem: "saved on a big-endian machine".into(),
+        });
+    }
+
+    let pickle_bytes = stored_entry(path, &mut zip, pkl_name, data)?;
+    let object = pickle_guard::load(pickle_bytes).map_err(|source| WeightsError::Pickle {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // A1111/CompVis checkpoints nest the weights under "state_dict"; diffusers' .bin files and
+    // many merges are the state dict itself.
+    let state_dict = match object.get("state_dict") {
+        Some(inner) if inner.as_dict().is_some() => inner,
+        _ => &object,
+    };
+    let Some(entries) = state_dict.as_dict() else {
+        return Err(WeightsError::Unsupported {
+            path: path.to_path_buf(),
+            problem: "the pickle holds no state dict".into(),
+        });
+    };
+
+    let mut tensors = BTreeMap::new();
+    for (key, value) in entries {
+        let (Some(name), Some(tensor)) = (key.as_str(), rebuild_tensor_args(value)) else {
+            // Non-tensor entries (step counters, optimizer state, nested dicts) are not weights.
+            continue;
+        };
+        let bad = |problem: &str| WeightsError::Tensor {
+            path: path.to_path_buf(),
+            name: name.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let parsed =
+            parse_rebuild(tensor).ok_or_else(|| bad("malformed tensor record in data.pkl"))?;
+        let entry = format!("{archive}/data/{}", parsed.storage_key);
+        let region_bytes = stored_entry(path, &mut zip, &entry, data)
+            .map_err(|e| bad(&format!("storage {entry}: {e}")))?;
+        let region_start = region_bytes.as_ptr() as usize - data.as_ptr() as usize;
+        let size = parsed.dtype.as_ref().map_or(1, |d| d.size_in_bytes());
+        let needed = storage_extent(parsed.offset, &parsed.shape, &parsed.strides)
+            .and_then(|elements| elements.checked_mul(size));
+        match needed {
+            Some(bytes) if bytes <= region_bytes.len() => {}
+            _ => return Err(bad("its view reaches past the end of its storage")),
+        }
+        tensors.insert(
+            name.to_owned(),
+            TensorInfo {
+                dtype: parsed.dtype,
+                shape: parsed.shape,
+                region: region_start..region_start + region_bytes.len(),
+                offset: parsed.offset,
+                strides: parsed.strides,
+            },
+        );
+    }
+    Ok(tensors)
+}
+
+/// The bytes of a zip entry inside the mapped archive. PyTorch stores entries uncompressed, so
+/// they are read in place.
+fn stored_entry<'a>(
+    path: &Path,
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    name: &str,
+    data: &'a [u8],
+) -> Result<&'a [u8], WeightsError> {
+    let entry = zip
+        .by_name(name)
+        .map_err(|e| corrupt(path, format!("zip entry {name}: {e}")))?;
+    if entry.compression() != zip::CompressionMethod::Stored {
+        return Err(WeightsError::Unsupported {
+            path: path.to_path_buf(),
+            problem: format!("zip entry {name} is compressed, which PyTorch never does"),
+        });
+    }
+    let start = entry.data_start().and_then(|s| usize::try_from(s).ok());
+    let len = usize::try_from(entry.size()).ok();
+    match (start, len) {
+        (Some(start), Some(len)) if start.checked_add(len).is_some_and(|end| end <= data.len()) => {
+            Ok(&data[start..start + len])
+        }
+        _ => Err(corrupt(
+            path,
+            format!("zip entry {name} reaches past the end of the file (truncated?)"),
+        )),
+    }
+}
+
+/// The `_rebuild_tensor_v2(...)` arguments of a state-dict value, looking through
+/// `_rebuild_parameter` (saved `nn.Parameter`s).
+fn rebuild_tensor_args(value: &Value) -> Option<&[Value]> {
+    let Value::Call { callable, args } = value else {
+        return None;
+    };
+    let Value::Global { module, name } = callable.as_ref() else {
+        return None;
+    };
+    match (module.as_str(), name.as_str()) {
+        ("torch._utils", "_rebuild_tensor_v2") => Some(args),
+        ("torch._utils", "_rebuild_parameter") => rebuild_tensor_args(args.first()?),
+        _ => None,
+    }
+}
+
+struct TorchTensor {
+    storage_key: String,
+    dtype: Result<DType, String>,
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+/// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, hooks)` where
+/// `storage` is the persistent id `('storage', torch.XStorage, key, location, numel)`.
+fn parse_rebuild(args: &[Value]) -> Option<TorchTensor> {
+    let [storage, offset, size, stride, ..] = args else {
+        return None;
+    };
+    let Value::PersistentId(id) = storage else {
+        return None;
+    };
+    let [kind, storage_type, key, _location, _numel] = id.as_tuple()? else {
+        return None;
+    };
+    if kind.as_str() != Some("storage") {
+        return None;
+    }
+    let Value::Global { module, name } = storage_type else {
+        return None;
+    };
+    let dtype = match (module.as_str(), name.as_str()) {
+        ("torch", "FloatStorage") => Ok(DType::F32),
+        ("torch", "HalfStorage") => Ok(DType::F16),
+        ("torch", "BFloat16Storage") => Ok(DType::BF16),
+        ("torch", "DoubleStorage") => Ok(DType::F64),
+        ("torch", "LongStorage") => Ok(DType::I64),
+        ("torch", "IntStorage") => Ok(DType::I32),
+        ("torch", "ShortStorage") => Ok(DType::I16),
+        ("torch", "ByteStorage" | "BoolStorage") => Ok(DType::U8),
+        (module, name) => Err(format!("{module}.{name}")),
+    };
+    let dims = |v: &Value| -> Option<Vec<usize>> {
+        v.as_tuple()?
+            .iter()
+            .map(|d| usize::try_from(d.as_int()?).ok())
+            .collect()
+    };
+    let shape = dims(size)?;
+    let strides = dims(stride)?;
+    if shape.len() != strides.len() {
+        return None;
+    }
+    Some(TorchTensor {
+        storage_key: key.as_str()?.to_owned(),
+        dtype,
+        offset: usize::try_from(offset.as_int()?).ok()?,
+        shape,
+        strides,
+    })
+}
+
+/// The number of storage elements a strided view needs, or `None` on overflow.
+fn storage_extent(offset: usize, shape: &[usize], strides: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape
+        .iter()
+        .zip(strides)
+        .try_fold(offset, |acc, (n, s)| {
+            acc.checked_add((n - 1).checked_mul(*s)?)
+        })?
+        .checked_add(1)
+}
+
+/// One network's tensors under diffusers' names, wherever they are stored.
+#[derive(Clone)]
+pub struct Weights {
+    files: Vec<Arc<Checkpoint>>,
+    /// diffusers name → (index into `files`, where it is stored).
+    map: Arc<BTreeMap<String, (usize, Source)>>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field(
+                "files",
+                &self.files.iter().map(|c| c.path()).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.map.len())
+            .finish()
+    }
+}
+
+impl Weights {
+    fn new(files: Vec<Arc<Checkpoint>>, map: BTreeMap<String, (usize, Source)>) -> Weights {
+        Weights {
+            files,
+            map: Arc::new(map),
+        }
+    }
+
+    /// A file's tensors under their own names (for files already in diffusers' naming).
+    pub fn open(path: &Path) -> Result<Weights, WeightsError> {
+        let file = Arc::new(Checkpoint::open(path)?);
+        let map = file
+            .names()
+            .map(|name| {
+                (
+                    name.to_owned(),
+                    Source {
+                        key: name.to_owned(),
+                        part: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(Weights::renamed(file, map))
+    }
+
+    /// A single file's tensors under the names `map` gives them.
+    fn renamed(file: Arc<Checkpoint>, map: keymap::KeyMap) -> Weights {
+        let map = map
+            .into_iter()
+            .map(|(name, source)| (name, (0, source)))
+            .collect();
+        Weights::new(vec![file], map)
+    }
+
+    /// The (first) file these weights come from, for messages.
+    pub fn path(&self) -> &Path {
+        self.files.first().map_or(Path::new(""), |f| f.path())
+    }
+
+    /// The diffusers names served, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// The shape as stored (a fused tensor's slice has its share of the first dimension).
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let (file, source) = self.map.get(name)?;
+        let mut shape = self.files[*file].shape(&source.key)?.to_vec();
+        if let (Some(part), Some(first)) = (source.part, shape.first_mut()) {
+            *first /= part.of;
+        }
+        Some(shape)
+    }
+
+    /// The tensor as stored (dtype and shape), on `device`.
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, WeightsError> {
+        let Some((file, source)) = self.map.get(name) else {
+            return Err(WeightsError::Tensor {
+                path: self.path().to_path_buf(),
+                name: name.to_owned(),
+                problem: "the checkpoint has no such tensor".into(),
+            });
+        };
+        let file = &self.files[*file];
+        let tensor = file.tensor(&source.key, device)?;
+        match source.part {
+            None => Ok(tensor),
+            Some(Part { index, of }) => {
+                let rows = tensor.dim(0).unwrap_or(0);
+                if rows % of != 0 {
+                    return Err(WeightsError::Tensor {
+                        path: file.path().to_path_buf(),
+                        name: source.key.clone(),
+                        problem: format!("{rows} rows cannot be split into {of} equal parts"),
+                    });
+                }
+                let step = rows / of;
+                tensor
+                    .narrow(0, index * step, step)
+                    .map_err(|e| WeightsError::Tensor {
+                        path: file.path().to_path_buf(),
+                        name: source.key.clone(),
+                        problem: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// A VarBuilder over these weights: every tensor is converted to `dtype` as it is loaded.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+}
+
+impl SimpleBackend for Weights {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self
+            .tensor(name, device)
+            .map_err(candle_core::Error::wrap)?;
+        let tensor = if tensor.dims() == shape.dims() {
+            tensor
+        } else if same_but_unit_dims(tensor.dims(), shape.dims()) {
+            // The latent-diffusion VAE attention uses 1×1 convolutions ([C,C,1,1]) where
+            // diffusers uses linear layers ([C,C]): the same weights.
+            tensor.reshape(shape.clone())?
+        } else {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name} (from {})", self.path().display()),
+                expected: shape,
+                got: tensor.shape().clone(),
+            }
+            .bt());
+        };
+        tensor.to_dtype(dtype)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.tensor(name, device)
+            .map_err(candle_core::Error::wrap)?
+            .to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+/// Whether two shapes differ only by trailing size-1 dimensions.
+fn same_but_unit_dims(a: &[usize], b: &[usize]) -> bool {
+    let trim = |s: &[usize]| s.len() - s.iter().rev().take_while(|d| **d == 1).count();
+    let (a, b) = (&a[..trim(a)], &b[..trim(b)]);
+    a == b && !a.is_empty()
+}
+
+/// A network's configuration and its weights.
+#[derive(Debug, Clone)]
+pub struct Component<C> {
+    pub config: C,
+    pub weights: Weights,
+}
+
+/// The three networks of a Stable Diffusion 1.x/2.x model. Each network's VarBuilder is made
+/// with the dtype it should run in (`component.weights.var_builder(dtype, &device)`); a VAE is
+/// often kept in f32 when the UNet runs in f16.
+#[derive(Debug, Clone)]
+pub struct SdComponents {
+    pub unet: Component<UNetConfig>,
+    pub vae: Component<VaeConfig>,
+    pub text_encoder: Component<ClipTextConfig>,
+    pub kind: ModelKind,
+}
+
+/// Loads an original latent-diffusion / A1111 single-file checkpoint (`.safetensors` or `.ckpt`).
+///
+/// Without `config_dir`, the networks' configs are inferred from the tensor shapes by
+/// [`detect`], which assumes what shapes cannot show: Stable Diffusion's 32 GroupNorm groups, its
+/// head counts, and its prediction type (see [`detect::model_kind`]). With `config_dir` (a
+/// diffusers model folder, as in diffusers' `from_single_file(config=...)`), its
+/// `unet/config.json`, `vae/config.json`, `text_encoder/config.json` and
+/// `scheduler/scheduler_config.json` are used instead; a config that does not fit the tensors
+/// shows up as a shape error naming the tensor when the network is built.
+pub fn load_single_file(
+    path: &Path,
+    config_dir: Option<&Path>,
+) -> Result<SdComponents, WeightsError> {
+    let file = Arc::new(Checkpoint::open(path)?);
+    let names: Vec<&str> = file.names().collect();
+    let map =
+        keymap::map_single_file(&names).map_err(|source| WeightsError::NotStableDiffusion {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let unet = Weights::renamed(file.clone(), map.unet);
+    let vae = Weights::renamed(file.clone(), map.vae);
+    let text_encoder = Weights::renamed(file, map.text_encoder);
+
+    let (unet_config, vae_config, text_config, prediction) = match config_dir {
+        Some(dir) => (
+            read_config(&dir.join("unet").join("config.json"))?,
+            read_config(&dir.join("vae").join("config.json"))?,
+            read_config(&dir.join("text_encoder").join("config.json"))?,
+            read_prediction(dir)?,
+        ),
+        None => {
+            let unet_config = detect::unet_config(&unet)?;
+            let open_clip = map.text_encoder_layout == TextEncoderLayout::OpenClip;
+            let prediction = detect::default_prediction(open_clip, unet_config.in_channels == 9);
+            (
+                unet_config,
+                detect::vae_config(&vae)?,
+                detect::text_encoder_config(&text_encoder, map.text_encoder_layout)?,
+                prediction,
+            )
+        }
+    };
+    Ok(SdComponents {
+        kind: detect::model_kind(&unet_config, prediction),
+        unet: Component {
+            config: unet_config,
+            weights: unet,
+        },
+        vae: Component {
+            config: vae_config,
+            weights: vae,
+        },
+        text_encoder: Component {
+            config: text_config,
+            weights: text_encoder,
+        },
+    })
+}
+
+/// Loads a diffusers model folder: `unet/`, `vae/` and `text_encoder/`, each with its
+/// `config.json` and weights (see [`component_files`]), and `scheduler/scheduler_config.json`
+/// for the prediction type.
+pub fn load_diffusers_folder(dir: &Path) -> Result<SdComponents, WeightsError> {
+    let unet_dir = dir.join("unet");
+    let vae_dir = dir.join("vae");
+    let text_dir = dir.join("text_encoder");
+    let unet_config: UNetConfig = read_config(&unet_dir.join("config.json"))?;
+    let unet = folder_weights(&unet_dir, "diffusion_pytorch_model", |name| {
+        Some(name.to_owned())
+    })?;
+    // Folders written before diffusers 0.14 use the old VAE attention names.
+    let vae = folder_weights(&vae_dir, "diffusion_pytorch_model", |name| {
+        Some(keymap::vae_legacy_to_diffusers(name))
+    })?;
+    // transformers ≥ 5.6 saves CLIPTextModel without the `text_model.` level that hub files
+    // have; the names served are the hub's either way. The `position_ids` buffer is not a weight.
+    let text_encoder = folder_weights(&text_dir, "model", keymap::clip_to_diffusers)?;
+    Ok(SdComponents {
+        kind: detect::model_kind(&unet_config, read_prediction(dir)?),
+        unet: Component {
+            config: unet_config,
+            weights: unet,
+        },
+        vae: Component {
+            config: read_config(&vae_dir.join("config.json"))?,
+            weights: vae,
+        },
+        text_encoder: Component {
+            config: read_config(&text_dir.join("config.json"))?,
+            weights: text_encoder,
+        },
+    })
+}
+
+/// Loads a standalone VAE (a `--vae` override): latent-diffusion names with or without the
+/// `first_stage_model.` prefix (A1111's `.vae.pt`/`.vae.safetensors`, the original
+/// `vae-ft-mse-840000-ema-pruned.ckpt`), or diffusers names. The config is inferred from the
+/// shapes with SD's 32 groups and 0.18215 scaling; a pipeline swapping the VAE of a loaded model
+/// can keep that model's `VaeConfig` instead.
+pub fn load_vae_file(path: &Path) -> Result<Component<VaeConfig>, WeightsError> {
+    let file = Arc::new(Checkpoint::open(path)?);
+    let names: Vec<&str> = file.names().collect();
+    let map = keymap::map_vae_file(&names).map_err(|source| WeightsError::NotStableDiffusion {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let weights = Weights::renamed(file, map);
+    Ok(Component {
+        config: detect::vae_config(&weights)?,
+        weights,
+    })
+}
+
+fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, WeightsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| WeightsError::Config {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The scheduler config's `prediction_type` (diffusers' default, epsilon, when absent).
+fn read_prediction(dir: &Path) -> Result<Prediction, WeightsError> {
+    #[derive(serde::Deserialize)]
+    struct Scheduler {
+        #[serde(default)]
+        prediction_type: Option<String>,
+    }
+    let path = dir.join("scheduler").join("scheduler_config.json");
+    if !path.exists() {
+        return Ok(Prediction::Epsilon);
+    }
+    let scheduler: Scheduler = read_config(&path)?;
+    match scheduler.prediction_type.as_deref() {
+        None | Some("epsilon") => Ok(Prediction::Epsilon),
+        Some("v_prediction") => Ok(Prediction::VPrediction),
+        Some(other) => Err(WeightsError::Unsupported {
+            path,
+            problem: format!("prediction_type {other:?} is not supported"),
+        }),
+    }
+}
+
+/// The weight files of a diffusers component folder, in order of preference: `STEM.safetensors`,
+/// the `STEM.fp16.safetensors` variant, a sharded `STEM.safetensors.index.json`, then the
+/// pickled `STEM.bin` / `STEM.fp16.bin` (`STEM` = `diffusion_pytorch_model` for diffusers
+/// models, `model` for transformers'; transformers' `.bin` is `pytorch_model.bin`).
+pub fn component_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>, WeightsError> {
+    let bin_stem = if stem == "model" {
+        "pytorch_model"
+    } else {
+        stem
+    };
+    let single = [
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors"),
+    ];
+    for name in &single {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(vec![path]);
+        }
+    }
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if index.is_file() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let index_data: Index = read_config(&index)?;
+        let mut shards: Vec<PathBuf> = index_data
+            .weight_map
+            .values()
+            .map(|f| dir.join(f))
+            .collect();
+        shards.sort();
+        shards.dedup();
+        return Ok(shards);
+    }
+    let pickled = [format!("{bin_stem}.bin"), format!("{bin_stem}.fp16.bin")];
+    for name in &pickled {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(vec![path]);
+        }
+    }
+    Err(WeightsError::NoWeights {
+        dir: dir.to_path_buf(),
+        looked_for: single
+            .iter()
+            .chain([format!("{stem}.safetensors.index.json")].iter())
+            .chain(pickled.iter())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Opens a component folder's weights, serving each stored name under `rename(name)` (`None`
+/// leaves the tensor out).
+fn folder_weights(
+    dir: &Path,
+    stem: &str,
+    rename: impl Fn(&str) -> Option<String>,
+) -> Result<Weights, WeightsError> {
+    let mut files = Vec::new();
+    let mut map = BTreeMap::new();
+    for (index, path) in component_files(dir, stem)?.into_iter().enumerate() {
+        let file = Arc::new(Checkpoint::open(&path)?);
+        for key in file.names() {
+            if let Some(name) = rename(key) {
+                let source = Source {
+                    key: key.to_owned(),
+                    part: None,
+                };
+                map.insert(name, (index, source));
+            }
+        }
+        files.push(file);
+    }
+    Ok(Weights::new(files, map))
+}
