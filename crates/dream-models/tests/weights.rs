@@ -18,16 +18,32 @@ fn fixture(rel: &str) -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures")).join(rel)
 }
 
-/// A scratch directory of this test process.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dream-weights-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A file or folder in the scratch directory, named for this process, deleted when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
 }
 
-fn write(name: &str, bytes: &[u8]) -> PathBuf {
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join("dream-weights-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir.join(format!("{}-{name}", std::process::id())))
+}
+
+fn write(name: &str, bytes: &[u8]) -> Scratch {
     let path = scratch(name);
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&*path, bytes).unwrap();
     path
 }
 
@@ -237,9 +253,9 @@ fn detects_an_sd2_style_unet() {
 }
 
 /// Writes a safetensors file of `tensors`.
-fn save(name: &str, tensors: &HashMap<String, Tensor>) -> PathBuf {
+fn save(name: &str, tensors: &HashMap<String, Tensor>) -> Scratch {
     let path = scratch(name);
-    candle_core::safetensors::save(tensors, &path).unwrap();
+    candle_core::safetensors::save(tensors, &*path).unwrap();
     path
 }
 
