@@ -802,15 +802,10 @@ pub fn load_single_file(
 /// for the prediction type.
 pub fn load_diffusers_folder(dir: &Path) -> Result<SdComponents, WeightsError> {
     let unet_dir = dir.join("unet");
-    let vae_dir = dir.join("vae");
     let text_dir = dir.join("text_encoder");
     let unet_config: UNetConfig = read_config(&unet_dir.join("config.json"))?;
     let unet = folder_weights(&unet_dir, "diffusion_pytorch_model", |name| {
         Some(name.to_owned())
-    })?;
-    // Folders written before diffusers 0.14 use the old VAE attention names.
-    let vae = folder_weights(&vae_dir, "diffusion_pytorch_model", |name| {
-        Some(keymap::vae_legacy_to_diffusers(name))
     })?;
     // transformers ≥ 5.6 saves CLIPTextModel without the `text_model.` level that hub files
     // have; the names served are the hub's either way. The `position_ids` buffer is not a weight.
@@ -821,15 +816,34 @@ pub fn load_diffusers_folder(dir: &Path) -> Result<SdComponents, WeightsError> {
             config: unet_config,
             weights: unet,
         },
-        vae: Component {
-            config: read_config(&vae_dir.join("config.json"))?,
-            weights: vae,
-        },
+        vae: vae_folder(&dir.join("vae"))?,
         text_encoder: Component {
             config: read_config(&text_dir.join("config.json"))?,
             weights: text_encoder,
         },
     })
+}
+
+/// A diffusers `vae/` folder: its `config.json` and weights.
+fn vae_folder(dir: &Path) -> Result<Component<VaeConfig>, WeightsError> {
+    // Folders written before diffusers 0.14 use the old VAE attention names.
+    let weights = folder_weights(dir, "diffusion_pytorch_model", |name| {
+        Some(keymap::vae_legacy_to_diffusers(name))
+    })?;
+    Ok(Component {
+        config: read_config(&dir.join("config.json"))?,
+        weights,
+    })
+}
+
+/// Loads a VAE that replaces a model's own (`--vae`): a diffusers `vae/` folder, or a single
+/// file as `load_vae_file` reads it.
+pub fn load_vae(path: &Path) -> Result<Component<VaeConfig>, WeightsError> {
+    if path.is_dir() {
+        vae_folder(path)
+    } else {
+        load_vae_file(path)
+    }
 }
 
 /// Loads a standalone VAE (a `--vae` override): latent-diffusion names with or without the

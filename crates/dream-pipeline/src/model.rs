@@ -7,6 +7,7 @@ use dream_core::schedule::SchedulerConfig;
 use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::ClipTextTransformer;
 use dream_models::config::VaeConfig;
+use dream_models::detect::Prediction;
 use dream_models::unet::UNet2DConditionModel;
 use dream_models::vae::AutoencoderKL;
 use dream_models::weights;
@@ -68,37 +69,36 @@ impl StableDiffusion {
 
     pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, DreamError> {
         let path = path.as_ref();
-        let dtype = DType::F32;
-        let device = &options.device;
         let (components, tokenizer, scheduler) = if path.is_dir() {
-            let components = weights::load_diffusers_folder(path, dtype, device)?;
+            let components = weights::load_diffusers_folder(path)?;
             (components, folder_tokenizer(path)?, folder_scheduler(path)?)
         } else {
-            let components = weights::load_single_file(path, options.config_dir.as_deref(), dtype, device)?;
-            let tokenizer = match &options.config_dir {
-                Some(dir) => folder_tokenizer(dir)?,
-                None => ClipTokenizer::bundled(),
-            };
-            let scheduler = match &options.config_dir {
-                Some(dir) => folder_scheduler(dir)?,
-                None => SchedulerConfig::sd1(),
-            };
+            let config_dir = options.config_dir.as_deref();
+            let components = weights::load_single_file(path, config_dir)?;
+            let tokenizer = config_dir.map_or_else(|| Ok(ClipTokenizer::bundled()), folder_tokenizer)?;
+            let scheduler = config_dir.map_or_else(|| Ok(SchedulerConfig::sd1()), folder_scheduler)?;
             (components, tokenizer, scheduler)
         };
-        let (vae_config, vae_weights) = match &options.vae {
-            Some(vae_path) => weights::load_vae(vae_path, dtype, device)?,
+        if components.kind.prediction == Prediction::VPrediction {
+            return Err(DreamError::NotSupported(format!("{}: v-prediction models (SD 2.x 768)", path.display())));
+        }
+        let vae = match &options.vae {
+            Some(vae_path) => weights::load_vae(vae_path)?,
             None => components.vae,
         };
-        let (unet_config, unet_weights) = components.unet;
-        let (clip_config, clip_weights) = components.text_encoder;
-        let in_model = |source: candle_core::Error| DreamError::BadModel { path: path.to_path_buf(), source };
+        let (dtype, device) = (DType::F32, &options.device);
+        let build_error = |source: candle_core::Error| DreamError::BadModel { path: path.to_path_buf(), source };
+        let unet_config = &components.unet.config;
+        let text_encoder = &components.text_encoder;
         Ok(StableDiffusion {
             tokenizer,
-            text_encoder: ClipTextTransformer::new(clip_weights, &clip_config).map_err(in_model)?,
-            unet: UNet2DConditionModel::new(unet_weights, &unet_config).map_err(in_model)?,
-            vae: AutoencoderKL::new(vae_weights, &vae_config).map_err(in_model)?,
+            text_encoder: ClipTextTransformer::new(text_encoder.weights.var_builder(dtype, device), &text_encoder.config)
+                .map_err(build_error)?,
+            unet: UNet2DConditionModel::new(components.unet.weights.var_builder(dtype, device), unet_config)
+                .map_err(build_error)?,
+            vae: AutoencoderKL::new(vae.weights.var_builder(dtype, device), &vae.config).map_err(build_error)?,
             unet_in_channels: unet_config.in_channels,
-            vae_config,
+            vae_config: vae.config,
             scheduler,
             device: device.clone(),
             name: model_name(path),
