@@ -37,7 +37,12 @@ struct Args {
     #[arg(short = 'C', long = "cfg_scale", default_value_t = 7.5)]
     cfg_scale: f64,
     /// Sampler: ddim, k_euler (InvokeAI names; A1111's "DDIM", "Euler" work too).
-    #[arg(short = 'A', long, visible_short_alias = 'm', default_value = "k_euler")]
+    #[arg(
+        short = 'A',
+        long,
+        visible_short_alias = 'm',
+        default_value = "k_euler"
+    )]
     sampler: Sampler,
     /// Number of images to make.
     #[arg(short = 'n', long, default_value_t = 1)]
@@ -58,8 +63,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    std::fs::create_dir_all(&args.outdir).with_context(|| format!("cannot create {}", args.outdir.display()))?;
-    let options = LoadOptions { vae: args.vae.clone(), config_dir: args.config.clone(), ..LoadOptions::default() };
+    std::fs::create_dir_all(&args.outdir)
+        .with_context(|| format!("cannot create {}", args.outdir.display()))?;
+    let options = LoadOptions {
+        vae: args.vae.clone(),
+        config_dir: args.config.clone(),
+        ..LoadOptions::default()
+    };
     let model = StableDiffusion::load_with(&args.model, &options)?;
     let first_seed = args.seed.unwrap_or_else(random_seed);
     for k in 0..args.iterations {
@@ -74,10 +84,13 @@ fn run(args: Args) -> Result<()> {
             sampler: args.sampler,
         };
         let bar = progress_bar(request.steps);
-        let generated = model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
+        let generated =
+            model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
         bar.finish_and_clear();
         if let Some(dropped) = &generated.truncated_prompt {
-            eprintln!("warning: the prompt is longer than 77 tokens; this part was dropped: {dropped:?}");
+            eprintln!(
+                "warning: the prompt is longer than 77 tokens; this part was dropped: {dropped:?}"
+            );
         }
         let path = dream_pipeline::image::next_output_path(&args.outdir, request.seed)?;
         generated.save(&path, model.name())?;
@@ -98,8 +111,10 @@ fn progress_bar(steps: usize) -> ProgressBar {
     // indicatif draws nothing when stderr is not a terminal.
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]")
-            .expect("the template is valid"),
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]",
+        )
+        .expect("the template is valid"),
     );
     bar
 }

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -15,13 +17,21 @@ fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn dream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dream")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_dream"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn png_text(path: &Path, keyword: &str) -> Option<String> {
-    let reader = png::Decoder::new(std::fs::File::open(path).unwrap()).read_info().unwrap();
+    let reader = png::Decoder::new(std::fs::File::open(path).unwrap())
+        .read_info()
+        .unwrap();
     let info = reader.info();
-    info.uncompressed_latin1_text.iter().find(|c| c.keyword == keyword).map(|c| c.text.clone())
+    info.uncompressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == keyword)
+        .map(|c| c.text.clone())
 }
 
 #[test]
@@ -29,17 +39,44 @@ fn renders_numbered_images_with_their_parameters() {
     let out = temp_dir("render");
     let model = fixture("tiny");
     let output = dream(&[
-        "a red apple", "--model", model.to_str().unwrap(), "-s", "3", "-S", "42", "-W", "64", "-H", "64",
-        "-C", "7.5", "-A", "ddim", "-n", "2", "-o", out.to_str().unwrap(),
+        "a red apple",
+        "--model",
+        model.to_str().unwrap(),
+        "-s",
+        "3",
+        "-S",
+        "42",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-C",
+        "7.5",
+        "-A",
+        "ddim",
+        "-n",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let first = out.join("000001.42.png");
     let second = out.join("000002.43.png");
     assert!(first.exists() && second.exists(), "{stdout}");
     // The printed line is the command that makes the image again.
-    assert!(stdout.contains(&format!("{}: \"a red apple\" -s3 -W64 -H64 -C7.5 -Addim -S42", first.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{}: \"a red apple\" -s3 -W64 -H64 -C7.5 -Addim -S42",
+            first.display()
+        )),
+        "{stdout}"
+    );
     assert_eq!(
         png_text(&first, "parameters").unwrap(),
         format!("a red apple\nSteps: 3, Sampler: DDIM, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny, Version: dream {}", env!("CARGO_PKG_VERSION"))
@@ -48,12 +85,27 @@ fn renders_numbered_images_with_their_parameters() {
     // Batch size never changes an image: seed 43 alone gives the second image of the batch.
     let alone = temp_dir("alone");
     let output = dream(&[
-        "a red apple", "--model", model.to_str().unwrap(), "-s", "3", "-S", "43", "-W", "64", "-H", "64",
-        "-A", "ddim", "-o", alone.to_str().unwrap(),
+        "a red apple",
+        "--model",
+        model.to_str().unwrap(),
+        "-s",
+        "3",
+        "-S",
+        "43",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-A",
+        "ddim",
+        "-o",
+        alone.to_str().unwrap(),
     ]);
     assert!(output.status.success());
     let pixels = |p: &Path| {
-        let mut reader = png::Decoder::new(std::fs::File::open(p).unwrap()).read_info().unwrap();
+        let mut reader = png::Decoder::new(std::fs::File::open(p).unwrap())
+            .read_info()
+            .unwrap();
         let mut buf = vec![0; reader.output_buffer_size()];
         reader.next_frame(&mut buf).unwrap();
         buf
@@ -66,10 +118,16 @@ fn bad_input_gets_a_clear_error() {
     let model = fixture("tiny");
     let model = model.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["x", "--model", "/no/such/model.safetensors"], "/no/such/model.safetensors"),
+        (
+            &["x", "--model", "/no/such/model.safetensors"],
+            "/no/such/model.safetensors",
+        ),
         (&["x", "--model", model, "-A", "k_nonsense"], "k_nonsense"),
         (&["x", "--model", model, "--bogus"], "--bogus"),
-        (&["x", "--model", model, "-W", "65", "-s", "1"], "multiples of 8"),
+        (
+            &["x", "--model", model, "-W", "65", "-s", "1"],
+            "multiples of 8",
+        ),
     ];
     for (args, needle) in cases {
         let output = dream(args);

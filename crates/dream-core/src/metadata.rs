@@ -11,7 +11,11 @@ pub struct A1111Parameters {
 
 impl A1111Parameters {
     pub fn new(prompt: &str, negative_prompt: &str) -> Self {
-        A1111Parameters { prompt: prompt.to_string(), negative_prompt: negative_prompt.to_string(), fields: Vec::new() }
+        A1111Parameters {
+            prompt: prompt.to_string(),
+            negative_prompt: negative_prompt.to_string(),
+            fields: Vec::new(),
+        }
     }
 
     /// Appends a `Key: value` field; A1111's order is the order of these calls.
@@ -27,7 +31,11 @@ impl A1111Parameters {
             text.push_str("\nNegative prompt: ");
             text.push_str(&self.negative_prompt);
         }
-        let fields: Vec<String> = self.fields.iter().map(|(k, v)| format!("{k}: {}", quote(v))).collect();
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", quote(v)))
+            .collect();
         text.push('\n');
         text.push_str(&fields.join(", "));
         text

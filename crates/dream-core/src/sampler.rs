@@ -55,7 +55,9 @@ pub struct UnknownSampler {
 fn valid_names() -> Vec<&'static str> {
     NAMES
         .iter()
-        .flat_map(|(_, invoke, a1111, others)| [*invoke, *a1111].into_iter().chain(others.iter().copied()))
+        .flat_map(|(_, invoke, a1111, others)| {
+            [*invoke, *a1111].into_iter().chain(others.iter().copied())
+        })
         .collect()
 }
 
@@ -74,7 +76,9 @@ impl FromStr for Sampler {
                     .any(|n| n.eq_ignore_ascii_case(wanted))
             })
             .map(|entry| entry.0)
-            .ok_or_else(|| UnknownSampler { given: name.to_string() })
+            .ok_or_else(|| UnknownSampler {
+                given: name.to_string(),
+            })
     }
 }
 
@@ -100,7 +104,10 @@ mod tests {
     #[test]
     fn unknown_name_lists_the_valid_ones() {
         let err = "k_eulerr".parse::<Sampler>().unwrap_err().to_string();
-        assert!(err.contains("k_eulerr") && err.contains("k_euler") && err.contains("DDIM"), "{err}");
+        assert!(
+            err.contains("k_eulerr") && err.contains("k_euler") && err.contains("DDIM"),
+            "{err}"
+        );
     }
 
     #[test]

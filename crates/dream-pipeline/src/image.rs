@@ -18,9 +18,13 @@ impl RgbImage {
     /// Writes a PNG with the given text chunks (e.g. A1111's `parameters`). Text that is not
     /// Latin-1 goes into an iTXt chunk, as the PNG spec requires.
     pub fn save_png(&self, path: &Path, text_chunks: &[(&str, &str)]) -> Result<(), DreamError> {
-        let io_error = |source| DreamError::Io { path: path.to_path_buf(), source };
+        let io_error = |source| DreamError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::create(path).map_err(io_error)?;
-        let mut encoder = png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
+        let mut encoder =
+            png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         for (keyword, text) in text_chunks {
@@ -32,32 +36,44 @@ impl RgbImage {
             added.map_err(|e| png_error(path, e))?;
         }
         let mut writer = encoder.write_header().map_err(|e| png_error(path, e))?;
-        writer.write_image_data(&self.pixels).map_err(|e| png_error(path, e))?;
+        writer
+            .write_image_data(&self.pixels)
+            .map_err(|e| png_error(path, e))?;
         writer.finish().map_err(|e| png_error(path, e))
     }
 }
 
 fn png_error(path: &Path, error: png::EncodingError) -> DreamError {
-    DreamError::Io { path: path.to_path_buf(), source: std::io::Error::other(error) }
+    DreamError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(error),
+    }
 }
 
 /// The next free InvokeAI-style name in `dir`: a six-digit counter one past the highest
 /// already there, then the seed: `000042.1234.png`. Never returns an existing file.
 pub fn next_output_path(dir: &Path, seed: u32) -> Result<PathBuf, DreamError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DreamError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| DreamError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let highest = entries
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| {
             let name = entry.file_name();
             let counter = name.to_str()?.split('.').next()?.to_string();
-            (counter.len() == 6).then(|| counter.parse::<u32>().ok()).flatten()
+            (counter.len() == 6)
+                .then(|| counter.parse::<u32>().ok())
+                .flatten()
         })
         .max()
         .unwrap_or(0);
     (highest + 1..)
         .map(|counter| dir.join(format!("{counter:06}.{seed}.png")))
         .find(|path| !path.exists())
-        .ok_or_else(|| DreamError::InvalidRequest(format!("no free file name left in {}", dir.display())))
+        .ok_or_else(|| {
+            DreamError::InvalidRequest(format!("no free file name left in {}", dir.display()))
+        })
 }
 
 #[cfg(test)]
@@ -68,7 +84,10 @@ mod tests {
     fn output_names_count_up_past_existing_files() {
         let dir = std::env::temp_dir().join(format!("dream-names-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(next_output_path(&dir, 42).unwrap(), dir.join("000001.42.png"));
+        assert_eq!(
+            next_output_path(&dir, 42).unwrap(),
+            dir.join("000001.42.png")
+        );
         std::fs::write(dir.join("000007.99.png"), b"").unwrap();
         std::fs::write(dir.join("notes.txt"), b"").unwrap();
         assert_eq!(next_output_path(&dir, 5).unwrap(), dir.join("000008.5.png"));
@@ -80,8 +99,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dream-png-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.png");
-        let image = RgbImage { width: 3, height: 2, pixels: (0..18).map(|v| v * 14).collect() };
-        image.save_png(&path, &[("parameters", "a cat\nSteps: 20"), ("Dream", "猫 unicode")]).unwrap();
+        let image = RgbImage {
+            width: 3,
+            height: 2,
+            pixels: (0..18).map(|v| v * 14).collect(),
+        };
+        image
+            .save_png(
+                &path,
+                &[("parameters", "a cat\nSteps: 20"), ("Dream", "猫 unicode")],
+            )
+            .unwrap();
 
         let decoder = png::Decoder::new(File::open(&path).unwrap());
         let mut reader = decoder.read_info().unwrap();

@@ -26,9 +26,15 @@ pub enum DreamError {
     #[error("{}: {message}", path.display())]
     InvalidModelFile { path: PathBuf, message: String },
     #[error("{}: the weights do not fit the model: {source}", path.display())]
-    BadModel { path: PathBuf, source: candle_core::Error },
+    BadModel {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0} is not supported yet")]

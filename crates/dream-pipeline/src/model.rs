@@ -31,7 +31,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { vae: None, config_dir: None, device: default_device() }
+        LoadOptions {
+            vae: None,
+            config_dir: None,
+            device: default_device(),
+        }
     }
 }
 
@@ -75,28 +79,43 @@ impl StableDiffusion {
         } else {
             let config_dir = options.config_dir.as_deref();
             let components = weights::load_single_file(path, config_dir)?;
-            let tokenizer = config_dir.map_or_else(|| Ok(ClipTokenizer::bundled()), folder_tokenizer)?;
-            let scheduler = config_dir.map_or_else(|| Ok(SchedulerConfig::sd1()), folder_scheduler)?;
+            let tokenizer =
+                config_dir.map_or_else(|| Ok(ClipTokenizer::bundled()), folder_tokenizer)?;
+            let scheduler =
+                config_dir.map_or_else(|| Ok(SchedulerConfig::sd1()), folder_scheduler)?;
             (components, tokenizer, scheduler)
         };
         if components.kind.prediction == Prediction::VPrediction {
-            return Err(DreamError::NotSupported(format!("{}: v-prediction models (SD 2.x 768)", path.display())));
+            return Err(DreamError::NotSupported(format!(
+                "{}: v-prediction models (SD 2.x 768)",
+                path.display()
+            )));
         }
         let vae = match &options.vae {
             Some(vae_path) => weights::load_vae(vae_path)?,
             None => components.vae,
         };
         let (dtype, device) = (DType::F32, &options.device);
-        let build_error = |source: candle_core::Error| DreamError::BadModel { path: path.to_path_buf(), source };
+        let build_error = |source: candle_core::Error| DreamError::BadModel {
+            path: path.to_path_buf(),
+            source,
+        };
         let unet_config = &components.unet.config;
         let text_encoder = &components.text_encoder;
         Ok(StableDiffusion {
             tokenizer,
-            text_encoder: ClipTextTransformer::new(text_encoder.weights.var_builder(dtype, device), &text_encoder.config)
+            text_encoder: ClipTextTransformer::new(
+                text_encoder.weights.var_builder(dtype, device),
+                &text_encoder.config,
+            )
+            .map_err(build_error)?,
+            unet: UNet2DConditionModel::new(
+                components.unet.weights.var_builder(dtype, device),
+                unet_config,
+            )
+            .map_err(build_error)?,
+            vae: AutoencoderKL::new(vae.weights.var_builder(dtype, device), &vae.config)
                 .map_err(build_error)?,
-            unet: UNet2DConditionModel::new(components.unet.weights.var_builder(dtype, device), unet_config)
-                .map_err(build_error)?,
-            vae: AutoencoderKL::new(vae.weights.var_builder(dtype, device), &vae.config).map_err(build_error)?,
             unet_in_channels: unet_config.in_channels,
             vae_config: vae.config,
             scheduler,
@@ -116,7 +135,11 @@ impl StableDiffusion {
 
     /// The UNet's context for classifier-free guidance: the text encoder's last hidden state
     /// for [negative, prompt], `[2, 77, D]`. Also returns the prompt text that did not fit.
-    pub fn encode_prompts(&self, prompt: &str, negative_prompt: &str) -> Result<(Tensor, Option<String>), DreamError> {
+    pub fn encode_prompts(
+        &self,
+        prompt: &str,
+        negative_prompt: &str,
+    ) -> Result<(Tensor, Option<String>), DreamError> {
         if self.unet_in_channels != self.latent_channels() {
             return Err(DreamError::NotSupported(format!(
                 "txt2img with a {}-channel (inpainting) UNet",
@@ -124,32 +147,47 @@ impl StableDiffusion {
             )));
         }
         let positive = self.tokenizer.encode_for_clip(prompt, CLIP_CONTEXT);
-        let negative = self.tokenizer.encode_for_clip(negative_prompt, CLIP_CONTEXT);
+        let negative = self
+            .tokenizer
+            .encode_for_clip(negative_prompt, CLIP_CONTEXT);
         let ids: Vec<u32> = negative.ids.iter().chain(&positive.ids).copied().collect();
         let ids = Tensor::from_vec(ids, (2, CLIP_CONTEXT), &self.device)?;
         let context = self.text_encoder.forward(&ids)?.last_hidden_state;
-        let truncated = (!positive.truncated.is_empty()).then(|| self.tokenizer.decode(&positive.truncated));
+        let truncated =
+            (!positive.truncated.is_empty()).then(|| self.tokenizer.decode(&positive.truncated));
         Ok((context, truncated))
     }
 
     /// The VAE's image for latents, unclamped, `[B, 3, H, W]` in about [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, DreamError> {
-        Ok(self.vae.decode(&(latents / self.vae_config.scaling_factor)?)?)
+        Ok(self
+            .vae
+            .decode(&(latents / self.vae_config.scaling_factor)?)?)
     }
 }
 
 fn read_text(path: &Path) -> Result<String, DreamError> {
-    std::fs::read_to_string(path).map_err(|source| DreamError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| DreamError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The folder's own `tokenizer/` vocabulary, or OpenAI's CLIP vocabulary when it has none.
 fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer, DreamError> {
-    let (vocab, merges) = (dir.join("tokenizer/vocab.json"), dir.join("tokenizer/merges.txt"));
+    let (vocab, merges) = (
+        dir.join("tokenizer/vocab.json"),
+        dir.join("tokenizer/merges.txt"),
+    );
     if !vocab.exists() || !merges.exists() {
         return Ok(ClipTokenizer::bundled());
     }
-    ClipTokenizer::from_vocab_and_merges(&read_text(&vocab)?, &read_text(&merges)?)
-        .map_err(|e| DreamError::InvalidModelFile { path: vocab, message: e.to_string() })
+    ClipTokenizer::from_vocab_and_merges(&read_text(&vocab)?, &read_text(&merges)?).map_err(|e| {
+        DreamError::InvalidModelFile {
+            path: vocab,
+            message: e.to_string(),
+        }
+    })
 }
 
 /// The folder's `scheduler/scheduler_config.json`, or SD 1.x's schedule when it has none.
@@ -158,11 +196,20 @@ fn folder_scheduler(dir: &Path) -> Result<SchedulerConfig, DreamError> {
     if !path.exists() {
         return Ok(SchedulerConfig::sd1());
     }
-    SchedulerConfig::from_json_str(&read_text(&path)?)
-        .map_err(|e| DreamError::InvalidModelFile { path, message: e.to_string() })
+    SchedulerConfig::from_json_str(&read_text(&path)?).map_err(|e| DreamError::InvalidModelFile {
+        path,
+        message: e.to_string(),
+    })
 }
 
 fn model_name(path: &Path) -> String {
-    let file_name = if path.is_dir() { path.file_name() } else { path.file_stem() };
-    file_name.map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    let file_name = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    file_name.map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

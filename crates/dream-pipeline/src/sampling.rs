@@ -32,7 +32,12 @@ pub type StepCallback<'a> = dyn FnMut(StepInfo<'_>) -> Result<()> + 'a;
 /// The denoised estimate for latents `x` at noise level `sigma` (ε-prediction models):
 /// the UNet sees the latents scaled to unit variance, c_in = 1/√(σ²+1), as diffusers'
 /// `scale_model_input` does, and x₀ = x − σ·ε.
-fn denoise(model: &mut dyn NoisePredictor, x: &Tensor, sigma: f64, timestep: f64) -> Result<Tensor> {
+fn denoise(
+    model: &mut dyn NoisePredictor,
+    x: &Tensor,
+    sigma: f64,
+    timestep: f64,
+) -> Result<Tensor> {
     let c_in = (sigma * sigma + 1.0).sqrt();
     let eps = model.predict_noise(&(x / c_in)?, timestep)?;
     x - (eps * sigma)?
@@ -52,7 +57,11 @@ pub fn sample_euler(
         let denoised = denoise(model, &x, sigma, timestep as f64)?;
         let derivative = ((&x - denoised)? / sigma)?;
         x = (x + (derivative * (sigma_next - sigma))?)?;
-        callback(StepInfo { step: i, total_steps, latents: &x })?;
+        callback(StepInfo {
+            step: i,
+            total_steps,
+            latents: &x,
+        })?;
     }
     Ok(x)
 }
@@ -75,7 +84,11 @@ pub fn sample_ddim(
         let eps = model.predict_noise(&x, t as f64)?;
         let x0 = ((&x - (&eps * (1.0 - alpha).sqrt())?)? / alpha.sqrt())?;
         x = ((x0 * alpha_prev.sqrt())? + (eps * (1.0 - alpha_prev).sqrt())?)?;
-        callback(StepInfo { step: i, total_steps, latents: &x })?;
+        callback(StepInfo {
+            step: i,
+            total_steps,
+            latents: &x,
+        })?;
     }
     Ok(x)
 }

@@ -41,14 +41,24 @@ impl Txt2Img {
 
     fn validate(&self) -> Result<(), DreamError> {
         let invalid = |message: String| Err(DreamError::InvalidRequest(message));
-        if self.width == 0 || self.height == 0 || self.width % 8 != 0 || self.height % 8 != 0 {
-            return invalid(format!("width and height must be positive multiples of 8, got {}x{}", self.width, self.height));
+        if self.width == 0
+            || self.height == 0
+            || !self.width.is_multiple_of(8)
+            || !self.height.is_multiple_of(8)
+        {
+            return invalid(format!(
+                "width and height must be positive multiples of 8, got {}x{}",
+                self.width, self.height
+            ));
         }
         if self.steps == 0 {
             return invalid("steps must be at least 1".into());
         }
         if !self.cfg_scale.is_finite() {
-            return invalid(format!("CFG scale must be a finite number, got {}", self.cfg_scale));
+            return invalid(format!(
+                "CFG scale must be a finite number, got {}",
+                self.cfg_scale
+            ));
         }
         Ok(())
     }
@@ -81,8 +91,15 @@ impl Generated {
     }
 
     /// Writes the image as a PNG carrying its A1111 `parameters`.
-    pub fn save(&self, path: impl AsRef<std::path::Path>, model_name: &str) -> Result<(), DreamError> {
-        self.image.save_png(path.as_ref(), &[("parameters", &self.a1111_parameters(model_name))])
+    pub fn save(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        model_name: &str,
+    ) -> Result<(), DreamError> {
+        self.image.save_png(
+            path.as_ref(),
+            &[("parameters", &self.a1111_parameters(model_name))],
+        )
     }
 }
 
@@ -107,9 +124,15 @@ impl NoisePredictor for Guided<'_> {
 impl StableDiffusion {
     /// The seed's starting noise, [1, 4, h/8, w/8], equal to
     /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`.
-    pub fn initial_noise(&self, seed: u32, width: usize, height: usize) -> Result<Tensor, DreamError> {
+    pub fn initial_noise(
+        &self,
+        seed: u32,
+        width: usize,
+        height: usize,
+    ) -> Result<Tensor, DreamError> {
         let shape = (1, self.latent_channels(), height / 8, width / 8);
-        let values = TorchGenerator::seeded(seed as u64).randn(shape.0 * shape.1 * shape.2 * shape.3);
+        let values =
+            TorchGenerator::seeded(seed as u64).randn(shape.0 * shape.1 * shape.2 * shape.3);
         Ok(Tensor::from_vec(values, shape, &self.device)?)
     }
 
@@ -120,9 +143,14 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
         request.validate()?;
-        let (context, truncated_prompt) = self.encode_prompts(&request.prompt, &request.negative_prompt)?;
+        let (context, truncated_prompt) =
+            self.encode_prompts(&request.prompt, &request.negative_prompt)?;
         let noise = self.initial_noise(request.seed, request.width, request.height)?;
-        let mut guided = Guided { model: self, context: &context, cfg_scale: request.cfg_scale };
+        let mut guided = Guided {
+            model: self,
+            context: &context,
+            cfg_scale: request.cfg_scale,
+        };
         let mut callback = |info: StepInfo<'_>| {
             progress(info);
             Ok(())
@@ -136,11 +164,23 @@ impl StableDiffusion {
             Sampler::Ddim => {
                 let noise_schedule = NoiseSchedule::new(&self.scheduler)?;
                 let timesteps = ddim_timesteps(&self.scheduler, request.steps)?;
-                sample_ddim(&mut guided, &noise_schedule, &timesteps, request.steps, noise, &mut callback)?
+                sample_ddim(
+                    &mut guided,
+                    &noise_schedule,
+                    &timesteps,
+                    request.steps,
+                    noise,
+                    &mut callback,
+                )?
             }
         };
         let image = self.decode_to_image(&latents)?;
-        Ok(Generated { image, request: request.clone(), latents, truncated_prompt })
+        Ok(Generated {
+            image,
+            request: request.clone(),
+            latents,
+            truncated_prompt,
+        })
     }
 
     /// Decodes latents to 8-bit RGB as diffusers does: clamp(x/2 + 0.5, 0, 1), ×255, rounded.
@@ -154,6 +194,10 @@ impl StableDiffusion {
             .to_dtype(DType::U8)?
             .flatten_all()?
             .to_vec1::<u8>()?;
-        Ok(RgbImage { width, height, pixels })
+        Ok(RgbImage {
+            width,
+            height,
+            pixels,
+        })
     }
 }

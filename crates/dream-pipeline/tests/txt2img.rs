@@ -11,29 +11,51 @@ use dream_pipeline::{LoadOptions, Sampler, StableDiffusion, Txt2Img};
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
 }
 
 fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&format!("ref/{name}.safetensors")), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture(&format!("ref/{name}.safetensors")), &Device::Cpu)
+        .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn single_file_model(file: &str) -> StableDiffusion {
     // The tiny model's GroupNorms use 8 groups, which tensor shapes cannot tell; the folder's
     // configs say so, as diffusers' from_single_file(config=...) is told.
-    let options = LoadOptions { config_dir: Some(fixture("tiny")), ..LoadOptions::default() };
+    let options = LoadOptions {
+        config_dir: Some(fixture("tiny")),
+        ..LoadOptions::default()
+    };
     StableDiffusion::load_with(fixture(file), &options).unwrap()
 }
 
 /// Generates as the reference was made and checks each stage against it.
-fn check_generation(model: &StableDiffusion, reference_name: &str, sampler: Sampler, negative: &str, seed: u32, size: (usize, usize)) {
+fn check_generation(
+    model: &StableDiffusion,
+    reference_name: &str,
+    sampler: Sampler,
+    negative: &str,
+    seed: u32,
+    size: (usize, usize),
+) {
     let r = reference(reference_name);
     let request = Txt2Img {
         prompt: PROMPT.into(),
@@ -47,72 +69,155 @@ fn check_generation(model: &StableDiffusion, reference_name: &str, sampler: Samp
     };
 
     let noise = model.initial_noise(seed, size.0, size.1).unwrap();
-    assert_eq!(max_abs_diff(&noise, &r["init_noise"]), 0.0, "{reference_name}: seed noise");
+    assert_eq!(
+        max_abs_diff(&noise, &r["init_noise"]),
+        0.0,
+        "{reference_name}: seed noise"
+    );
     let (context, truncated) = model.encode_prompts(PROMPT, negative).unwrap();
     assert!(truncated.is_none());
     let context_err = max_abs_diff(&context, &r["unet.encoder_hidden_states"]);
-    assert!(context_err <= 1e-5, "{reference_name}: text embeddings differ by {context_err}");
+    assert!(
+        context_err <= 1e-5,
+        "{reference_name}: text embeddings differ by {context_err}"
+    );
 
     let mut steps_seen = 0;
     let generated = model.generate(&request, &mut |step| {
         let expected = &r[&format!("step.{:03}.latents", step.step)];
         let err = max_abs_diff(step.latents, expected);
-        assert!(err <= 1e-4, "{reference_name}: step {} latents differ by {err}", step.step);
+        assert!(
+            err <= 1e-4,
+            "{reference_name}: step {} latents differ by {err}",
+            step.step
+        );
         steps_seen += 1;
     });
     let generated = generated.unwrap();
     assert_eq!(steps_seen, 20);
 
     let latents_err = max_abs_diff(&generated.latents, &r["final_latents"]);
-    assert!(latents_err <= 1e-4, "{reference_name}: final latents differ by {latents_err}");
+    assert!(
+        latents_err <= 1e-4,
+        "{reference_name}: final latents differ by {latents_err}"
+    );
     let raw = model.decode(&generated.latents).unwrap();
     let raw_err = max_abs_diff(&raw, &r["image_raw"]);
-    assert!(raw_err <= 1e-4, "{reference_name}: decoded image differs by {raw_err}");
+    assert!(
+        raw_err <= 1e-4,
+        "{reference_name}: decoded image differs by {raw_err}"
+    );
 
-    let expected_u8 = r["image_u8"].flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let expected_u8 = r["image_u8"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
     assert_eq!((generated.image.width, generated.image.height), size);
-    let pixel_err = generated.image.pixels.iter().zip(&expected_u8).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    let pixel_err = generated
+        .image
+        .pixels
+        .iter()
+        .zip(&expected_u8)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
     // A raw value within 1e-4 of a rounding boundary may round the other way.
-    assert!(pixel_err <= 1, "{reference_name}: pixels differ by {pixel_err}");
+    assert!(
+        pixel_err <= 1,
+        "{reference_name}: pixels differ by {pixel_err}"
+    );
     println!("{reference_name}: latents {latents_err:.2e}, image_raw {raw_err:.2e}, text {context_err:.2e}");
 }
 
 #[test]
 fn folder_euler_matches_diffusers() {
     let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    check_generation(&model, "txt2img_euler", Sampler::Euler, "blurry", 42, (64, 64));
+    check_generation(
+        &model,
+        "txt2img_euler",
+        Sampler::Euler,
+        "blurry",
+        42,
+        (64, 64),
+    );
 }
 
 #[test]
 fn folder_ddim_matches_diffusers() {
     let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    check_generation(&model, "txt2img_ddim", Sampler::Ddim, "blurry", 42, (64, 64));
+    check_generation(
+        &model,
+        "txt2img_ddim",
+        Sampler::Ddim,
+        "blurry",
+        42,
+        (64, 64),
+    );
 }
 
 #[test]
 fn folder_non_square_empty_negative_matches_diffusers() {
     let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    check_generation(&model, "txt2img_euler_64x48", Sampler::Euler, "", 1234, (64, 48));
+    check_generation(
+        &model,
+        "txt2img_euler_64x48",
+        Sampler::Euler,
+        "",
+        1234,
+        (64, 48),
+    );
 }
 
 #[test]
 fn single_safetensors_file_matches_diffusers() {
     let model = single_file_model("tiny.safetensors");
-    check_generation(&model, "txt2img_euler", Sampler::Euler, "blurry", 42, (64, 64));
-    check_generation(&model, "txt2img_ddim", Sampler::Ddim, "blurry", 42, (64, 64));
+    check_generation(
+        &model,
+        "txt2img_euler",
+        Sampler::Euler,
+        "blurry",
+        42,
+        (64, 64),
+    );
+    check_generation(
+        &model,
+        "txt2img_ddim",
+        Sampler::Ddim,
+        "blurry",
+        42,
+        (64, 64),
+    );
 }
 
 #[test]
 fn single_ckpt_file_matches_diffusers() {
     let model = single_file_model("tiny.ckpt");
-    check_generation(&model, "txt2img_ddim", Sampler::Ddim, "blurry", 42, (64, 64));
+    check_generation(
+        &model,
+        "txt2img_ddim",
+        Sampler::Ddim,
+        "blurry",
+        42,
+        (64, 64),
+    );
 }
 
 #[test]
 fn vae_override_with_the_same_vae_changes_nothing() {
-    let options = LoadOptions { vae: Some(fixture("tiny/vae")), ..LoadOptions::default() };
+    let options = LoadOptions {
+        vae: Some(fixture("tiny/vae")),
+        ..LoadOptions::default()
+    };
     let model = StableDiffusion::load_with(fixture("tiny"), &options).unwrap();
-    check_generation(&model, "txt2img_euler", Sampler::Euler, "blurry", 42, (64, 64));
+    check_generation(
+        &model,
+        "txt2img_euler",
+        Sampler::Euler,
+        "blurry",
+        42,
+        (64, 64),
+    );
 }
 
 #[test]
@@ -120,16 +225,28 @@ fn bad_requests_are_refused_with_a_reason() {
     let model = StableDiffusion::load(fixture("tiny")).unwrap();
     let mut request = Txt2Img::new(PROMPT, 1);
     request.width = 60;
-    let err = model.generate(&request, &mut |_| {}).unwrap_err().to_string();
-    assert!(err.contains("multiples of 8") && err.contains("60x512"), "{err}");
+    let err = model
+        .generate(&request, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("multiples of 8") && err.contains("60x512"),
+        "{err}"
+    );
     request.width = 64;
     request.steps = 0;
-    let err = model.generate(&request, &mut |_| {}).unwrap_err().to_string();
+    let err = model
+        .generate(&request, &mut |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("steps"), "{err}");
 }
 
 #[test]
 fn missing_model_names_the_path() {
-    let err = StableDiffusion::load(fixture("no-such-model.safetensors")).err().unwrap().to_string();
+    let err = StableDiffusion::load(fixture("no-such-model.safetensors"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("no-such-model.safetensors"), "{err}");
 }
