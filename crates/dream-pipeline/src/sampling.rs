@@ -4,7 +4,7 @@
 //!
 //! Two model views exist because the two sampler families think differently:
 //! - k-diffusion samplers walk a schedule of noise levels σ and ask for the denoised image
-//!   (`Denoiser`); latents there are x₀ + σ·ε.
+//!   (`denoise`); latents there are x₀ + σ·ε.
 //! - DDPM-family samplers (DDIM) walk discrete timesteps and ask for the noise ε
 //!   (`NoisePredictor`); latents there are √ᾱ·x₀ + √(1−ᾱ)·ε.
 
