@@ -137,3 +137,33 @@ fn bad_input_gets_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_prompt_past_77_tokens_warns_with_the_dropped_words() {
+    let out = temp_dir("long");
+    let model = fixture("tiny");
+    let prompt = format!("{} zebra giraffe", "apple ".repeat(74));
+    let output = dream(&[
+        &prompt,
+        "--model",
+        model.to_str().unwrap(),
+        "-s",
+        "1",
+        "-S",
+        "1",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // 75 tokens fit: the 74 apples and "zebra"; "giraffe" is cut.
+    assert!(
+        stderr.contains("dropped") && stderr.contains("giraffe") && !stderr.contains("zebra"),
+        "{stderr}"
+    );
+    assert!(out.join("000001.1.png").exists());
+}
