@@ -173,6 +173,7 @@ impl StableDiffusion {
                     &mut callback,
                 )?
             }
+            other => return Err(DreamError::NotSupported(format!("the {other} sampler"))),
         };
         let image = self.decode_to_image(&latents)?;
         Ok(Generated {
