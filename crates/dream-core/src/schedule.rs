@@ -9,8 +9,13 @@
 //! `torch.linspace` makes them in f32, `ᾱ` as `torch.cumprod` (f32 values, f64 running
 //! product), the timestep spacings with numpy's f64 `linspace`/`arange` and half-to-even
 //! rounding, and Euler's sigmas interpolated in f64 (`np.interp`) then rounded to f32.
+//!
+//! [`sigma_schedule`] builds the σ schedules of k-diffusion, A1111 and ComfyUI over the same
+//! training sigmas, in the precision each computes in (k-diffusion's in f32 like torch).
 
 use serde::Deserialize;
+
+use crate::sampler::ScheduleKind;
 
 /// How the betas grow over the training timesteps (diffusers' `beta_schedule`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -202,6 +207,54 @@ impl NoiseSchedule {
             .collect()
     }
 
+    /// σ of timestep 0, the smallest noise level the model was trained on.
+    pub fn sigma_min(&self) -> f32 {
+        self.sigma(0)
+    }
+
+    /// σ of the last training timestep, the largest.
+    pub fn sigma_max(&self) -> f32 {
+        self.sigma(self.num_train_timesteps() - 1)
+    }
+
+    /// ln σ_t, rounded to f32 as k-diffusion's `log_sigmas` buffer (and diffusers' `np.log` of
+    /// its f32 sigmas) holds it.
+    fn log_sigma(&self, t: usize) -> f64 {
+        f64::from(self.sigma(t).ln())
+    }
+
+    /// The fractional training timestep of noise level `sigma`: ln σ interpolated linearly
+    /// between the two training timesteps around it, clamped to `[0, T − 1]`
+    /// (k-diffusion's `DiscreteSchedule.sigma_to_t`; diffusers' `_sigma_to_t` is the same in
+    /// f64). This is the timestep a k-diffusion sampler tells the UNet at σ.
+    pub fn sigma_to_t(&self, sigma: f64) -> f64 {
+        let log_sigmas: Vec<f64> = (0..self.num_train_timesteps())
+            .map(|t| self.log_sigma(t))
+            .collect();
+        // k-diffusion takes the log of an f32 σ in f32: a training σ then lands exactly on its
+        // own timestep.
+        let log_sigma = f64::from((sigma as f32).ln());
+        // The last training timestep at or below σ (0 if none), one short of the end so that
+        // it has a successor: k-diffusion's `dists.ge(0).cumsum().argmax().clamp(max=T-2)`.
+        let low = log_sigmas
+            .partition_point(|&l| l <= log_sigma)
+            .saturating_sub(1)
+            .min(log_sigmas.len() - 2);
+        let (below, above) = (log_sigmas[low], log_sigmas[low + 1]);
+        let w = ((below - log_sigma) / (below - above)).clamp(0.0, 1.0);
+        (1.0 - w) * low as f64 + w * (low + 1) as f64
+    }
+
+    /// The noise level of a fractional training timestep: ln σ interpolated linearly between
+    /// the training timesteps either side (k-diffusion's `DiscreteSchedule.t_to_sigma`), with
+    /// `t` clamped to `[0, T − 1]` as ComfyUI does.
+    pub fn t_to_sigma(&self, t: f64) -> f64 {
+        let t = t.clamp(0.0, (self.num_train_timesteps() - 1) as f64);
+        let w = t.fract();
+        let (low, high) = (t.floor() as usize, t.ceil() as usize);
+        ((1.0 - w) * self.log_sigma(low) + w * self.log_sigma(high)).exp()
+    }
+
     /// The ᾱ a DDIM step from timestep `t` moves to, with diffusers' rule: the previous
     /// timestep is `t − num_train_timesteps / steps` whatever the spacing, and past 0 it is
     /// `final_alpha_cumprod`.
@@ -229,7 +282,7 @@ pub fn ddim_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usiz
     }
     let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
     let timesteps: Vec<i64> = match spacing {
-        TimestepSpacing::Linspace => np_linspace((train - 1) as f64, steps)
+        TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, steps)
             .iter()
             .rev()
             .map(|t| t.round_ties_even() as i64)
@@ -264,8 +317,8 @@ pub fn ddim_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usiz
 /// The noise levels a k-diffusion style sampler walks, each with its UNet timestep.
 ///
 /// Samplers take `sigmas[i] → sigmas[i + 1]` steps; `timesteps[i]` is what the UNet is told
-/// while denoising at `sigmas[i]`. More constructors (Karras, exponential) produce the same
-/// struct.
+/// while denoising at `sigmas[i]`. [`euler_schedule`] builds it as diffusers' Euler does,
+/// [`sigma_schedule`] for every [`ScheduleKind`] as k-diffusion, A1111 and ComfyUI do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SigmaSchedule {
     /// Noise levels from the first (largest) down to a final 0; one longer than `timesteps`.
@@ -293,7 +346,7 @@ pub fn euler_schedule(
     let train = config.num_train_timesteps;
     let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
     let timesteps: Vec<f32> = match spacing {
-        TimestepSpacing::Linspace => np_linspace((train - 1) as f64, steps)
+        TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, steps)
             .iter()
             .rev()
             .map(|&t| t as f32)
@@ -326,6 +379,278 @@ pub fn euler_schedule(
         timesteps,
         init_noise_sigma,
     })
+}
+
+impl SigmaSchedule {
+    /// A schedule over noise levels that end in 0, as k-diffusion samplers run it: each σ's
+    /// timestep is [`NoiseSchedule::sigma_to_t`], and the starting noise is scaled by the first
+    /// σ.
+    fn from_sigmas(noise: &NoiseSchedule, sigmas: Vec<f32>) -> Self {
+        let timesteps = sigmas[..sigmas.len() - 1]
+            .iter()
+            .map(|&sigma| noise.sigma_to_t(f64::from(sigma)) as f32)
+            .collect();
+        Self {
+            init_noise_sigma: sigmas[0],
+            sigmas,
+            timesteps,
+        }
+    }
+
+    /// A1111's `discard_next_to_last_sigma` (DPM2, DPM2 a, DPM++ 3M SDE): drops the σ just
+    /// before the final 0, so that the last step goes straight to 0. A1111 builds the schedule
+    /// for one step more, so the step count stays. Schedules of one step are left as they are.
+    pub fn discard_next_to_last_sigma(mut self) -> Self {
+        if self.sigmas.len() >= 3 {
+            let next_to_last = self.sigmas.len() - 2;
+            self.sigmas.remove(next_to_last);
+            self.timesteps.remove(next_to_last);
+        }
+        self
+    }
+}
+
+/// Karras et al. (2022)'s ρ, the one k-diffusion, A1111 and ComfyUI default to.
+pub const KARRAS_RHO: f64 = 7.0;
+
+/// The shape of the Beta distribution the "beta" schedules place their steps by, α = β = 0.6
+/// (ComfyUI's `beta_scheduler` defaults, A1111's `beta_dist_alpha`/`beta_dist_beta` options).
+const BETA_SCHEDULE_SHAPE: (f64, f64) = (0.6, 0.6);
+
+/// The `steps` noise levels (plus a final 0) that `kind` picks from the model's training
+/// schedule, each with its UNet timestep.
+///
+/// Every kind reproduces its reference: "normal", Karras, exponential and polyexponential are
+/// k-diffusion's (`DiscreteSchedule.get_sigmas` and `get_sigmas_*` over the model's σ range);
+/// SGM uniform, simple, DDIM uniform and beta are ComfyUI's (`comfy/samplers.py`), A1111 beta
+/// is A1111's (`modules/sd_schedulers.py`). Karras equals diffusers' `use_karras_sigmas` too,
+/// within f32 rounding.
+///
+/// The schedule has `steps` steps except where the reference gives another count: beta drops
+/// a timestep equal to the one before (1000 steps give 847), and DDIM uniform takes every
+/// `T / steps`-th timestep from 1 (30 steps give 31, 1000 give 999).
+pub fn sigma_schedule(
+    noise: &NoiseSchedule,
+    kind: ScheduleKind,
+    steps: usize,
+) -> Result<SigmaSchedule, ScheduleError> {
+    if steps == 0 {
+        return Err(ScheduleError::ZeroSteps);
+    }
+    let (sigma_min, sigma_max) = (f64::from(noise.sigma_min()), f64::from(noise.sigma_max()));
+    let last_timestep = (noise.num_train_timesteps() - 1) as f32;
+    let (alpha, beta) = BETA_SCHEDULE_SHAPE;
+    let sigmas = match kind {
+        ScheduleKind::Normal => at_timesteps(noise, &torch_linspace_f32(last_timestep, 0.0, steps)),
+        ScheduleKind::Karras => karras_sigmas(sigma_min, sigma_max, steps, KARRAS_RHO),
+        ScheduleKind::Exponential => exponential_sigmas(sigma_min, sigma_max, steps),
+        ScheduleKind::PolyExponential => polyexponential_sigmas(sigma_min, sigma_max, steps, 1.0),
+        ScheduleKind::SgmUniform => at_timesteps(
+            noise,
+            &torch_linspace_f32(last_timestep, 0.0, steps + 1)[..steps],
+        ),
+        ScheduleKind::Simple => simple_sigmas(noise, steps),
+        ScheduleKind::DdimUniform => ddim_uniform_sigmas(noise, steps),
+        ScheduleKind::Beta => beta_sigmas(noise, steps, alpha, beta),
+        ScheduleKind::A1111Beta => np_linspace(0.0, 1.0, steps)
+            .into_iter()
+            .map(|x| {
+                let quantile = beta_quantile(1.0 - x, alpha, beta);
+                (sigma_min + quantile * (sigma_max - sigma_min)) as f32
+            })
+            .chain([0.0])
+            .collect(),
+    };
+    Ok(SigmaSchedule::from_sigmas(noise, sigmas))
+}
+
+/// Karras et al. (2022) eq. 5: `n` noise levels evenly spaced in σ^(1/ρ) from `sigma_max`
+/// down to `sigma_min`, then 0 (k-diffusion's `get_sigmas_karras`). Like k-diffusion, the ramp
+/// and the power are f32, the ends σ^(1/ρ) f64.
+pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize, rho: f64) -> Vec<f32> {
+    let min_inv_rho = sigma_min.powf(1.0 / rho);
+    let max_inv_rho = sigma_max.powf(1.0 / rho);
+    let span = (min_inv_rho - max_inv_rho) as f32;
+    torch_linspace_f32(0.0, 1.0, n)
+        .into_iter()
+        .map(|ramp| (max_inv_rho as f32 + ramp * span).powf(rho as f32))
+        .chain([0.0])
+        .collect()
+}
+
+/// `n` noise levels evenly spaced in ln σ from `sigma_max` down to `sigma_min`, then 0
+/// (k-diffusion's `get_sigmas_exponential`, in f32 as it computes).
+pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f32> {
+    torch_linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, n)
+        .into_iter()
+        .map(f32::exp)
+        .chain([0.0])
+        .collect()
+}
+
+/// `n` noise levels with ln σ a polynomial of degree ρ in the step, from `sigma_max` down to
+/// `sigma_min`, then 0 (k-diffusion's `get_sigmas_polyexponential`, in f32 as it computes;
+/// ρ = 1 is exponential).
+pub fn polyexponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize, rho: f64) -> Vec<f32> {
+    let (log_min, log_max) = (sigma_min.ln(), sigma_max.ln());
+    let span = (log_max - log_min) as f32;
+    torch_linspace_f32(1.0, 0.0, n)
+        .into_iter()
+        .map(|ramp| (ramp.powf(rho as f32) * span + log_min as f32).exp())
+        .chain([0.0])
+        .collect()
+}
+
+/// The noise levels of fractional training timesteps, then 0.
+fn at_timesteps(noise: &NoiseSchedule, timesteps: &[f32]) -> Vec<f32> {
+    timesteps
+        .iter()
+        .map(|&t| noise.t_to_sigma(f64::from(t)) as f32)
+        .chain([0.0])
+        .collect()
+}
+
+/// ComfyUI's `simple_scheduler`: every `(T / steps)`-th training σ counted down from the last,
+/// the index truncated, then 0.
+fn simple_sigmas(noise: &NoiseSchedule, steps: usize) -> Vec<f32> {
+    let train = noise.num_train_timesteps();
+    let stride = train as f64 / steps as f64;
+    (0..steps)
+        .map(|x| noise.sigma(train - 1 - (x as f64 * stride) as usize))
+        .chain([0.0])
+        .collect()
+}
+
+/// ComfyUI's `ddim_scheduler`: the training σ at timesteps 1, 1 + s, 1 + 2s, … (s = T / steps)
+/// from the largest down, then 0. (ComfyUI also handles models whose σ_1 is 0, which a DDPM
+/// beta schedule never has.)
+fn ddim_uniform_sigmas(noise: &NoiseSchedule, steps: usize) -> Vec<f32> {
+    let train = noise.num_train_timesteps();
+    let stride = (train / steps).max(1);
+    let mut sigmas: Vec<f32> = (1..train).step_by(stride).map(|t| noise.sigma(t)).collect();
+    sigmas.reverse();
+    sigmas.push(0.0);
+    sigmas
+}
+
+/// ComfyUI's `beta_scheduler`: the training timesteps at the quantiles 1, 1 − 1/steps, …,
+/// 1/steps of Beta(α, β), rounded half to even (`numpy.rint`), a timestep equal to the one
+/// before skipped, their training σ, then 0. Beta(0.6, 0.6) puts more steps at both ends.
+fn beta_sigmas(noise: &NoiseSchedule, steps: usize, alpha: f64, beta: f64) -> Vec<f32> {
+    let last = (noise.num_train_timesteps() - 1) as f64;
+    let spacing = 1.0 / steps as f64;
+    let mut timesteps: Vec<usize> = (0..steps)
+        .map(|i| {
+            let quantile = beta_quantile(1.0 - i as f64 * spacing, alpha, beta);
+            (quantile * last).round_ties_even() as usize
+        })
+        .collect();
+    timesteps.dedup();
+    timesteps
+        .into_iter()
+        .map(|t| noise.sigma(t))
+        .chain([0.0])
+        .collect()
+}
+
+/// The `p`-quantile of the Beta(a, b) distribution (scipy's `beta.ppf`): the x in [0, 1] with
+/// I_x(a, b) = p, by bisection, which the monotone I_x allows, down to adjacent f64 values.
+fn beta_quantile(p: f64, a: f64, b: f64) -> f64 {
+    if p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    // A symmetric distribution's median is 1/2 exactly. ComfyUI rounds 999 × the quantile,
+    // and 499.5 must not come out as 499.49999….
+    if a == b && p == 0.5 {
+        return 0.5;
+    }
+    let (mut low, mut high) = (0.0f64, 1.0f64);
+    loop {
+        let mid = 0.5 * (low + high);
+        if mid <= low || mid >= high {
+            return mid;
+        }
+        if regularized_incomplete_beta(mid, a, b) < p {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+}
+
+/// The regularized incomplete beta function I_x(a, b) for x in [0, 1], a, b > 0, from its
+/// continued fraction (Numerical Recipes §6.4), using the symmetry
+/// I_x(a, b) = 1 − I_{1−x}(b, a) where the fraction converges slowly.
+fn regularized_incomplete_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let front = (ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (-x).ln_1p()).exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_continued_fraction(x, a, b) / a
+    } else {
+        1.0 - front * beta_continued_fraction(1.0 - x, b, a) / b
+    }
+}
+
+/// The continued fraction of I_x(a, b), evaluated by the modified Lentz method.
+fn beta_continued_fraction(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let nonzero = |v: f64| if v.abs() < TINY { TINY } else { v };
+    let mut c = 1.0;
+    let mut d = 1.0 / nonzero(1.0 - (a + b) * x / (a + 1.0));
+    let mut fraction = d;
+    for m in 1..=10_000 {
+        let m = f64::from(m);
+        let even = m * (b - m) * x / ((a + 2.0 * m - 1.0) * (a + 2.0 * m));
+        d = 1.0 / nonzero(1.0 + even * d);
+        c = nonzero(1.0 + even / c);
+        fraction *= d * c;
+        let odd = -(a + m) * (a + b + m) * x / ((a + 2.0 * m) * (a + 2.0 * m + 1.0));
+        d = 1.0 / nonzero(1.0 + odd * d);
+        c = nonzero(1.0 + odd / c);
+        fraction *= d * c;
+        if (d * c - 1.0).abs() <= f64::EPSILON {
+            break;
+        }
+    }
+    fraction
+}
+
+/// ln Γ(x) for x > 0: the Lanczos approximation (g = 7, 9 terms, relative error ~1e-15), with
+/// the reflection formula below 1/2.
+fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const COEFFICIENTS: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let series = COEFFICIENTS[1..]
+        .iter()
+        .enumerate()
+        .fold(COEFFICIENTS[0], |sum, (i, &c)| {
+            sum + c / (x + i as f64 + 1.0)
+        });
+    let t = x + G + 0.5;
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
 }
 
 /// β_t for every training timestep, as diffusers' schedulers compute them in `__init__`.
@@ -362,6 +687,9 @@ fn betas(config: &SchedulerConfig) -> Result<Vec<f32>, ScheduleError> {
 /// `torch.linspace(start, end, n, dtype=float32)` on the CPU: the first half counts up from
 /// `start`, the second half down from `end`; x86 builds fuse each multiply-add.
 fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start];
+    }
     let step = (end - start) / (n - 1) as f32;
     let halfway = n / 2;
     (0..n)
@@ -375,13 +703,13 @@ fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `np.linspace(0, stop, num)` in f64: `i·step`, with the end point exact.
-fn np_linspace(stop: f64, num: usize) -> Vec<f64> {
+/// `np.linspace(start, stop, num)` in f64: `i·step + start`, with the end point exact.
+fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     if num == 1 {
-        return vec![0.0];
+        return vec![start];
     }
-    let step = stop / (num - 1) as f64;
-    let mut values: Vec<f64> = (0..num).map(|i| i as f64 * step).collect();
+    let step = (stop - start) / (num - 1) as f64;
+    let mut values: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
     values[num - 1] = stop;
     values
 }
@@ -701,5 +1029,250 @@ mod tests {
             NoiseSchedule::new(&zero_snr),
             Err(ScheduleError::ZeroSnrUnsupported)
         ));
+    }
+
+    /// fixtures/schedules/sigmas.json (tools/parity/sigma_fixtures.py): k-diffusion's, ComfyUI's
+    /// and A1111's schedules over SD 1.x's sigmas.
+    fn sigma_fixture() -> Value {
+        serde_json::from_slice(&read("schedules/sigmas.json")).unwrap()
+    }
+
+    fn sd1_noise() -> NoiseSchedule {
+        NoiseSchedule::new(&SchedulerConfig::sd1()).unwrap()
+    }
+
+    /// The largest |ours − reference| / |reference| (0 against 0 counts as equal), asserting
+    /// it stays within `rel` and that any difference at a reference of 0 is within `abs`.
+    fn assert_close(what: &str, ours: &[f64], reference: &[f64], rel: f64, abs: f64) -> f64 {
+        assert_eq!(ours.len(), reference.len(), "{what}: length");
+        let mut worst = 0.0f64;
+        for (i, (&a, &b)) in ours.iter().zip(reference).enumerate() {
+            let diff = (a - b).abs();
+            assert!(
+                diff <= rel * b.abs() + abs,
+                "{what}: element {i} is {a}, the reference has {b}"
+            );
+            if b != 0.0 {
+                worst = worst.max(diff / b.abs());
+            }
+        }
+        worst
+    }
+
+    fn max_abs_diff(ours: &[f64], reference: &[f64]) -> f64 {
+        ours.iter()
+            .zip(reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    }
+
+    fn f64_list(value: &Value) -> Vec<f64> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    }
+
+    fn widen(values: &[f32]) -> Vec<f64> {
+        values.iter().map(|&x| f64::from(x)).collect()
+    }
+
+    /// Sigmas within 1e-6 relative. The references compute in f32 (torch) where we use f64,
+    /// and torch's sqrt is 1 ulp off for some training sigmas.
+    const SIGMA_REL: f64 = 1e-6;
+    /// Timesteps within 1e-6 relative, or 2e-5 absolute near timestep 0: k-diffusion
+    /// interpolates ln σ in f32, where one ulp of ln σ (~3.5) is 2e-5 of the 0.35 between the
+    /// first two training timesteps.
+    const T_REL: f64 = 1e-6;
+    const T_ABS: f64 = 2e-5;
+
+    #[test]
+    fn sigma_schedules_match_k_diffusion_comfyui_and_a1111() {
+        let fixture = sigma_fixture();
+        let config: SchedulerConfig = serde_json::from_value(fixture["config"].clone()).unwrap();
+        assert_eq!(config, SchedulerConfig::sd1());
+        let noise = NoiseSchedule::new(&config).unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), ScheduleKind::ALL.len() * 5);
+        let (mut worst_sigma, mut worst_t) = (0.0f64, 0.0f64);
+        for case in cases {
+            let name = case["schedule"].as_str().unwrap();
+            let kind: ScheduleKind = name.parse().unwrap();
+            let steps = case["steps"].as_u64().unwrap() as usize;
+            let what = format!("{name} {steps} steps");
+            let ours = sigma_schedule(&noise, kind, steps).unwrap();
+            let sigmas = f64_list(&case["sigmas"]);
+            worst_sigma = worst_sigma.max(assert_close(
+                &format!("{what} sigmas"),
+                &widen(&ours.sigmas),
+                &sigmas,
+                SIGMA_REL,
+                0.0,
+            ));
+            let timesteps = f64_list(&case["timesteps"]);
+            let ours_t = widen(&ours.timesteps);
+            assert_close(
+                &format!("{what} timesteps"),
+                &ours_t,
+                &timesteps,
+                T_REL,
+                T_ABS,
+            );
+            worst_t = worst_t.max(max_abs_diff(&ours_t, &timesteps));
+            assert_eq!(ours.init_noise_sigma, ours.sigmas[0], "{what}");
+            assert_eq!(ours.sigmas.last(), Some(&0.0), "{what}");
+        }
+        eprintln!(
+            "sigma schedules: worst sigma rel {worst_sigma:e}, worst timestep abs {worst_t:e}"
+        );
+    }
+
+    /// diffusers computes Karras sigmas in f64 where k-diffusion (and we) use f32; raised to
+    /// the 7th power, f32 rounding leaves up to 1.1e-6 between the two at 1000 steps, in the
+    /// sigmas and so in their timesteps.
+    const DIFFUSERS_KARRAS_REL: f64 = 2e-6;
+
+    #[test]
+    fn karras_matches_diffusers_use_karras_sigmas() {
+        let noise = sd1_noise();
+        let (mut worst_sigma, mut worst_t) = (0.0f64, 0.0f64);
+        for case in sigma_fixture()["diffusers_karras"].as_array().unwrap() {
+            let steps = case["steps"].as_u64().unwrap() as usize;
+            if steps == 1 {
+                // diffusers takes the σ range from its "linspace" timesteps, and one step of
+                // those is timestep 0: the range collapses to σ_0.
+                continue;
+            }
+            let ours = sigma_schedule(&noise, ScheduleKind::Karras, steps).unwrap();
+            let what = format!("diffusers Karras {steps} steps");
+            worst_sigma = worst_sigma.max(assert_close(
+                &what,
+                &widen(&ours.sigmas),
+                &f64_list(&case["sigmas"]),
+                DIFFUSERS_KARRAS_REL,
+                0.0,
+            ));
+            let timesteps = f64_list(&case["timesteps"]);
+            let ours_t = widen(&ours.timesteps);
+            assert_close(&what, &ours_t, &timesteps, DIFFUSERS_KARRAS_REL, T_ABS);
+            worst_t = worst_t.max(max_abs_diff(&ours_t, &timesteps));
+            let init = case["init_noise_sigma"].as_f64().unwrap();
+            assert_close(
+                &what,
+                &[f64::from(ours.init_noise_sigma)],
+                &[init],
+                SIGMA_REL,
+                0.0,
+            );
+        }
+        eprintln!(
+            "Karras against diffusers: worst sigma rel {worst_sigma:e}, timestep abs {worst_t:e}"
+        );
+    }
+
+    #[test]
+    fn sigma_and_timestep_convert_as_k_diffusion_does() {
+        let noise = sd1_noise();
+        let fixture = sigma_fixture();
+        let probes = &fixture["sigma_to_t"];
+        let ours: Vec<f64> = f64_list(&probes["sigma"])
+            .into_iter()
+            .map(|sigma| noise.sigma_to_t(sigma))
+            .collect();
+        let reference = f64_list(&probes["t"]);
+        assert_close("sigma_to_t", &ours, &reference, T_REL, T_ABS);
+        let worst = max_abs_diff(&ours, &reference);
+        let probes = &fixture["t_to_sigma"];
+        let ours: Vec<f64> = f64_list(&probes["t"])
+            .into_iter()
+            .map(|t| noise.t_to_sigma(t))
+            .collect();
+        let worst_sigma = assert_close(
+            "t_to_sigma",
+            &ours,
+            &f64_list(&probes["sigma"]),
+            SIGMA_REL,
+            0.0,
+        );
+        eprintln!("sigma_to_t worst abs {worst:e}, t_to_sigma worst rel {worst_sigma:e}");
+        // Training timesteps map onto themselves both ways.
+        for t in [0, 1, 17, 500, 998, 999] {
+            let sigma = f64::from(noise.sigma(t));
+            assert_eq!(noise.sigma_to_t(sigma), t as f64, "t = {t}");
+            assert!(
+                (noise.t_to_sigma(t as f64) / sigma - 1.0).abs() < 1e-6,
+                "t = {t}"
+            );
+        }
+        // Out of range: clamped, like ComfyUI, rather than indexing past the table.
+        assert_eq!(noise.t_to_sigma(-3.0), noise.t_to_sigma(0.0));
+        assert_eq!(noise.t_to_sigma(5000.0), noise.t_to_sigma(999.0));
+        assert_eq!(noise.sigma_to_t(0.0), 0.0);
+    }
+
+    #[test]
+    fn beta_quantile_matches_scipy() {
+        let mut worst = 0.0f64;
+        for case in sigma_fixture()["beta_ppf"].as_array().unwrap() {
+            let (a, b) = (case["a"].as_f64().unwrap(), case["b"].as_f64().unwrap());
+            let ours: Vec<f64> = f64_list(&case["p"])
+                .into_iter()
+                .map(|p| beta_quantile(p, a, b))
+                .collect();
+            let what = format!("Beta({a}, {b}) quantiles");
+            worst = worst.max(assert_close(
+                &what,
+                &ours,
+                &f64_list(&case["x"]),
+                1e-9,
+                1e-15,
+            ));
+        }
+        eprintln!("beta quantile worst rel {worst:e}");
+    }
+
+    #[test]
+    fn ln_gamma_known_values() {
+        let pi = std::f64::consts::PI;
+        for (x, expected) in [
+            (1.0, 0.0),
+            (2.0, 0.0),
+            (0.5, 0.5 * pi.ln()),
+            (5.0, 24f64.ln()),
+            (0.25, 3.625_609_908_221_908_7_f64.ln()),
+            (10.5, 1_133_278.388_948_785_4_f64.ln()),
+        ] {
+            assert!(
+                (ln_gamma(x) - expected).abs() < 1e-13,
+                "lnΓ({x}) = {}",
+                ln_gamma(x)
+            );
+        }
+    }
+
+    #[test]
+    fn a1111_drops_the_next_to_last_sigma() {
+        let noise = sd1_noise();
+        let full = sigma_schedule(&noise, ScheduleKind::Karras, 11).unwrap();
+        let dropped = full.clone().discard_next_to_last_sigma();
+        assert_eq!(dropped.sigmas.len(), 11);
+        assert_eq!(dropped.sigmas[..10], full.sigmas[..10]);
+        assert_eq!(dropped.sigmas[10], 0.0);
+        assert_eq!(dropped.timesteps[..], full.timesteps[..10]);
+        let one = sigma_schedule(&noise, ScheduleKind::Karras, 1).unwrap();
+        assert_eq!(one.clone().discard_next_to_last_sigma(), one);
+    }
+
+    #[test]
+    fn sigma_schedules_refuse_zero_steps() {
+        let noise = sd1_noise();
+        for kind in ScheduleKind::ALL {
+            assert!(matches!(
+                sigma_schedule(&noise, kind, 0),
+                Err(ScheduleError::ZeroSteps)
+            ));
+        }
     }
 }
