@@ -5,6 +5,7 @@
 pub mod keymap;
 pub mod metadata;
 pub mod pickle_guard;
+pub mod prompt;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
