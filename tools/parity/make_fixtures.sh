@@ -45,6 +45,11 @@ REF=("$PY" "$TOOLS/reference_torch_seed.py" --model "$WORK/tiny" --model-label "
 "$PY" "$TOOLS/make_rng.py" $FX/rng/torch_randn.safetensors
 "$PY" "$TOOLS/make_tokenizer_cases.py" $FX/tiny/tokenizer $FX/tokenizer/cases.json
 
+# 7. Every sampler's final latents (k-diffusion 0.1.1 and diffusers' schedulers); needs
+#    `$PY -m pip install k-diffusion==0.1.1.post1 torchdiffeq==0.2.5 --no-deps` in the venv.
+mkdir -p $FX/samplers
+"$PY" "$TOOLS/sampler_fixtures.py" $FX/samplers/tiny_10steps.safetensors >"$WORK/samplers.log"
+
 # Every reference must reproduce with plain diffusers (generator=), from the folder and the single file.
 "$PY" "$TOOLS/check_fixtures.py" $FX
 du -sh $FX

@@ -82,6 +82,9 @@ fn run(args: Args) -> Result<()> {
             height: args.height,
             seed: first_seed.wrapping_add(k),
             sampler: args.sampler,
+            schedule: dream_core::sampler::ScheduleKind::Normal,
+            eta: None,
+            s_noise: 1.0,
         };
         let bar = progress_bar(request.steps);
         let generated =

@@ -152,6 +152,8 @@ pub enum ScheduleError {
         timestep: i64,
         train: usize,
     },
+    #[error("LCM takes at most {original} steps (the schedule it was distilled on), got {steps}")]
+    TooManyLcmSteps { steps: usize, original: usize },
 }
 
 /// The training noise schedule: ᾱ for every training timestep.
@@ -227,13 +229,16 @@ impl NoiseSchedule {
     /// between the two training timesteps around it, clamped to `[0, T − 1]`
     /// (k-diffusion's `DiscreteSchedule.sigma_to_t`; diffusers' `_sigma_to_t` is the same in
     /// f64). This is the timestep a k-diffusion sampler tells the UNet at σ.
+    ///
+    /// Computed in f32 throughout, as k-diffusion does: a training σ then lands exactly on its
+    /// own timestep, and the result has k-diffusion's rounding, which matters because a UNet
+    /// can be sensitive to 1e-5 in its timestep (the tiny test model moves its 10-step latents
+    /// by 5e-4 for the f64 result).
     pub fn sigma_to_t(&self, sigma: f64) -> f64 {
-        let log_sigmas: Vec<f64> = (0..self.num_train_timesteps())
-            .map(|t| self.log_sigma(t))
+        let log_sigmas: Vec<f32> = (0..self.num_train_timesteps())
+            .map(|t| self.sigma(t).ln())
             .collect();
-        // k-diffusion takes the log of an f32 σ in f32: a training σ then lands exactly on its
-        // own timestep.
-        let log_sigma = f64::from((sigma as f32).ln());
+        let log_sigma = (sigma as f32).ln();
         // The last training timestep at or below σ (0 if none), one short of the end so that
         // it has a successor: k-diffusion's `dists.ge(0).cumsum().argmax().clamp(max=T-2)`.
         let low = log_sigmas
@@ -242,7 +247,7 @@ impl NoiseSchedule {
             .min(log_sigmas.len() - 2);
         let (below, above) = (log_sigmas[low], log_sigmas[low + 1]);
         let w = ((below - log_sigma) / (below - above)).clamp(0.0, 1.0);
-        (1.0 - w) * low as f64 + w * (low + 1) as f64
+        f64::from((1.0 - w) * low as f32 + w * (low + 1) as f32)
     }
 
     /// The noise level of a fractional training timestep: ln σ interpolated linearly between
@@ -299,6 +304,16 @@ pub fn ddim_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usiz
             .map(|t| t.round_ties_even() as i64 - 1)
             .collect(),
     };
+    in_training_range(timesteps, spacing, steps, train)
+}
+
+/// The timesteps as indices into the training schedule, or the first that is not one.
+fn in_training_range(
+    timesteps: Vec<i64>,
+    spacing: TimestepSpacing,
+    steps: usize,
+    train: usize,
+) -> Result<Vec<usize>, ScheduleError> {
     timesteps
         .into_iter()
         .map(|t| {
@@ -312,6 +327,97 @@ pub fn ddim_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usiz
             )
         })
         .collect()
+}
+
+/// `UniPCMultistepScheduler.set_timesteps(steps)` with a final σ of 0. For
+/// [`ScheduleKind::Normal`] the timesteps come by `timestep_spacing` (default "linspace", over
+/// `steps + 1` points of which the last, timestep 0, is dropped), each with its training σ.
+/// Other kinds take the σ of [`sigma_schedule`] with their timesteps rounded, as diffusers
+/// does for `use_karras_sigmas`. UniPC's latents start at unit variance.
+pub fn unipc_schedule(
+    config: &SchedulerConfig,
+    kind: ScheduleKind,
+    steps: usize,
+) -> Result<SigmaSchedule, ScheduleError> {
+    if steps == 0 {
+        return Err(ScheduleError::ZeroSteps);
+    }
+    let noise = NoiseSchedule::new(config)?;
+    if kind != ScheduleKind::Normal {
+        let schedule = sigma_schedule(&noise, kind, steps)?;
+        return Ok(SigmaSchedule {
+            timesteps: schedule
+                .timesteps
+                .iter()
+                .map(|t| t.round_ties_even())
+                .collect(),
+            init_noise_sigma: 1.0,
+            ..schedule
+        });
+    }
+    let train = config.num_train_timesteps;
+    let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
+    let timesteps: Vec<i64> = match spacing {
+        TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, steps + 1)
+            .iter()
+            .rev()
+            .take(steps)
+            .map(|t| t.round_ties_even() as i64)
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = train / (steps + 1);
+            (1..=steps)
+                .rev()
+                .map(|i| (i * ratio + config.steps_offset) as i64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => trailing_from(train, steps)
+            .iter()
+            .map(|t| t.round_ties_even() as i64 - 1)
+            .collect(),
+    };
+    let timesteps = in_training_range(timesteps, spacing, steps, train)?;
+    Ok(SigmaSchedule {
+        sigmas: timesteps
+            .iter()
+            .map(|&t| noise.sigma(t))
+            .chain([0.0])
+            .collect(),
+        timesteps: timesteps.iter().map(|&t| t as f32).collect(),
+        init_noise_sigma: 1.0,
+    })
+}
+
+/// The length of the schedule LCM models are distilled on (`LCMScheduler`'s
+/// `original_inference_steps` default).
+pub const LCM_ORIGINAL_STEPS: usize = 50;
+
+/// `LCMScheduler.set_timesteps(steps)`: `steps` timesteps picked evenly, from the noisiest,
+/// out of the [`LCM_ORIGINAL_STEPS`] timesteps k·T/50 − 1 (k = 1…50) the model was distilled
+/// on.
+pub fn lcm_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usize>, ScheduleError> {
+    let original = LCM_ORIGINAL_STEPS;
+    if steps == 0 {
+        return Err(ScheduleError::ZeroSteps);
+    }
+    if steps > original {
+        return Err(ScheduleError::TooManyLcmSteps { steps, original });
+    }
+    let train = config.num_train_timesteps;
+    if train < original {
+        return Err(ScheduleError::TooManySteps {
+            steps: original,
+            train,
+        });
+    }
+    let stride = train / original;
+    let stride_in_original = original as f64 / steps as f64;
+    Ok((0..steps)
+        .map(|i| {
+            let k = original - (i as f64 * stride_in_original).floor() as usize;
+            k * stride - 1
+        })
+        .collect())
 }
 
 /// The noise levels a k-diffusion style sampler walks, each with its UNet timestep.

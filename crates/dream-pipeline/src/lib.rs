@@ -14,7 +14,7 @@ pub mod txt2img;
 
 use std::path::PathBuf;
 
-pub use dream_core::sampler::Sampler;
+pub use dream_core::sampler::{Sampler, ScheduleKind};
 pub use model::{LoadOptions, StableDiffusion};
 pub use sampling::StepInfo;
 pub use txt2img::{Generated, Txt2Img};

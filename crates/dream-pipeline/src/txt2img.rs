@@ -3,12 +3,17 @@
 use candle_core::{DType, Tensor};
 use dream_core::metadata::A1111Parameters;
 use dream_core::rng::TorchGenerator;
-use dream_core::sampler::Sampler;
-use dream_core::schedule::{ddim_timesteps, euler_schedule, NoiseSchedule};
+use dream_core::sampler::{Sampler, ScheduleKind};
+use dream_core::schedule::{
+    ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule,
+};
 
 use crate::image::RgbImage;
 use crate::model::StableDiffusion;
-use crate::sampling::{sample_ddim, sample_euler, NoisePredictor, StepInfo};
+use crate::sampling::{
+    sample_ddim, sample_ddpm, sample_k, sample_lcm, sample_plms, sample_unipc, BrownianNoise,
+    Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, Predictor, StepCallback, StepInfo,
+};
 use crate::DreamError;
 
 /// Everything that determines a txt2img image.
@@ -22,6 +27,13 @@ pub struct Txt2Img {
     pub height: usize,
     pub seed: u32,
     pub sampler: Sampler,
+    /// The noise levels the sampler walks; `Normal` is the model's own schedule.
+    pub schedule: ScheduleKind,
+    /// How much fresh noise the ancestral and SDE samplers and DDIM add per step, 0 to 1;
+    /// `None` takes each sampler's usual value (1, and 0 for DDIM).
+    pub eta: Option<f64>,
+    /// Scale of that fresh noise (k-diffusion's `s_noise`), usually 1.
+    pub s_noise: f64,
 }
 
 impl Txt2Img {
@@ -36,6 +48,9 @@ impl Txt2Img {
             height: 512,
             seed,
             sampler: Sampler::Euler,
+            schedule: ScheduleKind::Normal,
+            eta: None,
+            s_noise: 1.0,
         }
     }
 
@@ -58,6 +73,17 @@ impl Txt2Img {
             return invalid(format!(
                 "CFG scale must be a finite number, got {}",
                 self.cfg_scale
+            ));
+        }
+        if let Some(eta) = self.eta {
+            if !(0.0..=1.0).contains(&eta) {
+                return invalid(format!("eta must be between 0 and 1, got {eta}"));
+            }
+        }
+        if !self.s_noise.is_finite() {
+            return invalid(format!(
+                "s_noise must be a finite number, got {}",
+                self.s_noise
             ));
         }
         Ok(())
@@ -104,16 +130,16 @@ impl Generated {
 }
 
 /// Classifier-free guidance: the UNet sees [unconditional, conditional] as one batch, and the
-/// noise prediction is pushed away from the unconditional one by the CFG scale.
-struct Guided<'a> {
+/// prediction is pushed away from the unconditional one by the CFG scale.
+pub struct Guided<'a> {
     model: &'a StableDiffusion,
     /// [negative, positive] text embeddings, [2, 77, D].
     context: &'a Tensor,
     cfg_scale: f64,
 }
 
-impl NoisePredictor for Guided<'_> {
-    fn predict_noise(&mut self, latents: &Tensor, timestep: f64) -> candle_core::Result<Tensor> {
+impl Predictor for Guided<'_> {
+    fn predict(&mut self, latents: &Tensor, timestep: f64) -> candle_core::Result<Tensor> {
         let batch = Tensor::cat(&[latents, latents], 0)?;
         let eps = self.model.unet.forward(&batch, timestep, self.context)?;
         let (uncond, cond) = (eps.get(0)?.unsqueeze(0)?, eps.get(1)?.unsqueeze(0)?);
@@ -122,6 +148,16 @@ impl NoisePredictor for Guided<'_> {
 }
 
 impl StableDiffusion {
+    /// The UNet with classifier-free guidance, for `context` = [negative, positive] text
+    /// embeddings as `encode_prompts` makes them.
+    pub fn guided<'a>(&'a self, context: &'a Tensor, cfg_scale: f64) -> Guided<'a> {
+        Guided {
+            model: self,
+            context,
+            cfg_scale,
+        }
+    }
+
     /// The seed's starting noise, [1, 4, h/8, w/8], equal to
     /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`.
     pub fn initial_noise(
@@ -130,10 +166,20 @@ impl StableDiffusion {
         width: usize,
         height: usize,
     ) -> Result<Tensor, DreamError> {
+        Ok(self.seeded_noise(seed, width, height)?.1)
+    }
+
+    /// The seed's generator, after it drew the starting noise, and that noise.
+    fn seeded_noise(
+        &self,
+        seed: u32,
+        width: usize,
+        height: usize,
+    ) -> Result<(TorchGenerator, Tensor), DreamError> {
         let shape = (1, self.latent_channels(), height / 8, width / 8);
-        let values =
-            TorchGenerator::seeded(seed as u64).randn(shape.0 * shape.1 * shape.2 * shape.3);
-        Ok(Tensor::from_vec(values, shape, &self.device)?)
+        let mut generator = TorchGenerator::seeded(seed as u64);
+        let values = generator.randn(shape.0 * shape.1 * shape.2 * shape.3);
+        Ok((generator, Tensor::from_vec(values, shape, &self.device)?))
     }
 
     /// Generates one image, reporting each sampler step to `progress`.
@@ -145,36 +191,13 @@ impl StableDiffusion {
         request.validate()?;
         let (context, truncated_prompt) =
             self.encode_prompts(&request.prompt, &request.negative_prompt)?;
-        let noise = self.initial_noise(request.seed, request.width, request.height)?;
-        let mut guided = Guided {
-            model: self,
-            context: &context,
-            cfg_scale: request.cfg_scale,
-        };
+        let (generator, noise) = self.seeded_noise(request.seed, request.width, request.height)?;
+        let mut guided = self.guided(&context, request.cfg_scale);
         let mut callback = |info: StepInfo<'_>| {
             progress(info);
             Ok(())
         };
-        let latents = match request.sampler {
-            Sampler::Euler => {
-                let schedule = euler_schedule(&self.scheduler, request.steps)?;
-                let x = (noise * schedule.init_noise_sigma as f64)?;
-                sample_euler(&mut guided, &schedule, x, &mut callback)?
-            }
-            Sampler::Ddim => {
-                let noise_schedule = NoiseSchedule::new(&self.scheduler)?;
-                let timesteps = ddim_timesteps(&self.scheduler, request.steps)?;
-                sample_ddim(
-                    &mut guided,
-                    &noise_schedule,
-                    &timesteps,
-                    request.steps,
-                    noise,
-                    &mut callback,
-                )?
-            }
-            other => return Err(DreamError::NotSupported(format!("the {other} sampler"))),
-        };
+        let latents = self.sample(request, &mut guided, noise, generator, &mut callback)?;
         let image = self.decode_to_image(&latents)?;
         Ok(Generated {
             image,
@@ -182,6 +205,91 @@ impl StableDiffusion {
             latents,
             truncated_prompt,
         })
+    }
+
+    /// Runs the request's sampler from the seed's noise. Step noise continues the seed's
+    /// generator; the SDE samplers' Brownian motion is seeded with the seed.
+    fn sample(
+        &self,
+        request: &Txt2Img,
+        model: &mut dyn Predictor,
+        noise: Tensor,
+        generator: TorchGenerator,
+        callback: &mut StepCallback<'_>,
+    ) -> Result<Tensor, DreamError> {
+        let config = &self.scheduler;
+        let noise_schedule = NoiseSchedule::new(config)?;
+        let prediction = config.prediction_type;
+        let steps = request.steps;
+        let mut image_noise = GeneratorNoise::new(generator);
+        if request.sampler.is_k_diffusion() {
+            let schedule = sigma_schedule(&noise_schedule, request.schedule, steps)?;
+            let mut brownian;
+            let source: &mut dyn NoiseSource = if request.sampler.is_sde() {
+                brownian = BrownianNoise::for_schedule(request.seed as u64, &schedule);
+                &mut brownian
+            } else {
+                &mut image_noise
+            };
+            let mut noise_options = Noise {
+                source,
+                eta: request.eta.unwrap_or(1.0),
+                s_noise: request.s_noise,
+            };
+            let x = (noise * schedule.sigmas[0] as f64)?;
+            let mut denoiser = Denoiser::new(model, &noise_schedule, prediction);
+            return Ok(sample_k(
+                request.sampler,
+                &mut denoiser,
+                &schedule,
+                x,
+                &mut noise_options,
+                callback,
+            )?);
+        }
+        let mut model = DiscreteModel {
+            model,
+            schedule: &noise_schedule,
+            prediction,
+        };
+        let latents = match request.sampler {
+            Sampler::Ddim => {
+                let timesteps = ddim_timesteps(config, steps)?;
+                let mut noise_options = Noise {
+                    eta: request.eta.unwrap_or(0.0),
+                    ..Noise::new(&mut image_noise)
+                };
+                sample_ddim(
+                    &mut model,
+                    &timesteps,
+                    steps,
+                    noise,
+                    &mut noise_options,
+                    callback,
+                )?
+            }
+            Sampler::Plms => sample_plms(
+                &mut model,
+                &ddim_timesteps(config, steps)?,
+                steps,
+                noise,
+                callback,
+            )?,
+            Sampler::Ddpm => {
+                let timesteps = ddim_timesteps(config, steps)?;
+                sample_ddpm(&mut model, &timesteps, noise, &mut image_noise, callback)?
+            }
+            Sampler::Lcm => {
+                let timesteps = lcm_timesteps(config, steps)?;
+                sample_lcm(&mut model, &timesteps, noise, &mut image_noise, callback)?
+            }
+            Sampler::UniPc => {
+                let schedule = unipc_schedule(config, request.schedule, steps)?;
+                sample_unipc(&mut model, &schedule, noise, callback)?
+            }
+            other => return Err(DreamError::NotSupported(format!("the {other} sampler"))),
+        };
+        Ok(latents)
     }
 
     /// Decodes latents to 8-bit RGB as diffusers does: clamp(x/2 + 0.5, 0, 1), ×255, rounded.

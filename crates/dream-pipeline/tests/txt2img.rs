@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use dream_pipeline::{LoadOptions, Sampler, StableDiffusion, Txt2Img};
+use dream_pipeline::{LoadOptions, Sampler, ScheduleKind, StableDiffusion, Txt2Img};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -66,6 +66,9 @@ fn check_generation(
         height: size.1,
         seed,
         sampler,
+        schedule: ScheduleKind::Normal,
+        eta: None,
+        s_noise: 1.0,
     };
 
     let noise = model.initial_noise(seed, size.0, size.1).unwrap();

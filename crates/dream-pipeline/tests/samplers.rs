@@ -1,0 +1,491 @@
+//! Every sampler against its reference implementation: k-diffusion 0.1.1 for the k-samplers,
+//! diffusers 0.42.1 schedulers for DDIM, PLMS, UniPC, LCM and DDPM. The fixture
+//! fixtures/samplers/tiny_10steps.safetensors (tools/parity/sampler_fixtures.py) holds the final
+//! latents of 10 steps on the tiny model, seed 42, for the normal and Karras schedules, with
+//! the model read as ε- and as v-prediction.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use dream_core::rng::TorchGenerator;
+use dream_core::sampler::{Sampler, ScheduleKind};
+use dream_core::schedule::{
+    ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule, PredictionType,
+    SchedulerConfig, SigmaSchedule,
+};
+use dream_pipeline::sampling::{
+    noise_to_timestep, sample_ddim, sample_ddpm, sample_k, sample_lcm, sample_plms, sample_unipc,
+    strength_steps, Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, StepInfo,
+    StrengthRule,
+};
+use dream_pipeline::{StableDiffusion, Txt2Img};
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+const NEGATIVE: &str = "blurry";
+const SEED: u32 = 42;
+const CFG: f64 = 7.5;
+const STEPS: usize = 10;
+/// Final latents must agree within 1e-4, or within 4e-6 of the reference's largest value
+/// where that is more. The ε-model's latents reach |x| ≈ 70 and CFG 7.5 amplifies every
+/// rounding difference: the reference itself moves by up to 1.1e-4 on these cases when its
+/// UNet batch [negative, positive] is split into two calls, which changes nothing but the
+/// order of float operations.
+fn tolerance(reference: &Tensor) -> f32 {
+    let largest = reference
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    1e-4f32.max(4e-6 * largest.to_scalar::<f32>().unwrap())
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+fn reference() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture("samplers/tiny_10steps.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+}
+
+/// The image's generator after it drew the starting noise, and that noise.
+fn seeded_noise(seed: u32) -> (TorchGenerator, Tensor) {
+    let mut generator = TorchGenerator::seeded(seed as u64);
+    let values = generator.randn(4 * 8 * 8);
+    let noise = Tensor::from_vec(values, (1, 4, 8, 8), &Device::Cpu).unwrap();
+    (generator, noise)
+}
+
+/// Replays the noise the reference's Brownian tree gave, in call order.
+struct RecordedNoise {
+    draws: Vec<Tensor>,
+    used: usize,
+}
+
+impl RecordedNoise {
+    /// From the reference's [draws, 1, 4, h, w] tensor.
+    fn new(draws: &Tensor) -> Self {
+        let count = draws.dim(0).unwrap();
+        RecordedNoise {
+            draws: (0..count).map(|i| draws.get(i).unwrap()).collect(),
+            used: 0,
+        }
+    }
+}
+
+impl NoiseSource for RecordedNoise {
+    fn noise(&mut self, _: f64, _: f64, like: &Tensor) -> candle_core::Result<Tensor> {
+        let draw = self
+            .draws
+            .get(self.used)
+            .unwrap_or_else(|| panic!("the sampler asked for more than {} draws", self.used));
+        self.used += 1;
+        assert_eq!(draw.dims(), like.dims());
+        Ok(draw.clone())
+    }
+}
+
+struct Setup {
+    model: StableDiffusion,
+    config: SchedulerConfig,
+    context: Tensor,
+    schedule: NoiseSchedule,
+    reference: HashMap<String, Tensor>,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let model = StableDiffusion::load(fixture("tiny")).unwrap();
+        let (context, _) = model.encode_prompts(PROMPT, NEGATIVE).unwrap();
+        let config = std::fs::read_to_string(fixture("tiny/scheduler/scheduler_config.json"));
+        let config = SchedulerConfig::from_json_str(&config.unwrap()).unwrap();
+        let schedule = NoiseSchedule::new(&config).unwrap();
+        let reference = reference();
+        let (_, noise) = seeded_noise(SEED);
+        assert_eq!(max_abs_diff(&noise, &reference["init_noise"]), 0.0);
+        Setup {
+            model,
+            config,
+            context,
+            schedule,
+            reference,
+        }
+    }
+
+    /// Our schedule of `kind`, checked against the σ the reference walked. k-diffusion
+    /// computes them in f32 and so do we, but with other rounding; they agree to 1e-6.
+    fn sigma_schedule(&self, kind: ScheduleKind) -> SigmaSchedule {
+        let schedule = sigma_schedule(&self.schedule, kind, STEPS).unwrap();
+        let name = kind.name();
+        let reference = f32s(&self.reference[&format!("sigmas.{name}")]);
+        let reference_t = f32s(&self.reference[&format!("timesteps.{name}")]);
+        assert_close(
+            &format!("{name} sigmas"),
+            &schedule.sigmas,
+            &reference,
+            1e-6,
+        );
+        assert_close(
+            &format!("{name} timesteps"),
+            &schedule.timesteps,
+            &reference_t,
+            1e-6,
+        );
+        schedule
+    }
+
+    fn check(&self, case: &str, latents: &Tensor, errors: &mut Vec<(String, f32, f32)>) {
+        let expected = &self.reference[&format!("{case}.latents")];
+        errors.push((
+            case.to_string(),
+            max_abs_diff(latents, expected),
+            tolerance(expected),
+        ));
+    }
+}
+
+fn assert_close(what: &str, ours: &[f32], reference: &[f32], relative: f32) {
+    assert_eq!(ours.len(), reference.len(), "{what}");
+    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert!(
+            (a - b).abs() <= relative * b.abs(),
+            "{what}[{i}]: {a} vs {b}"
+        );
+    }
+}
+
+fn prediction_of(name: &str) -> PredictionType {
+    match name {
+        "eps" => PredictionType::Epsilon,
+        _ => PredictionType::VPrediction,
+    }
+}
+
+fn no_progress() -> impl FnMut(StepInfo<'_>) -> candle_core::Result<()> {
+    |_| Ok(())
+}
+
+fn assert_all_within(errors: &[(String, f32, f32)]) {
+    for (case, err, tolerance) in errors {
+        println!("{case:40} max abs error {err:.2e} (tolerance {tolerance:.1e})");
+    }
+    // A NaN error counts as over.
+    let bad: Vec<_> = errors
+        .iter()
+        .filter(|(_, e, t)| e.is_nan() || e > t)
+        .collect();
+    assert!(bad.is_empty(), "over tolerance: {bad:?}");
+}
+
+const K_SAMPLERS: [(Sampler, &str); 11] = [
+    (Sampler::Euler, "euler"),
+    (Sampler::EulerAncestral, "euler_ancestral"),
+    (Sampler::Heun, "heun"),
+    (Sampler::Dpm2, "dpm_2"),
+    (Sampler::Dpm2Ancestral, "dpm_2_ancestral"),
+    (Sampler::Lms, "lms"),
+    (Sampler::DpmPp2SAncestral, "dpmpp_2s_ancestral"),
+    (Sampler::DpmPpSde, "dpmpp_sde"),
+    (Sampler::DpmPp2M, "dpmpp_2m"),
+    (Sampler::DpmPp2MSde, "dpmpp_2m_sde"),
+    (Sampler::DpmPp3MSde, "dpmpp_3m_sde"),
+];
+
+#[test]
+fn k_samplers_match_k_diffusion() {
+    let setup = Setup::new();
+    let mut errors = Vec::new();
+    for prediction in ["eps", "v"] {
+        for kind in [ScheduleKind::Normal, ScheduleKind::Karras] {
+            let schedule = setup.sigma_schedule(kind);
+            for (sampler, name) in K_SAMPLERS {
+                let case = format!("{prediction}.{name}.{}", kind.name());
+                let (generator, noise) = seeded_noise(SEED);
+                let mut recorded = sampler
+                    .is_sde()
+                    .then(|| RecordedNoise::new(&setup.reference[&format!("{case}.noise")]));
+                let mut from_generator = GeneratorNoise::new(generator);
+                let source: &mut dyn NoiseSource = match recorded.as_mut() {
+                    Some(recorded) => recorded,
+                    None => &mut from_generator,
+                };
+                let mut guided = setup.model.guided(&setup.context, CFG);
+                let mut denoiser =
+                    Denoiser::new(&mut guided, &setup.schedule, prediction_of(prediction));
+                let x = (noise * schedule.sigmas[0] as f64).unwrap();
+                let latents = sample_k(
+                    sampler,
+                    &mut denoiser,
+                    &schedule,
+                    x,
+                    &mut Noise::new(source),
+                    &mut no_progress(),
+                )
+                .unwrap();
+                if let Some(recorded) = &recorded {
+                    assert_eq!(recorded.used, recorded.draws.len(), "{case}: noise draws");
+                }
+                setup.check(&case, &latents, &mut errors);
+            }
+        }
+    }
+    assert_all_within(&errors);
+}
+
+#[test]
+fn discrete_samplers_match_diffusers() {
+    let setup = Setup::new();
+    let config = &setup.config;
+    let mut errors = Vec::new();
+    for prediction in ["eps", "v"] {
+        let mut guided = setup.model.guided(&setup.context, CFG);
+        let mut model = DiscreteModel {
+            model: &mut guided,
+            schedule: &setup.schedule,
+            prediction: prediction_of(prediction),
+        };
+        let reference_timesteps = |case: &str| -> Vec<f32> {
+            f32s(&setup.reference[&format!("{prediction}.{case}.timesteps")])
+        };
+        let as_f32 = |timesteps: &[usize]| timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>();
+        let timesteps = ddim_timesteps(config, STEPS).unwrap();
+        for case in ["ddim.normal", "ddim_eta1.normal", "ddpm.normal"] {
+            assert_eq!(as_f32(&timesteps), reference_timesteps(case), "{case}");
+        }
+        // PNDM lists its first step's second model call as a timestep of its own.
+        let mut plms_timesteps = reference_timesteps("plms.normal");
+        plms_timesteps.dedup();
+        assert_eq!(as_f32(&timesteps), plms_timesteps);
+
+        for (case, eta) in [("ddim.normal", 0.0), ("ddim_eta1.normal", 1.0)] {
+            let (generator, noise) = seeded_noise(SEED);
+            let mut source = GeneratorNoise::new(generator);
+            let mut noise_options = Noise {
+                eta,
+                ..Noise::new(&mut source)
+            };
+            let latents = sample_ddim(
+                &mut model,
+                &timesteps,
+                STEPS,
+                noise,
+                &mut noise_options,
+                &mut no_progress(),
+            );
+            setup.check(
+                &format!("{prediction}.{case}"),
+                &latents.unwrap(),
+                &mut errors,
+            );
+        }
+
+        let (_, noise) = seeded_noise(SEED);
+        let latents = sample_plms(&mut model, &timesteps, STEPS, noise, &mut no_progress());
+        setup.check(
+            &format!("{prediction}.plms.normal"),
+            &latents.unwrap(),
+            &mut errors,
+        );
+
+        let (generator, noise) = seeded_noise(SEED);
+        let mut source = GeneratorNoise::new(generator);
+        let latents = sample_ddpm(
+            &mut model,
+            &timesteps,
+            noise,
+            &mut source,
+            &mut no_progress(),
+        );
+        setup.check(
+            &format!("{prediction}.ddpm.normal"),
+            &latents.unwrap(),
+            &mut errors,
+        );
+
+        let lcm_timesteps = lcm_timesteps(config, STEPS).unwrap();
+        assert_eq!(as_f32(&lcm_timesteps), reference_timesteps("lcm.normal"));
+        let (generator, noise) = seeded_noise(SEED);
+        let mut source = GeneratorNoise::new(generator);
+        let latents = sample_lcm(
+            &mut model,
+            &lcm_timesteps,
+            noise,
+            &mut source,
+            &mut no_progress(),
+        );
+        setup.check(
+            &format!("{prediction}.lcm.normal"),
+            &latents.unwrap(),
+            &mut errors,
+        );
+
+        for kind in [ScheduleKind::Normal, ScheduleKind::Karras] {
+            let case = format!("{prediction}.unipc.{}", kind.name());
+            let schedule = unipc_schedule(config, kind, STEPS).unwrap();
+            assert_eq!(
+                schedule.timesteps,
+                reference_timesteps(&format!("unipc.{}", kind.name()))
+            );
+            let reference_sigmas = f32s(&setup.reference[&format!("{case}.sigmas")]);
+            assert_close(&case, &schedule.sigmas, &reference_sigmas, 1e-6);
+            let (_, noise) = seeded_noise(SEED);
+            let latents = sample_unipc(&mut model, &schedule, noise, &mut no_progress());
+            setup.check(&case, &latents.unwrap(), &mut errors);
+        }
+    }
+    assert_all_within(&errors);
+}
+
+fn request(sampler: Sampler, schedule: ScheduleKind, seed: u32) -> Txt2Img {
+    Txt2Img {
+        prompt: PROMPT.into(),
+        negative_prompt: NEGATIVE.into(),
+        steps: STEPS,
+        cfg_scale: CFG,
+        width: 64,
+        height: 64,
+        seed,
+        sampler,
+        schedule,
+        eta: None,
+        s_noise: 1.0,
+    }
+}
+
+/// `generate` picks the sampler, schedule and noise source itself: the image's own generator
+/// for step noise, as the references drew it.
+#[test]
+fn generate_runs_every_sampler_like_its_reference() {
+    let setup = Setup::new();
+    let cases = K_SAMPLERS
+        .iter()
+        .filter(|(sampler, _)| !sampler.is_sde())
+        .flat_map(|&(sampler, name)| {
+            [ScheduleKind::Normal, ScheduleKind::Karras]
+                .map(|kind| (sampler, kind, format!("eps.{name}.{}", kind.name())))
+        })
+        .chain([
+            (
+                Sampler::Ddim,
+                ScheduleKind::Normal,
+                "eps.ddim.normal".into(),
+            ),
+            (
+                Sampler::Plms,
+                ScheduleKind::Normal,
+                "eps.plms.normal".into(),
+            ),
+            (
+                Sampler::Ddpm,
+                ScheduleKind::Normal,
+                "eps.ddpm.normal".into(),
+            ),
+            (Sampler::Lcm, ScheduleKind::Normal, "eps.lcm.normal".into()),
+            (
+                Sampler::UniPc,
+                ScheduleKind::Karras,
+                "eps.unipc.karras".into(),
+            ),
+        ]);
+    let mut errors = Vec::new();
+    for (sampler, kind, case) in cases {
+        let mut steps_seen = 0;
+        let mut previews = 0;
+        let generated = setup
+            .model
+            .generate(&request(sampler, kind, SEED), &mut |step| {
+                assert_eq!(step.total_steps, STEPS);
+                steps_seen += 1;
+                previews += step.denoised.is_some() as usize;
+            })
+            .unwrap();
+        assert_eq!(steps_seen, STEPS, "{case}");
+        assert_eq!(previews, STEPS, "{case}: every step has an x0 estimate");
+        setup.check(&case, &generated.latents, &mut errors);
+    }
+    assert_all_within(&errors);
+}
+
+/// The SDE samplers draw from a Brownian motion seeded with the image's seed: the same seed
+/// gives the same image, another seed another one.
+#[test]
+fn sde_samplers_are_seeded() {
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    for sampler in [Sampler::DpmPpSde, Sampler::DpmPp2MSde, Sampler::DpmPp3MSde] {
+        let latents = |seed| {
+            let mut request = request(sampler, ScheduleKind::Karras, seed);
+            request.steps = 4;
+            model.generate(&request, &mut |_| {}).unwrap().latents
+        };
+        let first = latents(SEED);
+        assert_eq!(max_abs_diff(&first, &latents(SEED)), 0.0, "{sampler}");
+        // Not only the starting noise changes: the Brownian motion does too.
+        assert!(max_abs_diff(&first, &latents(SEED + 1)) > 0.1, "{sampler}");
+    }
+}
+
+/// A batch of seeds S, S+1, S+2 is three images, each with its own generator: equal to the
+/// reference that sampled the three as one tensor, A1111's CPU RNG way.
+#[test]
+fn a_batch_gives_the_images_of_single_runs() {
+    let setup = Setup::new();
+    let batch = &setup.reference["batch.euler_ancestral.normal.latents"];
+    let mut errors = Vec::new();
+    for k in 0..3 {
+        let request = request(Sampler::EulerAncestral, ScheduleKind::Normal, SEED + k);
+        let generated = setup.model.generate(&request, &mut |_| {}).unwrap();
+        let expected = batch.narrow(0, k as usize, 1).unwrap();
+        errors.push((
+            format!("batch image {k}"),
+            max_abs_diff(&generated.latents, &expected),
+            tolerance(&expected),
+        ));
+    }
+    assert_all_within(&errors);
+}
+
+/// img2img's entry point against diffusers' DDIM img2img reference (fixtures/ref, strength
+/// 0.6 of 20 steps): InvokeAI's rule starts at timestep 551, where the VAE latents are noised
+/// as `add_noise` does.
+#[test]
+fn img2img_starts_where_diffusers_does() {
+    let r = candle_core::safetensors::load(fixture("ref/img2img_ddim.safetensors"), &Device::Cpu)
+        .unwrap();
+    let config = std::fs::read_to_string(fixture("tiny/scheduler/scheduler_config.json"));
+    let config = SchedulerConfig::from_json_str(&config.unwrap()).unwrap();
+    let steps = strength_steps(20, 0.6, StrengthRule::InvokeAi).unwrap();
+    assert_eq!(steps.steps_run(), 12);
+    let timesteps = ddim_timesteps(&config, steps.schedule_steps).unwrap();
+    let t = timesteps[steps.first_step];
+    assert_eq!(t, 551);
+    let sample =
+        (&r["vae_encode.0.mean"] + (&r["vae_encode.0.std"] * &r["noise.000"]).unwrap()).unwrap();
+    let init = (sample * 0.18215).unwrap();
+    let noise_schedule = NoiseSchedule::new(&config).unwrap();
+    let x = noise_to_timestep(&noise_schedule, &init, &r["init_noise"], t).unwrap();
+    let err = max_abs_diff(&x, &r["latents_init"]);
+    assert!(err <= 1e-5, "noised init latents differ by {err}");
+}
