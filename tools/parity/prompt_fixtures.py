@@ -2,11 +2,12 @@
 """Prompt-language fixtures from the reference parsers themselves.
 
 Usage:
-  prompt_fixtures.py --webui WEBUI_DIR --tokenizer fixtures/tiny/tokenizer --out fixtures/prompt
+  prompt_fixtures.py --webui WEBUI_DIR --model fixtures/tiny --out fixtures/prompt
 
 WEBUI_DIR is a checkout of AUTOMATIC1111/stable-diffusion-webui (written against commit
-28bd8e1): its `modules/prompt_parser.py` and `modules/sd_hijack_clip.py` are imported from
-there, unchanged, with the few `modules.*` they import stubbed out. Nothing of A1111 is copied
+28bd8e1): its `modules/prompt_parser.py`, `modules/sd_hijack_clip.py` and
+`modules/sd_emphasis.py` are imported from there, unchanged, with the few other `modules.*`
+they import (devices, sd_hijack, shared.opts) stubbed out. Nothing of A1111 is copied
 into Dream. compel (PyPI `compel`, pure Python over pyparsing) is imported from the venv.
 
 Writes:
@@ -20,6 +21,13 @@ Writes:
   `parse_prompt_attention` results.
 - a1111_chunks.json: `tokenize_line` (A1111's 75-token chunking with comma backtracking and
   BREAK) for long prompts, with the vocabulary of --tokenizer.
+- a1111_conditioning.json + .safetensors: A1111's conditioning tensors
+  (`get_multicond_learned_conditioning` for the prompt, `get_learned_conditioning` for the
+  negative prompt) through `FrozenCLIPEmbedderWithCustomWords` with the --model folder's CLIP
+  text encoder (float32, CPU): chunking, emphasis ("Original" or "No norm"), clip skip, one
+  tensor per schedule row. The encoder's final LayerNorm bias is replaced by
+  `final_layer_norm.bias` (stored in the .safetensors): with the random model's zero bias the
+  output's mean is ~1e-9, and "Original" emphasis divides by it.
 - invokeai_cases.json: compel's `PromptParser().parse_conjunction` for curated prompts, and
   InvokeAI's pre-steps (inline [negative] words, the legacy `a:0.25 b:0.75` blend) on others.
 
@@ -37,15 +45,21 @@ import sys
 import types
 
 
+# A1111's settings as the stubbed `modules.shared.opts`; the conditioning cases change some.
+OPTS = types.SimpleNamespace(emphasis="Original", comma_padding_backtrack=20, CLIP_stop_at_last_layers=1,
+                             use_old_emphasis_implementation=False,
+                             textual_inversion_add_hashes_to_infotext=False)
+
+
 def stub_webui_modules():
-    """The modules sd_hijack_clip imports but whose code the chunking never runs."""
-    opts = types.SimpleNamespace(emphasis="Original", comma_padding_backtrack=20,
-                                 CLIP_stop_at_last_layers=1, use_old_emphasis_implementation=False,
-                                 textual_inversion_add_hashes_to_infotext=False)
+    """The modules sd_hijack_clip imports for GPU placement and the model hijack."""
     shared = types.ModuleType("modules.shared")
-    shared.opts = opts
-    for name in ("devices", "sd_hijack", "sd_emphasis"):
-        sys.modules[f"modules.{name}"] = types.ModuleType(f"modules.{name}")
+    shared.opts = OPTS
+    devices = types.ModuleType("modules.devices")
+    devices.device = "cpu"
+    devices.torch_npu_set_device = lambda: None
+    sys.modules["modules.devices"] = devices
+    sys.modules["modules.sd_hijack"] = types.ModuleType("modules.sd_hijack")
     sys.modules["modules.shared"] = shared
 
 
@@ -54,6 +68,13 @@ def import_webui(webui):
     stub_webui_modules()
     from modules import prompt_parser, sd_hijack_clip
     return prompt_parser, sd_hijack_clip
+
+
+def no_embeddings():
+    """A stand-in for A1111's model hijack with no textual-inversion embeddings loaded."""
+    return types.SimpleNamespace(
+        embedding_db=types.SimpleNamespace(find_embedding_at_position=lambda tokens, pos: (None, None)),
+        fixes=None, extra_generation_params={})
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,8 +287,7 @@ def a1111_chunks(shc, tokenizer_dir):
             self.id_start = tokenizer.bos_token_id
             self.id_end = tokenizer.eos_token_id
             self.comma_token = tokenizer.get_vocab().get(",</w>")
-            self.hijack = types.SimpleNamespace(
-                embedding_db=types.SimpleNamespace(find_embedding_at_position=lambda tokens, pos: (None, None)))
+            self.hijack = no_embeddings()
 
         def tokenize(self, texts):
             return tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
@@ -279,6 +299,60 @@ def a1111_chunks(shc, tokenizer_dir):
         cases.append({"prompt": prompt, "token_count": token_count,
                       "chunks": [{"ids": c.tokens, "weights": c.multipliers} for c in chunks]})
     return {"comma_token": chunker.comma_token, "tokenizer": type(tokenizer).__name__, "cases": cases}
+
+
+# --------------------------------------------------------------------------------------------
+# A1111 conditioning tensors
+
+# (prompt, negative prompt, steps, clip skip, emphasis)
+CONDITIONING_CASES = [
+    ("a photograph of an astronaut riding a horse", "", 20, 1, "Original"),
+    ("a (cat:1.3) and [a dog], ((detailed))", "blurry, (lowres:1.2)", 20, 1, "Original"),
+    ("(masterpiece:1.2), " + tags(40), "ugly", 20, 1, "Original"),
+    ("a cat BREAK (a dog:1.2)", "", 20, 1, "Original"),
+    ("[cat:dog:0.5] in a (garden:1.1)", "[blurry:sharp:3]", 10, 1, "Original"),
+    ("[cat|(dog:1.3)|bird]", "", 4, 1, "Original"),
+    ("[(short:1.2):" + tags(30) + ":3]", "", 10, 1, "Original"),
+    ("a cat AND a (dog:1.4):1.5 AND " + tags(30) + ":0.7", "", 20, 1, "Original"),
+    ("a (cat:1.3) on a mat", "[dog]", 20, 2, "Original"),
+    ("a (cat:1.3) on [a mat] BREAK", "(blurry:1.1)", 20, 1, "No norm"),
+]
+
+
+def a1111_conditioning(pp, shc, model_dir):
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+    text_model = CLIPTextModel.from_pretrained(os.path.join(model_dir, "text_encoder"),
+                                               torch_dtype=torch.float32).eval()
+    bias = torch.tensor([0.25 + (i % 8) / 32 for i in range(text_model.final_layer_norm.bias.numel())])
+    text_model.final_layer_norm.bias.data.copy_(bias)
+    # transformers 5 flattened CLIPTextModel; A1111 reaches the final LayerNorm as in 4.x.
+    if not hasattr(text_model, "text_model"):
+        text_model.text_model = types.SimpleNamespace(final_layer_norm=text_model.final_layer_norm)
+    wrapped = types.SimpleNamespace(
+        tokenizer=CLIPTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer")), transformer=text_model)
+    embedder = shc.FrozenCLIPEmbedderWithCustomWords(wrapped, no_embeddings())
+    model = types.SimpleNamespace(get_learned_conditioning=embedder)
+    cases, tensors = [], {"final_layer_norm.bias": bias}
+    for index, (prompt, negative, steps, clip_skip, emphasis) in enumerate(CONDITIONING_CASES):
+        OPTS.CLIP_stop_at_last_layers = clip_skip
+        OPTS.emphasis = emphasis
+        with torch.no_grad():
+            positive = pp.get_multicond_learned_conditioning(model, [prompt], steps).batch[0]
+            uncond = pp.get_learned_conditioning(model, [negative], steps)[0]
+        parts = []
+        for p, part in enumerate(positive):
+            for r, row in enumerate(part.schedules):
+                tensors[f"case{index}.part{p}.row{r}"] = row.cond.contiguous()
+            parts.append({"weight": part.weight, "until_steps": [row.end_at_step for row in part.schedules]})
+        for r, row in enumerate(uncond):
+            tensors[f"case{index}.negative.row{r}"] = row.cond.contiguous()
+        cases.append({"prompt": prompt, "negative_prompt": negative, "steps": steps, "clip_skip": clip_skip,
+                      "emphasis": emphasis, "parts": parts,
+                      "negative_until_steps": [row.end_at_step for row in uncond]})
+    OPTS.CLIP_stop_at_last_layers = 1
+    OPTS.emphasis = "Original"
+    return cases, tensors
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,7 +503,7 @@ def compel_random(rng):
 
 def versions():
     from importlib.metadata import version
-    return {name: version(name) for name in ("lark", "compel", "pyparsing", "transformers")}
+    return {name: version(name) for name in ("lark", "compel", "pyparsing", "transformers", "torch")}
 
 
 def write(path, data):
@@ -441,7 +515,7 @@ def write(path, data):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--webui", required=True, help="a stable-diffusion-webui checkout")
-    ap.add_argument("--tokenizer", required=True, help="a CLIP tokenizer folder (vocab.json, merges.txt)")
+    ap.add_argument("--model", required=True, help="a diffusers SD folder (tokenizer/, text_encoder/)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -460,7 +534,12 @@ def main():
 
     rng = random.Random(5)
     write(os.path.join(args.out, "a1111_random.json"), {"versions": versions(), **a1111_random(pp, rng)})
-    write(os.path.join(args.out, "a1111_chunks.json"), {"versions": versions(), **a1111_chunks(shc, args.tokenizer)})
+    tokenizer_dir = os.path.join(args.model, "tokenizer")
+    write(os.path.join(args.out, "a1111_chunks.json"), {"versions": versions(), **a1111_chunks(shc, tokenizer_dir)})
+    from safetensors.torch import save_file
+    cases, tensors = a1111_conditioning(pp, shc, args.model)
+    write(os.path.join(args.out, "a1111_conditioning.json"), {"versions": versions(), "cases": cases})
+    save_file(tensors, os.path.join(args.out, "a1111_conditioning.safetensors"), metadata={"format": "pt"})
     write(os.path.join(args.out, "invokeai_cases.json"),
           {"versions": versions(), **compel_cases(), "random": compel_random(rng)})
     for name in sorted(os.listdir(args.out)):

@@ -7,6 +7,7 @@
 //! # Ok::<(), dream_pipeline::DreamError>(())
 //! ```
 
+pub mod conditioning;
 pub mod image;
 pub mod model;
 pub mod sampling;

@@ -1,0 +1,234 @@
+//! Prompt conditioning on the tiny model against A1111's own code: fixtures/prompt/
+//! a1111_conditioning.* hold what A1111's `get_multicond_learned_conditioning` and
+//! `get_learned_conditioning` return through `FrozenCLIPEmbedderWithCustomWords` (chunking,
+//! emphasis, clip skip) with the same text encoder, one tensor per schedule row
+//! (tools/parity/prompt_fixtures.py). The tiny text encoder there has its final LayerNorm bias
+//! set to a fixed non-zero vector: with the random model's zero bias the output's mean is ~1e-9,
+//! and "Original" emphasis divides by that mean.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use dream_core::prompt::{self, PromptOptions, Syntax};
+use dream_core::tokenizer::ClipTokenizer;
+use dream_models::clip::ClipTextTransformer;
+use dream_models::config::ClipTextConfig;
+use dream_pipeline::conditioning::{ConditioningOptions, Emphasis, PromptConditioning};
+use dream_pipeline::{DreamError, StableDiffusion};
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// A reference row `[L, D]` as `[1, len, D]`: lengthened by repeating its last vector (A1111's
+/// `stack_conds` for `AND` parts), then by copies of `empty` (the empty prompt's chunk).
+fn padded(row: &Tensor, and_len: usize, len: usize, empty: &Tensor) -> Tensor {
+    let mut t = row.unsqueeze(0).unwrap();
+    let l = t.dim(1).unwrap();
+    if l < and_len {
+        let last = t.narrow(1, l - 1, 1).unwrap();
+        t = Tensor::cat(&[&t, &last.repeat((1, and_len - l, 1)).unwrap()], 1).unwrap();
+    }
+    let l = t.dim(1).unwrap();
+    if l < len {
+        let copies = (len - l) / 77;
+        let chunks = empty.unsqueeze(0).unwrap().repeat((1, copies, 1)).unwrap();
+        t = Tensor::cat(&[&t, &chunks], 1).unwrap();
+    }
+    t
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The tiny model's tokenizer and text encoder, the encoder's final LayerNorm bias replaced.
+fn text_model(final_norm_bias: &Tensor) -> (ClipTokenizer, ClipTextTransformer) {
+    let tokenizer = ClipTokenizer::from_vocab_and_merges(
+        &read(fixture("tiny/tokenizer/vocab.json")),
+        &read(fixture("tiny/tokenizer/merges.txt")),
+    )
+    .unwrap();
+    let config: ClipTextConfig =
+        serde_json::from_str(&read(fixture("tiny/text_encoder/config.json"))).unwrap();
+    let mut weights = candle_core::safetensors::load(
+        fixture("tiny/text_encoder/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for tensor in weights.values_mut() {
+        if tensor.dtype() == DType::F16 {
+            *tensor = tensor.to_dtype(DType::F32).unwrap();
+        }
+    }
+    weights.insert(
+        "text_model.final_layer_norm.bias".into(),
+        final_norm_bias.clone(),
+    );
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    (tokenizer, ClipTextTransformer::new(vb, &config).unwrap())
+}
+
+#[test]
+fn conditioning_matches_a1111() {
+    let cases: Value =
+        serde_json::from_str(&read(fixture("prompt/a1111_conditioning.json"))).unwrap();
+    let reference: HashMap<String, Tensor> = candle_core::safetensors::load(
+        fixture("prompt/a1111_conditioning.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (tokenizer, text_encoder) = text_model(&reference["final_layer_norm.bias"]);
+    // The first case's negative prompt is "": the empty prompt's chunk at clip skip 1.
+    let empty = &reference["case0.negative.row0"];
+    let mut worst = 0.0f32;
+    for (index, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let emphasis = match case["emphasis"].as_str().unwrap() {
+            "Original" => Emphasis::Original,
+            "No norm" => Emphasis::NoNorm,
+            other => panic!("{other}"),
+        };
+        let options = ConditioningOptions {
+            prompt: PromptOptions::new(Syntax::A1111, case["steps"].as_u64().unwrap() as usize),
+            clip_skip: case["clip_skip"].as_u64().unwrap() as usize,
+            emphasis,
+        };
+        let plan = prompt::plan(
+            prompt,
+            case["negative_prompt"].as_str().unwrap(),
+            &options.prompt,
+        )
+        .unwrap();
+        let conditioning =
+            PromptConditioning::encode(&tokenizer, &text_encoder, plan, &options).unwrap();
+        let plan = conditioning.plan();
+        let parts = case["parts"].as_array().unwrap();
+        assert_eq!(plan.positive.len(), parts.len(), "{prompt:?}");
+
+        let row = |name: String| &reference[&name];
+        let part_rows = |p: usize| parts[p]["until_steps"].as_array().unwrap().len();
+        let and_len = (0..parts.len())
+            .map(|p| row(format!("case{index}.part{p}.row0")).dim(0).unwrap())
+            .max()
+            .unwrap();
+        let negative_len = row(format!("case{index}.negative.row0")).dim(0).unwrap();
+        let len = and_len.max(negative_len);
+
+        for (p, part) in plan.positive.iter().enumerate() {
+            assert_eq!(part.weight, parts[p]["weight"].as_f64().unwrap());
+            assert_eq!(part.schedule.len(), part_rows(p), "{prompt:?} part {p}");
+            for (r, entry) in part.schedule.iter().enumerate() {
+                assert_eq!(
+                    entry.until_step as u64,
+                    parts[p]["until_steps"][r].as_u64().unwrap()
+                );
+                let expected = padded(
+                    row(format!("case{index}.part{p}.row{r}")),
+                    and_len,
+                    len,
+                    empty,
+                );
+                let ours = conditioning.positive(p, entry.text).unwrap();
+                let diff = max_abs_diff(ours, &expected);
+                assert!(diff < 1e-5, "{prompt:?} part {p} row {r}: {diff}");
+                worst = worst.max(diff);
+            }
+        }
+        let negative_rows = case["negative_until_steps"].as_array().unwrap();
+        assert_eq!(plan.negative.schedule.len(), negative_rows.len());
+        for (r, entry) in plan.negative.schedule.iter().enumerate() {
+            let expected = padded(row(format!("case{index}.negative.row{r}")), 0, len, empty);
+            let diff = max_abs_diff(conditioning.negative(entry.text).unwrap(), &expected);
+            assert!(diff < 1e-5, "{prompt:?} negative row {r}: {diff}");
+            worst = worst.max(diff);
+        }
+    }
+    println!("max abs difference from A1111: {worst:e}");
+}
+
+#[test]
+fn context_follows_the_schedule_and_guidance_combines_parts() {
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let options = ConditioningOptions::new(10);
+
+    let edited = model.condition("a [cat:dog:0.5]", "", &options).unwrap();
+    assert!(!edited.is_constant());
+    let cat = model.condition("a cat", "", &options).unwrap();
+    let dog = model.condition("a dog", "", &options).unwrap();
+    for step in 0..10 {
+        let expected = if step <= 5 { &cat } else { &dog };
+        assert_eq!(
+            max_abs_diff(
+                &edited.context_at(step).unwrap(),
+                &expected.context_at(0).unwrap()
+            ),
+            0.0,
+            "step {step}"
+        );
+    }
+
+    // Two AND parts: [uncond, part 1, part 2] in, uncond + Σ (cond_i − uncond)·w_i·cfg out.
+    let and = model
+        .condition("a cat AND a dog:0.5", "blurry", &options)
+        .unwrap();
+    assert!(and.is_constant());
+    assert_eq!(and.context_at(3).unwrap().dims()[0], 3);
+    let predictions = Tensor::new(&[[1.0f32, 2.0], [3.0, 5.0], [0.0, 4.0]], &Device::Cpu).unwrap();
+    let guided = and.guide(&predictions, 7.0).unwrap();
+    let expected = [
+        1.0 + (3.0 - 1.0) * 7.0 + (0.0 - 1.0) * 3.5,
+        2.0 + 3.0 * 7.0 + 2.0 * 3.5,
+    ];
+    assert_eq!(guided.to_vec2::<f32>().unwrap(), vec![expected.to_vec()]);
+}
+
+#[test]
+fn plain_prompts_encode_as_before() {
+    // No syntax, under 75 tokens: exactly the 77 ids diffusers encodes, weights all 1.
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let prompt = "a photograph of an astronaut riding a horse";
+    let (old, _) = model.encode_prompts(prompt, "blurry").unwrap();
+    let new = model
+        .condition(prompt, "blurry", &ConditioningOptions::new(20))
+        .unwrap()
+        .context_at(0)
+        .unwrap();
+    assert_eq!(max_abs_diff(&old, &new), 0.0);
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let mut options = ConditioningOptions::new(20);
+    options.clip_skip = 99;
+    assert!(matches!(
+        model.condition("a cat", "", &options),
+        Err(DreamError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        model.condition("(a cat:1.2.3)", "", &ConditioningOptions::new(20)),
+        Err(DreamError::InvalidRequest(_))
+    ));
+}
