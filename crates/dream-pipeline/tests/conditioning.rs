@@ -232,3 +232,31 @@ fn bad_requests_are_errors() {
         Err(DreamError::InvalidRequest(_))
     ));
 }
+
+#[test]
+fn comfyui_emphasis_moves_weighted_tokens_away_from_the_empty_prompt() {
+    // ComfyUI's `(z - z_empty) * w + z_empty` for tokens weighted w != 1, written out here.
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let mut options = ConditioningOptions::new(20);
+    options.emphasis = Emphasis::ComfyUi;
+    let at = |prompt: &str| {
+        let context = model
+            .condition(prompt, "", &options)
+            .unwrap()
+            .context_at(0)
+            .unwrap();
+        (context.get(0).unwrap(), context.get(1).unwrap())
+    };
+    let (empty, weighted) = at("a (cat:1.5)");
+    let (_, plain) = at("a cat");
+    // Token 2 ("cat") weighs 1.5; the others 1.
+    let token = |t: &Tensor, i: usize| t.get(i).unwrap();
+    let expected = ((token(&plain, 2) - token(&empty, 2)).unwrap() * 1.5)
+        .unwrap()
+        .add(&token(&empty, 2))
+        .unwrap();
+    assert!(max_abs_diff(&token(&weighted, 2), &expected) < 1e-6);
+    for i in [0, 1, 3, 40] {
+        assert_eq!(max_abs_diff(&token(&weighted, i), &token(&plain, i)), 0.0);
+    }
+}
