@@ -135,7 +135,7 @@ impl PromptConditioning {
 
     /// The UNet's text context for sampling step `step` (from 0): `[1 + parts, L, D]`, the
     /// negative prompt first, then each `AND` part.
-    pub fn context_at(&self, step: usize) -> Result<Tensor, DreamError> {
+    pub fn context_at(&self, step: usize) -> candle_core::Result<Tensor> {
         if let Some(context) = &self.constant {
             return Ok(context.clone());
         }
@@ -143,13 +143,13 @@ impl PromptConditioning {
         for (part, texts) in self.plan.positive.iter().zip(&self.positive) {
             rows.push(&texts[part.text_index_at(step)]);
         }
-        Ok(Tensor::cat(&rows, 0)?)
+        Tensor::cat(&rows, 0)
     }
 
     /// Classifier-free guidance over a `context_at` batch's predictions `[1 + parts, …]`:
     /// `uncond + Σ (cond_i − uncond) · weight_i · cfg_scale`, added part by part as A1111's
     /// `combine_denoised` does. With one part of weight 1 this is plain CFG.
-    pub fn guide(&self, predictions: &Tensor, cfg_scale: f64) -> Result<Tensor, DreamError> {
+    pub fn guide(&self, predictions: &Tensor, cfg_scale: f64) -> candle_core::Result<Tensor> {
         let uncond = predictions.narrow(0, 0, 1)?;
         let mut guided = uncond.clone();
         for (i, part) in self.plan.positive.iter().enumerate() {
