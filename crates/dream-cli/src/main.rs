@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dream_pipeline::{LoadOptions, Sampler, StableDiffusion, Txt2Img};
+use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
+use dream_pipeline::{LoadOptions, StableDiffusion, Txt2Img};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Stable Diffusion image generation, compatible with InvokeAI's `invoke>` switches.
@@ -36,14 +37,13 @@ struct Args {
     /// Classifier-free guidance scale.
     #[arg(short = 'C', long = "cfg_scale", default_value_t = 7.5)]
     cfg_scale: f64,
-    /// Sampler: ddim, k_euler (InvokeAI names; A1111's "DDIM", "Euler" work too).
-    #[arg(
-        short = 'A',
-        long,
-        visible_short_alias = 'm',
-        default_value = "k_euler"
-    )]
-    sampler: Sampler,
+    /// Sampler, by its InvokeAI (k_lms, k_euler_a, k_dpmpp_2, ...), A1111 ("DPM++ 2M Karras",
+    /// "Euler a", ...) or ComfyUI (dpmpp_2m_sde, ...) name.
+    #[arg(short = 'A', long, visible_short_alias = 'm', default_value = "k_lms")]
+    sampler: String,
+    /// InvokeAI's rule: k_* samplers use Karras sigmas below this many steps.
+    #[arg(long = "karras_max", default_value_t = INVOKEAI_KARRAS_MAX)]
+    karras_max: usize,
     /// Number of images to make.
     #[arg(short = 'n', long, default_value_t = 1)]
     iterations: u32,
@@ -70,6 +70,7 @@ fn run(args: Args) -> Result<()> {
         config_dir: args.config.clone(),
         ..LoadOptions::default()
     };
+    let choice: SamplerChoice = args.sampler.parse()?;
     let model = StableDiffusion::load_with(&args.model, &options)?;
     let first_seed = args.seed.unwrap_or_else(random_seed);
     for k in 0..args.iterations {
@@ -81,8 +82,8 @@ fn run(args: Args) -> Result<()> {
             width: args.width,
             height: args.height,
             seed: first_seed.wrapping_add(k),
-            sampler: args.sampler,
-            schedule: dream_core::sampler::ScheduleKind::Normal,
+            sampler: choice.sampler,
+            schedule: choice.schedule_for(args.steps, args.karras_max),
             eta: None,
             s_noise: 1.0,
         };
@@ -97,16 +98,25 @@ fn run(args: Args) -> Result<()> {
         }
         let path = dream_pipeline::image::next_output_path(&args.outdir, request.seed)?;
         generated.save(&path, model.name())?;
-        println!("{}: {}", path.display(), invoke_command(&request));
+        println!(
+            "{}: {}",
+            path.display(),
+            invoke_command(&request, &args.sampler)
+        );
     }
     Ok(())
 }
 
 /// The InvokeAI command line that makes the image again.
-fn invoke_command(r: &Txt2Img) -> String {
+fn invoke_command(r: &Txt2Img, sampler: &str) -> String {
+    let sampler = if sampler.contains(' ') {
+        format!("{sampler:?}")
+    } else {
+        sampler.to_string()
+    };
     format!(
         "{:?} -s{} -W{} -H{} -C{} -A{} -S{}",
-        r.prompt, r.steps, r.width, r.height, r.cfg_scale, r.sampler, r.seed
+        r.prompt, r.steps, r.width, r.height, r.cfg_scale, sampler, r.seed
     )
 }
 

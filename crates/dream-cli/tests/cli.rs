@@ -79,7 +79,7 @@ fn renders_numbered_images_with_their_parameters() {
     );
     assert_eq!(
         png_text(&first, "parameters").unwrap(),
-        format!("a red apple\nSteps: 3, Sampler: DDIM, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny, Version: dream {}", env!("CARGO_PKG_VERSION"))
+        format!("a red apple\nSteps: 3, Sampler: DDIM, Schedule type: Uniform, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny, Version: dream {}", env!("CARGO_PKG_VERSION"))
     );
 
     // Batch size never changes an image: seed 43 alone gives the second image of the batch.
@@ -111,6 +111,86 @@ fn renders_numbered_images_with_their_parameters() {
         buf
     };
     assert_eq!(pixels(&second), pixels(&alone.join("000001.43.png")));
+}
+
+#[test]
+fn sampler_names_of_every_tool_choose_sampler_and_schedule() {
+    let model = fixture("tiny");
+    // (the -A value, the A1111 Sampler / Schedule type written to the image)
+    let cases = [
+        ("k_euler_a", "Euler a, Schedule type: Karras"), // InvokeAI: Karras below --karras_max
+        ("DPM++ 2M Karras", "DPM++ 2M, Schedule type: Karras"),
+        ("dpmpp_2m", "DPM++ 2M, Schedule type: Uniform"), // ComfyUI's default is "normal"
+    ];
+    for (name, expected) in cases {
+        let out = temp_dir("names");
+        let output = dream(&[
+            "x",
+            "--model",
+            model.to_str().unwrap(),
+            "-s",
+            "2",
+            "-S",
+            "7",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "-A",
+            name,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let parameters = png_text(&out.join("000001.7.png"), "parameters").unwrap();
+        assert!(
+            parameters.contains(&format!("Sampler: {expected},")),
+            "{name}: {parameters}"
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains(&format!(
+                "-A{}",
+                if name.contains(' ') {
+                    format!("{name:?}")
+                } else {
+                    name.to_string()
+                }
+            )),
+            "{stdout}"
+        );
+    }
+    // InvokeAI's rule: from --karras_max steps on, the model's own schedule.
+    let out = temp_dir("karras-max");
+    let output = dream(&[
+        "x",
+        "--model",
+        model.to_str().unwrap(),
+        "-s",
+        "2",
+        "-S",
+        "7",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-A",
+        "k_euler_a",
+        "--karras_max",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let parameters = png_text(&out.join("000001.7.png"), "parameters").unwrap();
+    assert!(
+        parameters.contains("Sampler: Euler a, Schedule type: Uniform,"),
+        "{parameters}"
+    );
 }
 
 #[test]

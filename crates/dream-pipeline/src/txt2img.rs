@@ -108,6 +108,8 @@ impl Generated {
         A1111Parameters::new(&r.prompt, &r.negative_prompt)
             .field("Steps", r.steps)
             .field("Sampler", r.sampler.a1111_name())
+            // Always written: A1111 would otherwise apply its own per-sampler default.
+            .field("Schedule type", r.schedule.a1111_name())
             .field("CFG scale", r.cfg_scale)
             .field("Seed", r.seed)
             .field("Size", format!("{}x{}", r.width, r.height))
