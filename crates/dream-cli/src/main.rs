@@ -75,27 +75,18 @@ fn run(args: Args) -> Result<()> {
     let first_seed = args.seed.unwrap_or_else(random_seed);
     for k in 0..args.iterations {
         let request = Txt2Img {
-            prompt: args.prompt.clone(),
-            negative_prompt: String::new(),
             steps: args.steps,
             cfg_scale: args.cfg_scale,
             width: args.width,
             height: args.height,
-            seed: first_seed.wrapping_add(k),
             sampler: choice.sampler,
             schedule: choice.schedule_for(args.steps, args.karras_max),
-            eta: None,
-            s_noise: 1.0,
+            ..Txt2Img::new(&args.prompt, first_seed.wrapping_add(k))
         };
         let bar = progress_bar(request.steps);
         let generated =
             model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
         bar.finish_and_clear();
-        if let Some(dropped) = &generated.truncated_prompt {
-            eprintln!(
-                "warning: the prompt is longer than 77 tokens; this part was dropped: {dropped:?}"
-            );
-        }
         let path = dream_pipeline::image::next_output_path(&args.outdir, request.seed)?;
         generated.save(&path, model.name())?;
         println!(

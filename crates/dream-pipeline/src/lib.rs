@@ -15,6 +15,8 @@ pub mod txt2img;
 
 use std::path::PathBuf;
 
+pub use conditioning::Emphasis;
+pub use dream_core::prompt::Syntax;
 pub use dream_core::sampler::{Sampler, ScheduleKind};
 pub use model::{LoadOptions, StableDiffusion};
 pub use sampling::StepInfo;

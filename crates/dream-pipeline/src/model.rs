@@ -14,9 +14,6 @@ use dream_models::weights;
 
 use crate::DreamError;
 
-/// The number of token positions SD's text encoder takes, start and end tokens included.
-const CLIP_CONTEXT: usize = 77;
-
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -131,31 +128,6 @@ impl StableDiffusion {
 
     pub(crate) fn latent_channels(&self) -> usize {
         self.vae_config.latent_channels
-    }
-
-    /// The UNet's context for classifier-free guidance: the text encoder's last hidden state
-    /// for [negative, prompt], `[2, 77, D]`. Also returns the prompt text that did not fit.
-    pub fn encode_prompts(
-        &self,
-        prompt: &str,
-        negative_prompt: &str,
-    ) -> Result<(Tensor, Option<String>), DreamError> {
-        if self.unet_in_channels != self.latent_channels() {
-            return Err(DreamError::NotSupported(format!(
-                "txt2img with a {}-channel (inpainting) UNet",
-                self.unet_in_channels
-            )));
-        }
-        let positive = self.tokenizer.encode_for_clip(prompt, CLIP_CONTEXT);
-        let negative = self
-            .tokenizer
-            .encode_for_clip(negative_prompt, CLIP_CONTEXT);
-        let ids: Vec<u32> = negative.ids.iter().chain(&positive.ids).copied().collect();
-        let ids = Tensor::from_vec(ids, (2, CLIP_CONTEXT), &self.device)?;
-        let context = self.text_encoder.forward(&ids)?.last_hidden_state;
-        let truncated =
-            (!positive.truncated.is_empty()).then(|| self.tokenizer.decode(&positive.truncated));
-        Ok((context, truncated))
     }
 
     /// The VAE's image for latents, unclamped, `[B, 3, H, W]` in about [-1, 1].

@@ -1,13 +1,17 @@
 //! Text to image: encode the prompts, draw the seed's noise, sample, decode.
 
+use std::cell::Cell;
+
 use candle_core::{DType, Tensor};
 use dream_core::metadata::A1111Parameters;
+use dream_core::prompt::{PromptOptions, Syntax};
 use dream_core::rng::TorchGenerator;
 use dream_core::sampler::{Sampler, ScheduleKind};
 use dream_core::schedule::{
     ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule,
 };
 
+use crate::conditioning::{ConditioningOptions, Emphasis, PromptConditioning};
 use crate::image::RgbImage;
 use crate::model::StableDiffusion;
 use crate::sampling::{
@@ -34,6 +38,11 @@ pub struct Txt2Img {
     pub eta: Option<f64>,
     /// Scale of that fresh noise (k-diffusion's `s_noise`), usually 1.
     pub s_noise: f64,
+    /// How the prompts are read (A1111's syntax by default).
+    pub syntax: Syntax,
+    /// A1111's "Clip skip": 1 uses the text encoder's output, 2 the layer before, …
+    pub clip_skip: usize,
+    pub emphasis: Emphasis,
 }
 
 impl Txt2Img {
@@ -51,6 +60,17 @@ impl Txt2Img {
             schedule: ScheduleKind::Normal,
             eta: None,
             s_noise: 1.0,
+            syntax: Syntax::A1111,
+            clip_skip: 1,
+            emphasis: Emphasis::Original,
+        }
+    }
+
+    fn conditioning_options(&self) -> ConditioningOptions {
+        ConditioningOptions {
+            prompt: PromptOptions::new(self.syntax, self.steps),
+            clip_skip: self.clip_skip,
+            emphasis: self.emphasis,
         }
     }
 
@@ -97,15 +117,13 @@ pub struct Generated {
     pub request: Txt2Img,
     /// The sampler's final latents, before VAE decoding.
     pub latents: Tensor,
-    /// Prompt tokens that did not fit the text encoder's 77 and were dropped.
-    pub truncated_prompt: Option<String>,
 }
 
 impl Generated {
     /// A1111's `parameters` text for this image.
     pub fn a1111_parameters(&self, model_name: &str) -> String {
         let r = &self.request;
-        A1111Parameters::new(&r.prompt, &r.negative_prompt)
+        let parameters = A1111Parameters::new(&r.prompt, &r.negative_prompt)
             .field("Steps", r.steps)
             .field("Sampler", r.sampler.a1111_name())
             // Always written: A1111 would otherwise apply its own per-sampler default.
@@ -113,7 +131,14 @@ impl Generated {
             .field("CFG scale", r.cfg_scale)
             .field("Seed", r.seed)
             .field("Size", format!("{}x{}", r.width, r.height))
-            .field("Model", model_name)
+            .field("Model", model_name);
+        // A1111 writes clip skip only when it is not the default.
+        let parameters = if r.clip_skip > 1 {
+            parameters.field("Clip skip", r.clip_skip)
+        } else {
+            parameters
+        };
+        parameters
             .field("Version", concat!("dream ", env!("CARGO_PKG_VERSION")))
             .to_text()
     }
@@ -131,32 +156,41 @@ impl Generated {
     }
 }
 
-/// Classifier-free guidance: the UNet sees [unconditional, conditional] as one batch, and the
-/// prediction is pushed away from the unconditional one by the CFG scale.
+/// Classifier-free guidance: the UNet sees the negative prompt's and every `AND` part's
+/// conditioning of the current step as one batch, and `PromptConditioning::guide` combines the
+/// predictions with the CFG scale.
 pub struct Guided<'a> {
     model: &'a StableDiffusion,
-    /// [negative, positive] text embeddings, [2, 77, D].
-    context: &'a Tensor,
+    conditioning: &'a PromptConditioning,
     cfg_scale: f64,
+    /// The sampling step the next prediction belongs to (prompt editing and alternation change
+    /// the conditioning by step, and some samplers call the model more than once a step).
+    step: &'a Cell<usize>,
 }
 
 impl Predictor for Guided<'_> {
     fn predict(&mut self, latents: &Tensor, timestep: f64) -> candle_core::Result<Tensor> {
-        let batch = Tensor::cat(&[latents, latents], 0)?;
-        let eps = self.model.unet.forward(&batch, timestep, self.context)?;
-        let (uncond, cond) = (eps.get(0)?.unsqueeze(0)?, eps.get(1)?.unsqueeze(0)?);
-        &uncond + ((cond - &uncond)? * self.cfg_scale)?
+        let context = self.conditioning.context_at(self.step.get())?;
+        let batch = latents.repeat((context.dim(0)?, 1, 1, 1))?;
+        let predictions = self.model.unet.forward(&batch, timestep, &context)?;
+        self.conditioning.guide(&predictions, self.cfg_scale)
     }
 }
 
 impl StableDiffusion {
-    /// The UNet with classifier-free guidance, for `context` = [negative, positive] text
-    /// embeddings as `encode_prompts` makes them.
-    pub fn guided<'a>(&'a self, context: &'a Tensor, cfg_scale: f64) -> Guided<'a> {
+    /// The UNet with classifier-free guidance over `conditioning`, at the sampling step `step`
+    /// holds.
+    pub fn guided<'a>(
+        &'a self,
+        conditioning: &'a PromptConditioning,
+        cfg_scale: f64,
+        step: &'a Cell<usize>,
+    ) -> Guided<'a> {
         Guided {
             model: self,
-            context,
+            conditioning,
             cfg_scale,
+            step,
         }
     }
 
@@ -191,11 +225,22 @@ impl StableDiffusion {
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
         request.validate()?;
-        let (context, truncated_prompt) =
-            self.encode_prompts(&request.prompt, &request.negative_prompt)?;
+        if self.unet_in_channels != self.latent_channels() {
+            return Err(DreamError::NotSupported(format!(
+                "txt2img with a {}-channel (inpainting) UNet",
+                self.unet_in_channels
+            )));
+        }
+        let conditioning = self.condition(
+            &request.prompt,
+            &request.negative_prompt,
+            &request.conditioning_options(),
+        )?;
         let (generator, noise) = self.seeded_noise(request.seed, request.width, request.height)?;
-        let mut guided = self.guided(&context, request.cfg_scale);
+        let step = Cell::new(0);
+        let mut guided = self.guided(&conditioning, request.cfg_scale, &step);
         let mut callback = |info: StepInfo<'_>| {
+            step.set(info.step + 1);
             progress(info);
             Ok(())
         };
@@ -205,7 +250,6 @@ impl StableDiffusion {
             image,
             request: request.clone(),
             latents,
-            truncated_prompt,
         })
     }
 

@@ -205,17 +205,24 @@ fn context_follows_the_schedule_and_guidance_combines_parts() {
 }
 
 #[test]
-fn plain_prompts_encode_as_before() {
-    // No syntax, under 75 tokens: exactly the 77 ids diffusers encodes, weights all 1.
+fn plain_prompts_encode_as_diffusers_does() {
+    // No syntax, under 75 tokens: the 77 ids diffusers encodes, weights all 1, so the context is
+    // diffusers' [negative, positive] text embeddings.
     let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    let prompt = "a photograph of an astronaut riding a horse";
-    let (old, _) = model.encode_prompts(prompt, "blurry").unwrap();
-    let new = model
-        .condition(prompt, "blurry", &ConditioningOptions::new(20))
+    let reference =
+        candle_core::safetensors::load(fixture("ref/txt2img_euler.safetensors"), &Device::Cpu)
+            .unwrap();
+    let context = model
+        .condition(
+            "a photograph of an astronaut riding a horse",
+            "blurry",
+            &ConditioningOptions::new(20),
+        )
         .unwrap()
         .context_at(0)
         .unwrap();
-    assert_eq!(max_abs_diff(&old, &new), 0.0);
+    let err = max_abs_diff(&context, &reference["unet.encoder_hidden_states"]);
+    assert!(err <= 1e-5, "{err}");
 }
 
 #[test]

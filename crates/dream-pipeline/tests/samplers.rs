@@ -4,6 +4,7 @@
 //! latents of 10 steps on the tiny model, seed 42, for the normal and Karras schedules, with
 //! the model read as ε- and as v-prediction.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use dream_core::schedule::{
     ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule, PredictionType,
     SchedulerConfig, SigmaSchedule,
 };
+use dream_pipeline::conditioning::{ConditioningOptions, PromptConditioning};
 use dream_pipeline::sampling::{
     noise_to_timestep, sample_ddim, sample_ddpm, sample_k, sample_lcm, sample_plms, sample_unipc,
     strength_steps, Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, StepInfo,
@@ -111,7 +113,7 @@ impl NoiseSource for RecordedNoise {
 struct Setup {
     model: StableDiffusion,
     config: SchedulerConfig,
-    context: Tensor,
+    conditioning: PromptConditioning,
     schedule: NoiseSchedule,
     reference: HashMap<String, Tensor>,
 }
@@ -119,7 +121,9 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let model = StableDiffusion::load(fixture("tiny")).unwrap();
-        let (context, _) = model.encode_prompts(PROMPT, NEGATIVE).unwrap();
+        let conditioning = model
+            .condition(PROMPT, NEGATIVE, &ConditioningOptions::new(STEPS))
+            .unwrap();
         let config = std::fs::read_to_string(fixture("tiny/scheduler/scheduler_config.json"));
         let config = SchedulerConfig::from_json_str(&config.unwrap()).unwrap();
         let schedule = NoiseSchedule::new(&config).unwrap();
@@ -129,7 +133,7 @@ impl Setup {
         Setup {
             model,
             config,
-            context,
+            conditioning,
             schedule,
             reference,
         }
@@ -232,7 +236,9 @@ fn k_samplers_match_k_diffusion() {
                     Some(recorded) => recorded,
                     None => &mut from_generator,
                 };
-                let mut guided = setup.model.guided(&setup.context, CFG);
+                let step = Cell::new(0);
+                let step = Cell::new(0);
+                let mut guided = setup.model.guided(&setup.conditioning, CFG, &step);
                 let mut denoiser =
                     Denoiser::new(&mut guided, &setup.schedule, prediction_of(prediction));
                 let x = (noise * schedule.sigmas[0] as f64).unwrap();
@@ -261,7 +267,8 @@ fn discrete_samplers_match_diffusers() {
     let config = &setup.config;
     let mut errors = Vec::new();
     for prediction in ["eps", "v"] {
-        let mut guided = setup.model.guided(&setup.context, CFG);
+        let step = Cell::new(0);
+        let mut guided = setup.model.guided(&setup.conditioning, CFG, &step);
         let mut model = DiscreteModel {
             model: &mut guided,
             schedule: &setup.schedule,
@@ -370,8 +377,7 @@ fn request(sampler: Sampler, schedule: ScheduleKind, seed: u32) -> Txt2Img {
         seed,
         sampler,
         schedule,
-        eta: None,
-        s_noise: 1.0,
+        ..Txt2Img::new(PROMPT, seed)
     }
 }
 
