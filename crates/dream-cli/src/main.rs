@@ -44,6 +44,9 @@ struct Args {
     /// InvokeAI's rule: k_* samplers use Karras sigmas below this many steps.
     #[arg(long = "karras_max", default_value_t = INVOKEAI_KARRAS_MAX)]
     karras_max: usize,
+    /// A1111's "Clip skip": 2 conditions on the text encoder's next-to-last layer.
+    #[arg(long = "clip_skip", default_value_t = 1)]
+    clip_skip: usize,
     /// Number of images to make.
     #[arg(short = 'n', long, default_value_t = 1)]
     iterations: u32,
@@ -81,6 +84,7 @@ fn run(args: Args) -> Result<()> {
             height: args.height,
             sampler: choice.sampler,
             schedule: choice.schedule_for(args.steps, args.karras_max),
+            clip_skip: args.clip_skip,
             ..Txt2Img::new(&args.prompt, first_seed.wrapping_add(k))
         };
         let bar = progress_bar(request.steps);

@@ -164,6 +164,32 @@ fn sampler_names_of_every_tool_choose_sampler_and_schedule() {
             "{stdout}"
         );
     }
+    // Clip skip is recorded as A1111 records it.
+    let out = temp_dir("clip-skip");
+    let output = dream(&[
+        "x",
+        "--model",
+        model.to_str().unwrap(),
+        "-s",
+        "1",
+        "-S",
+        "7",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "--clip_skip",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parameters = png_text(&out.join("000001.7.png"), "parameters").unwrap();
+    assert!(parameters.contains(", Clip skip: 2, "), "{parameters}");
     // InvokeAI's rule: from --karras_max steps on, the model's own schedule.
     let out = temp_dir("karras-max");
     let output = dream(&[
