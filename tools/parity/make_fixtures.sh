@@ -50,6 +50,22 @@ REF=("$PY" "$TOOLS/reference_torch_seed.py" --model "$WORK/tiny" --model-label "
 mkdir -p $FX/samplers
 "$PY" "$TOOLS/sampler_fixtures.py" $FX/samplers/tiny_10steps.safetensors >"$WORK/samplers.log"
 
+# 8. Noise schedules and sigma schedules (diffusers; k-diffusion, and ComfyUI's/A1111's schedule
+#    functions as written out in the script).
+"$PY" "$TOOLS/schedule_fixtures.py" $FX/schedules
+"$PY" "$TOOLS/sigma_fixtures.py" $FX/schedules/sigmas.json
+
+# 9. An SD 2.x-style UNet config (linear projection, per-block heads, deeper transformers).
+"$PY" "$TOOLS/make_unet_sd2_style.py" $FX/unet_sd2_style
+
+# 10. Prompt language: A1111's own parser and embedder (from a stable-diffusion-webui checkout
+#     given as WEBUI; `lark` in the venv) and compel 2.5.1.
+if [ -n "${WEBUI:-}" ]; then
+    "$PY" "$TOOLS/prompt_fixtures.py" --webui "$WEBUI" --model $FX/tiny --out $FX/prompt
+else
+    echo "WEBUI not set: fixtures/prompt left as they are" >&2
+fi
+
 # Every reference must reproduce with plain diffusers (generator=), from the folder and the single file.
 "$PY" "$TOOLS/check_fixtures.py" $FX
 du -sh $FX
