@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use dream_models::clip::ClipTextTransformer;
 use dream_models::config::ClipTextConfig;
+use dream_test_support::max_abs_diff;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
@@ -22,20 +23,6 @@ fn text_encoder() -> ClipTextTransformer {
     }
     .expect("model.safetensors loads");
     ClipTextTransformer::new(vb, &cfg).expect("the text encoder builds")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

@@ -13,10 +13,7 @@ use dream_models::detect::{self, ModelKind, Prediction, SdVersion};
 use dream_models::weights::{
     load_diffusers_folder, load_single_file, load_vae_file, Checkpoint, SdComponents, Weights,
 };
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures")).join(rel)
-}
+use dream_test_support::fixture;
 
 /// A file or folder in the scratch directory, named for this process, deleted when dropped.
 struct Scratch(PathBuf);

@@ -7,7 +7,7 @@
 //! and "Original" emphasis divides by that mean.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -17,29 +17,8 @@ use dream_models::clip::ClipTextTransformer;
 use dream_models::config::ClipTextConfig;
 use dream_pipeline::conditioning::{ConditioningOptions, Emphasis, PromptConditioning};
 use dream_pipeline::{DreamError, StableDiffusion};
+use dream_test_support::{fixture, max_abs_diff};
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 /// A reference row `[L, D]` as `[1, len, D]`: lengthened by repeating its last vector (A1111's
 /// `stack_conds` for `AND` parts), then by copies of `empty` (the empty prompt's chunk).

@@ -6,7 +6,6 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use dream_core::rng::TorchGenerator;
@@ -22,6 +21,7 @@ use dream_pipeline::sampling::{
     StrengthRule,
 };
 use dream_pipeline::{StableDiffusion, Txt2Img};
+use dream_test_support::{fixture, load_fixture, max_abs_diff};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const NEGATIVE: &str = "blurry";
@@ -42,31 +42,6 @@ fn tolerance(reference: &Tensor) -> f32 {
         .max(0)
         .unwrap();
     1e-4f32.max(4e-6 * largest.to_scalar::<f32>().unwrap())
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("samplers/tiny_10steps.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
@@ -127,7 +102,7 @@ impl Setup {
         let config = std::fs::read_to_string(fixture("tiny/scheduler/scheduler_config.json"));
         let config = SchedulerConfig::from_json_str(&config.unwrap()).unwrap();
         let schedule = NoiseSchedule::new(&config).unwrap();
-        let reference = reference();
+        let reference = load_fixture("samplers/tiny_10steps.safetensors");
         let (_, noise) = seeded_noise(SEED);
         assert_eq!(max_abs_diff(&noise, &reference["init_noise"]), 0.0);
         Setup {
@@ -236,7 +211,6 @@ fn k_samplers_match_k_diffusion() {
                     Some(recorded) => recorded,
                     None => &mut from_generator,
                 };
-                let step = Cell::new(0);
                 let step = Cell::new(0);
                 let mut guided = setup.model.guided(&setup.conditioning, CFG, &step);
                 let mut denoiser =

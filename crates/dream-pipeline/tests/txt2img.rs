@@ -3,43 +3,15 @@
 //! tools/parity/reference_torch_seed.py from diffusers 0.42.1 with a torch CPU generator).
 
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use dream_core::schedule::{euler_schedule, NoiseSchedule, PredictionType, SchedulerConfig};
 use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::sampling::{sample_euler, Denoiser, StepInfo};
 use dream_pipeline::{LoadOptions, Sampler, ScheduleKind, StableDiffusion, Txt2Img};
+use dream_test_support::{fixture, load_fixture, max_abs_diff};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&format!("ref/{name}.safetensors")), &Device::Cpu)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 fn single_file_model(file: &str) -> StableDiffusion {
     // The tiny model's GroupNorms use 8 groups, which tensor shapes cannot tell; the folder's
@@ -94,7 +66,7 @@ fn check_generation(
     seed: u32,
     size: (usize, usize),
 ) {
-    let r = reference(reference_name);
+    let r = load_fixture(&format!("ref/{reference_name}.safetensors"));
     let request = Txt2Img {
         prompt: PROMPT.into(),
         negative_prompt: negative.into(),
