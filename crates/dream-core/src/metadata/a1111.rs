@@ -1,4 +1,6 @@
-//! Generation parameters as text, in the formats other tools read from PNG text chunks.
+//! AUTOMATIC1111's `parameters` chunk.
+
+use super::{python_float, GenerationInfo, MetadataFormat};
 
 /// AUTOMATIC1111's `parameters` text: the prompt, an optional `Negative prompt:` line, then
 /// one line of `Key: value` pairs in the order they were added.
@@ -113,6 +115,87 @@ fn quote(value: &str) -> String {
     }
 }
 
+impl A1111Parameters {
+    /// The infotext A1111 would write for `info`, fields in A1111's order; `extra` fields go
+    /// before `Version`, which A1111 always writes last.
+    pub fn from_info(info: &GenerationInfo) -> Self {
+        let mut p = A1111Parameters::new(&info.prompt, &info.negative_prompt);
+        let mut field = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                p.fields.push((key.to_string(), value));
+            }
+        };
+        field("Steps", info.steps.map(|v| v.to_string()));
+        field("Sampler", info.sampler.clone());
+        field("Schedule type", info.schedule.clone());
+        field("CFG scale", info.cfg_scale.map(python_float));
+        field("Seed", info.seed.map(|v| v.to_string()));
+        field(
+            "Size",
+            info.width.zip(info.height).map(|(w, h)| format!("{w}x{h}")),
+        );
+        field("Model hash", info.model_hash.clone());
+        field("Model", info.model.clone());
+        field("Denoising strength", info.strength.map(python_float));
+        field("Clip skip", info.clip_skip.map(|v| v.to_string()));
+        for (key, value) in &info.extra {
+            field(key, Some(value.clone()));
+        }
+        field("Version", info.generator.clone());
+        p
+    }
+
+    /// The fields Dream understands, the rest kept in `extra`. With a hires pass,
+    /// `Denoising strength` belongs to that pass and stays in `extra` too.
+    pub fn to_info(&self) -> GenerationInfo {
+        let mut info = GenerationInfo::new(MetadataFormat::A1111);
+        info.prompt = self.prompt.clone();
+        info.negative_prompt = self.negative_prompt.clone();
+        let hires = self.fields.iter().any(|(k, _)| k.starts_with("Hires"));
+        for (key, value) in &self.fields {
+            let known = match key.as_str() {
+                "Steps" => parse_into(&mut info.steps, value),
+                "Sampler" => set_text(&mut info.sampler, value),
+                "Schedule type" => set_text(&mut info.schedule, value),
+                "CFG scale" => parse_into(&mut info.cfg_scale, value),
+                "Seed" => parse_into(&mut info.seed, value),
+                "Size" => match value.split_once('x') {
+                    Some((w, h)) => {
+                        parse_into(&mut info.width, w) && parse_into(&mut info.height, h)
+                    }
+                    None => false,
+                },
+                "Model hash" => set_text(&mut info.model_hash, value),
+                "Model" => set_text(&mut info.model, value),
+                "Denoising strength" if !hires => parse_into(&mut info.strength, value),
+                "Clip skip" => parse_into(&mut info.clip_skip, value),
+                "Version" => set_text(&mut info.generator, value),
+                _ => false,
+            };
+            if !known {
+                info.extra.push((key.clone(), value.clone()));
+            }
+        }
+        info
+    }
+}
+
+/// Parses `text` into `slot`; false (slot untouched) when it is not a valid value.
+fn parse_into<T: std::str::FromStr>(slot: &mut Option<T>, text: &str) -> bool {
+    match text.trim().parse() {
+        Ok(value) => {
+            *slot = Some(value);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn set_text(slot: &mut Option<String>, text: &str) -> bool {
+    *slot = Some(text.to_string());
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +259,70 @@ mod tests {
     fn empty_negative_prompt_has_no_line_and_awkward_values_are_quoted() {
         let p = A1111Parameters::new("x", "").field("Model", "my, model: v2");
         assert_eq!(p.to_text(), "x\nModel: \"my, model: v2\"");
+    }
+
+    #[test]
+    fn reads_an_a1111_1x_infotext_with_hires_and_lora() {
+        // Layout of an A1111 1.9 txt2img infotext with a hires pass and a LoRA (fields in
+        // create_infotext's order; Lora hashes quoted because the value holds ':' and ',').
+        let text = "masterpiece, 1girl, <lora:detail:0.6>\nNegative prompt: lowres, bad hands\nSteps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 2840294726, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Lora hashes: \"detail: 7c6a3f2e1b9d\", Version: v1.9.4";
+        let info = A1111Parameters::parse(text).to_info();
+        assert_eq!(info.prompt, "masterpiece, 1girl, <lora:detail:0.6>");
+        assert_eq!(info.negative_prompt, "lowres, bad hands");
+        assert_eq!(info.steps, Some(28));
+        assert_eq!(info.sampler.as_deref(), Some("DPM++ 2M"));
+        assert_eq!(info.schedule.as_deref(), Some("Karras"));
+        assert_eq!(info.cfg_scale, Some(6.5));
+        assert_eq!(info.seed, Some(2840294726));
+        assert_eq!((info.width, info.height), (Some(512), Some(768)));
+        assert_eq!(info.model_hash.as_deref(), Some("6ce0161689"));
+        assert_eq!(info.model.as_deref(), Some("v1-5-pruned-emaonly"));
+        assert_eq!(info.clip_skip, Some(2));
+        assert_eq!(
+            info.strength, None,
+            "the hires pass's denoise is no img2img strength"
+        );
+        assert_eq!(info.generator.as_deref(), Some("v1.9.4"));
+        let extra: Vec<(&str, &str)> = info
+            .extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                ("Denoising strength", "0.45"),
+                ("Hires upscale", "2"),
+                ("Hires steps", "10"),
+                ("Hires upscaler", "Latent"),
+                ("Lora hashes", "detail: 7c6a3f2e1b9d"),
+            ]
+        );
+    }
+
+    #[test]
+    fn info_round_trips_through_the_infotext() {
+        let mut info = GenerationInfo::new(MetadataFormat::A1111);
+        info.prompt = "a cat, (sitting:1.2)".into();
+        info.negative_prompt = "blurry".into();
+        info.steps = Some(20);
+        info.sampler = Some("Euler a".into());
+        info.schedule = Some("Automatic".into());
+        info.cfg_scale = Some(7.0);
+        info.seed = Some(42);
+        info.width = Some(512);
+        info.height = Some(640);
+        info.model = Some("tiny".into());
+        info.strength = Some(0.75);
+        info.clip_skip = Some(2);
+        info.generator = Some("dream 0.1.0".into());
+        info.extra = vec![("ENSD".into(), "31337".into())];
+        let text = A1111Parameters::from_info(&info).to_text();
+        assert_eq!(
+            text,
+            "a cat, (sitting:1.2)\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.0, Seed: 42, Size: 512x640, Model: tiny, Denoising strength: 0.75, Clip skip: 2, ENSD: 31337, Version: dream 0.1.0"
+        );
+        assert_eq!(A1111Parameters::parse(&text).to_info(), info);
     }
 
     proptest::proptest! {
