@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
-use dream_pipeline::{LoadOptions, StableDiffusion, Txt2Img};
+use dream_pipeline::{InitImage, LoadOptions, StableDiffusion, Txt2Img};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Stable Diffusion image generation, compatible with InvokeAI's `invoke>` switches.
@@ -30,10 +30,18 @@ struct Args {
     /// Seed of the first image (a random one if omitted); image k of a batch uses seed+k.
     #[arg(short = 'S', long)]
     seed: Option<u32>,
-    #[arg(short = 'W', long, default_value_t = 512)]
-    width: usize,
-    #[arg(short = 'H', long, default_value_t = 512)]
-    height: usize,
+    /// Image width (default 512, or the init image's width).
+    #[arg(short = 'W', long)]
+    width: Option<usize>,
+    /// Image height (default 512, or the init image's height).
+    #[arg(short = 'H', long)]
+    height: Option<usize>,
+    /// img2img: a PNG to start from (its alpha channel is ignored).
+    #[arg(short = 'I', long = "init_img")]
+    init_img: Option<PathBuf>,
+    /// img2img: how much of the init image is repainted, 0 to 1.
+    #[arg(short = 'f', long, default_value_t = 0.75)]
+    strength: f64,
     /// Classifier-free guidance scale.
     #[arg(short = 'C', long = "cfg_scale", default_value_t = 7.5)]
     cfg_scale: f64,
@@ -75,16 +83,25 @@ fn run(args: Args) -> Result<()> {
     };
     let choice: SamplerChoice = args.sampler.parse()?;
     let model = StableDiffusion::load_with(&args.model, &options)?;
+    let init = match &args.init_img {
+        Some(path) => Some(InitImage::open(path, args.strength)?),
+        None => None,
+    };
+    // InvokeAI's default size is the init image's (which must be a multiple of 8 for now).
+    let init_size = init.as_ref().map(|i| (i.image.width, i.image.height));
+    let width = args.width.or(init_size.map(|s| s.0)).unwrap_or(512);
+    let height = args.height.or(init_size.map(|s| s.1)).unwrap_or(512);
     let first_seed = args.seed.unwrap_or_else(random_seed);
     for k in 0..args.iterations {
         let request = Txt2Img {
             steps: args.steps,
             cfg_scale: args.cfg_scale,
-            width: args.width,
-            height: args.height,
+            width,
+            height,
             sampler: choice.sampler,
             schedule: choice.schedule_for(args.steps, args.karras_max),
             clip_skip: args.clip_skip,
+            init: init.clone(),
             ..Txt2Img::new(&args.prompt, first_seed.wrapping_add(k))
         };
         let bar = progress_bar(request.steps);
@@ -96,23 +113,31 @@ fn run(args: Args) -> Result<()> {
         println!(
             "{}: {}",
             path.display(),
-            invoke_command(&request, &args.sampler)
+            invoke_command(&request, &args.sampler, args.init_img.as_deref())
         );
     }
     Ok(())
 }
 
 /// The InvokeAI command line that makes the image again.
-fn invoke_command(r: &Txt2Img, sampler: &str) -> String {
+fn invoke_command(r: &Txt2Img, sampler: &str, init_img: Option<&std::path::Path>) -> String {
     let sampler = if sampler.contains(' ') {
         format!("{sampler:?}")
     } else {
         sampler.to_string()
     };
-    format!(
+    let command = format!(
         "{:?} -s{} -W{} -H{} -C{} -A{} -S{}",
         r.prompt, r.steps, r.width, r.height, r.cfg_scale, sampler, r.seed
-    )
+    );
+    match (&r.init, init_img) {
+        (Some(init), Some(path)) => format!(
+            "{command} -I{:?} -f{}",
+            path.display().to_string(),
+            init.strength
+        ),
+        _ => command,
+    }
 }
 
 fn progress_bar(steps: usize) -> ProgressBar {

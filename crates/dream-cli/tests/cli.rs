@@ -220,9 +220,51 @@ fn sampler_names_of_every_tool_choose_sampler_and_schedule() {
 }
 
 #[test]
+fn img2img_from_an_init_image() {
+    let out = temp_dir("img2img");
+    let model = fixture("tiny");
+    let init = fixture("images/init_64x64.png");
+    let output = dream(&[
+        "a red apple",
+        "--model",
+        model.to_str().unwrap(),
+        "-s",
+        "5",
+        "-S",
+        "42",
+        "-A",
+        "ddim",
+        "-I",
+        init.to_str().unwrap(),
+        "-f",
+        "0.6",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(" -f0.6"), "{stdout}");
+    let path = out.join("000001.42.png");
+    let parameters = png_text(&path, "parameters").unwrap();
+    // The size defaults to the init image's; A1111 writes the strength after the model.
+    assert!(
+        parameters.contains("Size: 64x64, Model: tiny, Denoising strength: 0.6,"),
+        "{parameters}"
+    );
+}
+
+#[test]
 fn bad_input_gets_a_clear_error() {
     let model = fixture("tiny");
     let model = model.to_str().unwrap();
+    let init = fixture("images/init_64x64.png")
+        .to_str()
+        .unwrap()
+        .to_string();
     let cases: &[(&[&str], &str)] = &[
         (
             &["x", "--model", "/no/such/model.safetensors"],
@@ -233,6 +275,18 @@ fn bad_input_gets_a_clear_error() {
         (
             &["x", "--model", model, "-W", "65", "-s", "1"],
             "multiples of 8",
+        ),
+        (
+            &["x", "--model", model, "-I", "/no/such/init.png", "-s", "1"],
+            "/no/such/init.png",
+        ),
+        (
+            &["x", "--model", model, "-I", &init, "-f", "1.5", "-s", "1"],
+            "strength must be between 0 and 1, got 1.5",
+        ),
+        (
+            &["x", "--model", model, "-I", &init, "-W", "128", "-s", "1"],
+            "resizing init images",
         ),
     ];
     for (args, needle) in cases {

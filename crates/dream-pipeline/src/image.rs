@@ -43,6 +43,50 @@ impl RgbImage {
     }
 }
 
+impl RgbImage {
+    /// Reads a PNG of any colour type and bit depth as 8-bit RGB: palettes are expanded,
+    /// grey is repeated into the three channels, 16-bit samples keep their high byte, and an
+    /// alpha channel is dropped (the transparent pixels keep their stored colour).
+    pub fn read_png(path: &Path) -> Result<RgbImage, DreamError> {
+        let not_png = |message: String| DreamError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("not a readable PNG image: {message}")),
+        };
+        let file = File::open(path).map_err(|source| DreamError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        decoder.set_transformations(png::Transformations::normalize_to_color8());
+        let mut reader = decoder.read_info().map_err(|e| not_png(e.to_string()))?;
+        let mut buffer = vec![0; reader.output_buffer_size()];
+        let frame = reader
+            .next_frame(&mut buffer)
+            .map_err(|e| not_png(e.to_string()))?;
+        let samples = &buffer[..frame.buffer_size()];
+        let pixels: Vec<u8> = match frame.color_type {
+            png::ColorType::Rgb => samples.to_vec(),
+            png::ColorType::Rgba => samples
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+            png::ColorType::Grayscale => samples.iter().flat_map(|&g| [g, g, g]).collect(),
+            png::ColorType::GrayscaleAlpha => samples
+                .chunks_exact(2)
+                .flat_map(|p| [p[0], p[0], p[0]])
+                .collect(),
+            png::ColorType::Indexed => {
+                return Err(not_png("the palette could not be expanded".into()))
+            }
+        };
+        Ok(RgbImage {
+            width: frame.width as usize,
+            height: frame.height as usize,
+            pixels,
+        })
+    }
+}
+
 fn png_error(path: &Path, error: png::EncodingError) -> DreamError {
     DreamError::Io {
         path: path.to_path_buf(),

@@ -9,6 +9,7 @@
 
 pub mod conditioning;
 pub mod image;
+pub mod img2img;
 pub mod model;
 pub mod sampling;
 pub mod txt2img;
@@ -16,6 +17,7 @@ pub mod txt2img;
 use std::path::PathBuf;
 
 pub use conditioning::Emphasis;
+pub use img2img::InitImage;
 pub use dream_core::prompt::Syntax;
 pub use dream_core::sampler::{Sampler, ScheduleKind};
 pub use model::{LoadOptions, StableDiffusion};

@@ -13,10 +13,12 @@ use dream_core::schedule::{
 
 use crate::conditioning::{ConditioningOptions, Emphasis, PromptConditioning};
 use crate::image::RgbImage;
+use crate::img2img::{InitImage, Start};
 use crate::model::StableDiffusion;
 use crate::sampling::{
-    sample_ddim, sample_ddpm, sample_k, sample_lcm, sample_plms, sample_unipc, BrownianNoise,
-    Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, Predictor, StepCallback, StepInfo,
+    noise_to_sigma, noise_to_timestep, sample_ddim, sample_ddpm, sample_k, sample_lcm, sample_plms,
+    sample_unipc, schedule_from, BrownianNoise, Denoiser, DiscreteModel, GeneratorNoise, Noise,
+    NoiseSource, Predictor, StepCallback, StepInfo,
 };
 use crate::DreamError;
 
@@ -43,6 +45,8 @@ pub struct Txt2Img {
     /// A1111's "Clip skip": 1 uses the text encoder's output, 2 the layer before, …
     pub clip_skip: usize,
     pub emphasis: Emphasis,
+    /// img2img: the image to start from instead of pure noise.
+    pub init: Option<InitImage>,
 }
 
 impl Txt2Img {
@@ -63,6 +67,7 @@ impl Txt2Img {
             syntax: Syntax::A1111,
             clip_skip: 1,
             emphasis: Emphasis::Original,
+            init: None,
         }
     }
 
@@ -106,6 +111,10 @@ impl Txt2Img {
                 self.s_noise
             ));
         }
+        if let Some(init) = &self.init {
+            init.validate(self.width, self.height)?;
+            init.steps(self.steps)?;
+        }
         Ok(())
     }
 }
@@ -132,6 +141,10 @@ impl Generated {
             .field("Seed", r.seed)
             .field("Size", format!("{}x{}", r.width, r.height))
             .field("Model", model_name);
+        let parameters = match &r.init {
+            Some(init) => parameters.field("Denoising strength", init.strength),
+            None => parameters,
+        };
         // A1111 writes clip skip only when it is not the default.
         let parameters = if r.clip_skip > 1 {
             parameters.field("Clip skip", r.clip_skip)
@@ -202,20 +215,19 @@ impl StableDiffusion {
         width: usize,
         height: usize,
     ) -> Result<Tensor, DreamError> {
-        Ok(self.seeded_noise(seed, width, height)?.1)
+        self.latent_noise(&mut TorchGenerator::seeded(seed as u64), width, height)
     }
 
-    /// The seed's generator, after it drew the starting noise, and that noise.
-    fn seeded_noise(
+    /// The next N(0, 1) draw of `generator` in the shape of a width × height image's latents.
+    pub(crate) fn latent_noise(
         &self,
-        seed: u32,
+        generator: &mut TorchGenerator,
         width: usize,
         height: usize,
-    ) -> Result<(TorchGenerator, Tensor), DreamError> {
+    ) -> Result<Tensor, DreamError> {
         let shape = (1, self.latent_channels(), height / 8, width / 8);
-        let mut generator = TorchGenerator::seeded(seed as u64);
         let values = generator.randn(shape.0 * shape.1 * shape.2 * shape.3);
-        Ok((generator, Tensor::from_vec(values, shape, &self.device)?))
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
     }
 
     /// Generates one image, reporting each sampler step to `progress`.
@@ -236,7 +248,12 @@ impl StableDiffusion {
             &request.negative_prompt,
             &request.conditioning_options(),
         )?;
-        let (generator, noise) = self.seeded_noise(request.seed, request.width, request.height)?;
+        let mut generator = TorchGenerator::seeded(request.seed as u64);
+        let start = match &request.init {
+            Some(init) => Some(self.img2img_start(init, request.steps, &mut generator)?),
+            None => None,
+        };
+        let noise = self.latent_noise(&mut generator, request.width, request.height)?;
         let step = Cell::new(0);
         let mut guided = self.guided(&conditioning, request.cfg_scale, &step);
         let mut callback = |info: StepInfo<'_>| {
@@ -244,7 +261,18 @@ impl StableDiffusion {
             progress(info);
             Ok(())
         };
-        let latents = self.sample(request, &mut guided, noise, generator, &mut callback)?;
+        let latents = match start {
+            // Strength 0: no step runs, the image comes back through the VAE.
+            Some(start) if start.first_step == request.steps => start.latents,
+            start => self.sample(
+                request,
+                &mut guided,
+                noise,
+                generator,
+                start.as_ref(),
+                &mut callback,
+            )?,
+        };
         let image = self.decode_to_image(&latents)?;
         Ok(Generated {
             image,
@@ -253,14 +281,16 @@ impl StableDiffusion {
         })
     }
 
-    /// Runs the request's sampler from the seed's noise. Step noise continues the seed's
-    /// generator; the SDE samplers' Brownian motion is seeded with the seed.
+    /// Runs the request's sampler from the seed's noise, or for img2img from the init latents
+    /// noised to `start`'s first step. Step noise continues the seed's generator; the SDE
+    /// samplers' Brownian motion is seeded with the seed.
     fn sample(
         &self,
         request: &Txt2Img,
         model: &mut dyn Predictor,
         noise: Tensor,
         generator: TorchGenerator,
+        start: Option<&Start>,
         callback: &mut StepCallback<'_>,
     ) -> Result<Tensor, DreamError> {
         let config = &self.scheduler;
@@ -269,7 +299,10 @@ impl StableDiffusion {
         let steps = request.steps;
         let mut image_noise = GeneratorNoise::new(generator);
         if request.sampler.is_k_diffusion() {
-            let schedule = sigma_schedule(&noise_schedule, request.schedule, steps)?;
+            let mut schedule = sigma_schedule(&noise_schedule, request.schedule, steps)?;
+            if let Some(start) = start {
+                schedule = schedule_from(&schedule, start.first_step);
+            }
             let mut brownian;
             let source: &mut dyn NoiseSource = if request.sampler.is_sde() {
                 brownian = BrownianNoise::for_schedule(request.seed as u64, &schedule);
@@ -282,7 +315,11 @@ impl StableDiffusion {
                 eta: request.eta.unwrap_or(1.0),
                 s_noise: request.s_noise,
             };
-            let x = (noise * schedule.sigmas[0] as f64)?;
+            let sigma = schedule.sigmas[0] as f64;
+            let x = match start {
+                Some(start) => noise_to_sigma(&start.latents, &noise, sigma)?,
+                None => (noise * sigma)?,
+            };
             let mut denoiser = Denoiser::new(model, &noise_schedule, prediction);
             return Ok(sample_k(
                 request.sampler,
@@ -293,6 +330,24 @@ impl StableDiffusion {
                 callback,
             )?);
         }
+        if let (Some(_), Sampler::UniPc | Sampler::Lcm) = (start, request.sampler) {
+            return Err(DreamError::NotSupported(format!(
+                "img2img with the {} sampler",
+                request.sampler
+            )));
+        }
+        // img2img: the DDPM-family samplers walk the tail of their timesteps from the init
+        // latents noised to its first timestep, as diffusers' `add_noise`.
+        let walked = |timesteps: Vec<usize>| -> Result<(Vec<usize>, Tensor), DreamError> {
+            Ok(match start {
+                Some(start) => {
+                    let tail = timesteps[start.first_step..].to_vec();
+                    let x = noise_to_timestep(&noise_schedule, &start.latents, &noise, tail[0])?;
+                    (tail, x)
+                }
+                None => (timesteps, noise.clone()),
+            })
+        };
         let mut model = DiscreteModel {
             model,
             schedule: &noise_schedule,
@@ -300,7 +355,7 @@ impl StableDiffusion {
         };
         let latents = match request.sampler {
             Sampler::Ddim => {
-                let timesteps = ddim_timesteps(config, steps)?;
+                let (timesteps, noise) = walked(ddim_timesteps(config, steps)?)?;
                 let mut noise_options = Noise {
                     eta: request.eta.unwrap_or(0.0),
                     ..Noise::new(&mut image_noise)
@@ -314,15 +369,12 @@ impl StableDiffusion {
                     callback,
                 )?
             }
-            Sampler::Plms => sample_plms(
-                &mut model,
-                &ddim_timesteps(config, steps)?,
-                steps,
-                noise,
-                callback,
-            )?,
+            Sampler::Plms => {
+                let (timesteps, noise) = walked(ddim_timesteps(config, steps)?)?;
+                sample_plms(&mut model, &timesteps, steps, noise, callback)?
+            }
             Sampler::Ddpm => {
-                let timesteps = ddim_timesteps(config, steps)?;
+                let (timesteps, noise) = walked(ddim_timesteps(config, steps)?)?;
                 sample_ddpm(&mut model, &timesteps, noise, &mut image_noise, callback)?
             }
             Sampler::Lcm => {
