@@ -104,7 +104,11 @@ fn run(args: Args) -> Result<()> {
             init: init.clone(),
             ..Txt2Img::new(&args.prompt, first_seed.wrapping_add(k))
         };
-        let bar = progress_bar(request.steps);
+        let steps_run = match &request.init {
+            Some(init) => init.steps(request.steps)?.steps_run(),
+            None => request.steps,
+        };
+        let bar = progress_bar(steps_run);
         let generated =
             model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
         bar.finish_and_clear();
