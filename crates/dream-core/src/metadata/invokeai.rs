@@ -21,7 +21,8 @@ pub struct App<'a> {
 #[derive(Serialize)]
 struct SdMetadata<'a> {
     model: &'a str,
-    model_id: Option<&'a str>,
+    /// InvokeAI 2.3's key (earlier 2.x wrote `model_id`; both are read).
+    model_weights: Option<&'a str>,
     model_hash: Option<&'a str>,
     app_id: &'a str,
     app_version: &'a str,
@@ -77,7 +78,7 @@ fn invokeai_prompt(info: &GenerationInfo) -> String {
 pub fn sd_metadata(info: &GenerationInfo, app: App<'_>) -> String {
     let metadata = SdMetadata {
         model: "stable diffusion",
-        model_id: info.model.as_deref(),
+        model_weights: info.model.as_deref(),
         model_hash: info.model_hash.as_deref(),
         app_id: app.id,
         app_version: app.version,
@@ -170,8 +171,8 @@ pub fn read_sd_metadata(text: &str) -> Option<GenerationInfo> {
     info.clip_skip = uint("clip_skip").map(|v| v as usize);
     info.strength = image.get("strength").and_then(Value::as_f64);
     info.model = root
-        .get("model_id")
-        .or_else(|| root.get("model_weights"))
+        .get("model_weights")
+        .or_else(|| root.get("model_id"))
         .and_then(text_value);
     info.model_hash = root.get("model_hash").and_then(text_value);
     info.generator = match (
@@ -372,7 +373,7 @@ mod tests {
 
     /// `sd-metadata` and `Dream` of an InvokeAI 2.3 txt2img image, in the layout
     /// `metadata_dumps` and `dream_prompt_str` give (negative prompt in brackets).
-    const INVOKEAI_23_JSON: &str = r#"{"model": "stable diffusion", "model_id": "stable-diffusion-1.5", "model_hash": "cc6cb27103417325ff94f52b7a5d2dde45a7515b25c255d8e396c90014281516", "app_id": "invoke-ai/InvokeAI", "app_version": "2.3.0", "image": {"prompt": [{"prompt": "a cute child playing in the park [blurry, lowres]", "weight": 1.0}], "steps": 50, "cfg_scale": 7.5, "threshold": 0, "perlin": 0, "height": 512, "width": 512, "seed": 3498014304, "seamless": false, "hires_fix": false, "type": "txt2img", "postprocessing": null, "sampler": "k_lms", "variations": []}}"#;
+    const INVOKEAI_23_JSON: &str = r#"{"model": "stable diffusion", "model_weights": "stable-diffusion-1.5", "model_hash": "cc6cb27103417325ff94f52b7a5d2dde45a7515b25c255d8e396c90014281516", "app_id": "invoke-ai/InvokeAI", "app_version": "2.3.0", "image": {"prompt": [{"prompt": "a cute child playing in the park [blurry, lowres]", "weight": 1.0}], "steps": 50, "cfg_scale": 7.5, "threshold": 0, "perlin": 0, "height": 512, "width": 512, "seed": 3498014304, "seamless": false, "hires_fix": false, "type": "txt2img", "postprocessing": null, "sampler": "k_lms", "variations": []}}"#;
     const INVOKEAI_23_DREAM: &str = "\"a cute child playing in the park [blurry, lowres]\" -s 50 -S 3498014304 -W 512 -H 512 -C 7.5 -A k_lms";
 
     fn expected_invokeai(format: MetadataFormat) -> GenerationInfo {
@@ -429,6 +430,15 @@ mod tests {
         );
     }
 
+    #[test]
+    fn model_id_of_earlier_2x_versions_is_read() {
+        let json = r#"{"model_id": "sd-1.4", "image": {}}"#;
+        assert_eq!(
+            read_sd_metadata(json).unwrap().model.as_deref(),
+            Some("sd-1.4")
+        );
+    }
+
     fn dream_info() -> GenerationInfo {
         let mut info = GenerationInfo::new(MetadataFormat::InvokeAiJson);
         info.prompt = "say \"cheese\", \\o/ [smiling]".into();
@@ -457,7 +467,7 @@ mod tests {
                 version: "0.1.0",
             },
         );
-        assert!(json.starts_with(r#"{"model":"stable diffusion","model_id":"tiny","model_hash":"ab12","app_id":"dream","app_version":"0.1.0","image":{"prompt":[{"prompt":"say \"cheese\", \\o/ [smiling] [blurry [very]]","weight":1.0}],"steps":30,"cfg_scale":7.0,"threshold":0.0,"perlin":0.0,"height":96,"width":64,"seed":1,"seamless":false,"hires_fix":false,"type":"txt2img","postprocessing":null,"sampler":"k_euler","variations":[]"#), "{json}");
+        assert!(json.starts_with(r#"{"model":"stable diffusion","model_weights":"tiny","model_hash":"ab12","app_id":"dream","app_version":"0.1.0","image":{"prompt":[{"prompt":"say \"cheese\", \\o/ [smiling] [blurry [very]]","weight":1.0}],"steps":30,"cfg_scale":7.0,"threshold":0.0,"perlin":0.0,"height":96,"width":64,"seed":1,"seamless":false,"hires_fix":false,"type":"txt2img","postprocessing":null,"sampler":"k_euler","variations":[]"#), "{json}");
         assert_eq!(read_sd_metadata(&json).unwrap(), info);
         // With no negative prompt a trailing bracket group stays in the prompt.
         let info = GenerationInfo {
