@@ -1,7 +1,7 @@
 //! Finished images and their PNG files.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use crate::DreamError;
@@ -87,6 +87,43 @@ impl RgbImage {
     }
 }
 
+/// The text chunks of a PNG (tEXt, zTXt and iTXt, the last two decompressed), as
+/// (keyword, text) pairs: tEXt first, then zTXt, then iTXt, each in file order.
+pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>, DreamError> {
+    let decode_error = |error: png::DecodingError| DreamError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+    };
+    let file = File::open(path).map_err(|source| DreamError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = png::Decoder::new(BufReader::new(file))
+        .read_info()
+        .map_err(decode_error)?;
+    // Text may follow the image data; `finish` reads on to the end without decoding pixels.
+    reader.finish().map_err(decode_error)?;
+    let info = reader.info();
+    let mut chunks: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()))
+        .collect();
+    for chunk in &info.compressed_latin1_text {
+        chunks.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(decode_error)?,
+        ));
+    }
+    for chunk in &info.utf8_text {
+        chunks.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(decode_error)?,
+        ));
+    }
+    Ok(chunks)
+}
+
 fn png_error(path: &Path, error: png::EncodingError) -> DreamError {
     DreamError::Io {
         path: path.to_path_buf(),
@@ -164,6 +201,43 @@ mod tests {
         let text = reader.info();
         assert_eq!(text.uncompressed_latin1_text[0].text, "a cat\nSteps: 20");
         assert_eq!(text.utf8_text[0].get_text().unwrap(), "猫 unicode");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_text_of_every_kind_before_and_after_the_image_data() {
+        let dir = std::env::temp_dir().join(format!("dream-png-text-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.png");
+        let mut encoder = png::Encoder::new(File::create(&path).unwrap(), 1, 1);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder
+            .add_text_chunk("parameters".into(), "plain".into())
+            .unwrap();
+        encoder
+            .add_ztxt_chunk("prompt".into(), "{\"compressed\": 1}".into())
+            .unwrap();
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(&[7]).unwrap();
+        // ComfyUI and PIL may write text after IDAT.
+        writer
+            .write_text_chunk(&png::text_metadata::ITXtChunk::new("Dream", "é 猫"))
+            .unwrap();
+        writer.finish().unwrap();
+        let chunks = read_png_text(&path).unwrap();
+        let expected = [
+            ("parameters", "plain"),
+            ("prompt", "{\"compressed\": 1}"),
+            ("Dream", "é 猫"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(chunks, expected);
+        std::fs::write(&path, b"not a png").unwrap();
+        let error = read_png_text(&path).unwrap_err().to_string();
+        assert!(error.contains("t.png"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,7 +3,7 @@
 use std::cell::Cell;
 
 use candle_core::{DType, Tensor};
-use dream_core::metadata::A1111Parameters;
+use dream_core::metadata::{invokeai, A1111Parameters, GenerationInfo, MetadataFormat};
 use dream_core::prompt::{PromptOptions, Syntax};
 use dream_core::rng::TorchGenerator;
 use dream_core::sampler::{Sampler, ScheduleKind};
@@ -129,45 +129,75 @@ pub struct Generated {
 }
 
 impl Generated {
-    /// A1111's `parameters` text for this image.
-    pub fn a1111_parameters(&self, model_name: &str) -> String {
+    /// What made this image, with the sampler and schedule named as A1111 names them.
+    fn generation_info(&self, model_name: &str) -> GenerationInfo {
         let r = &self.request;
-        let parameters = A1111Parameters::new(&r.prompt, &r.negative_prompt)
-            .field("Steps", r.steps)
-            .field("Sampler", r.sampler.a1111_name())
-            // Always written: A1111 would otherwise apply its own per-sampler default.
-            .field("Schedule type", r.schedule.a1111_name())
-            .field("CFG scale", r.cfg_scale)
-            .field("Seed", r.seed)
-            .field("Size", format!("{}x{}", r.width, r.height))
-            .field("Model", model_name);
-        let parameters = match &r.init {
-            Some(init) => parameters.field("Denoising strength", init.strength),
-            None => parameters,
-        };
+        let mut info = GenerationInfo::new(MetadataFormat::A1111);
+        info.prompt = r.prompt.clone();
+        info.negative_prompt = r.negative_prompt.clone();
+        info.steps = Some(r.steps);
+        info.sampler = Some(r.sampler.a1111_name().to_string());
+        // Always written: A1111 would otherwise apply its own per-sampler default.
+        info.schedule = Some(r.schedule.a1111_name().to_string());
+        info.cfg_scale = Some(r.cfg_scale);
+        info.seed = Some(u64::from(r.seed));
+        info.width = Some(r.width);
+        info.height = Some(r.height);
+        info.model = Some(model_name.to_string());
+        info.strength = r.init.as_ref().map(|init| init.strength);
         // A1111 writes clip skip only when it is not the default.
-        let parameters = if r.clip_skip > 1 {
-            parameters.field("Clip skip", r.clip_skip)
-        } else {
-            parameters
-        };
-        parameters
-            .field("Version", concat!("dream ", env!("CARGO_PKG_VERSION")))
-            .to_text()
+        info.clip_skip = (r.clip_skip > 1).then_some(r.clip_skip);
+        info.generator = Some(format!("{APP_ID} {}", env!("CARGO_PKG_VERSION")));
+        info
     }
 
-    /// Writes the image as a PNG carrying its A1111 `parameters`.
+    /// A1111's `parameters` text for this image.
+    pub fn a1111_parameters(&self, model_name: &str) -> String {
+        A1111Parameters::from_info(&self.generation_info(model_name)).to_text()
+    }
+
+    /// InvokeAI 2.x's `Dream` command and `sd-metadata` JSON for this image, with InvokeAI's
+    /// sampler names; `sd-metadata` also records the schedule and clip skip.
+    pub fn invokeai_metadata(&self, model_name: &str) -> (String, String) {
+        let r = &self.request;
+        let info = GenerationInfo {
+            format: MetadataFormat::InvokeAiJson,
+            sampler: Some(r.sampler.invokeai_name().to_string()),
+            schedule: Some(r.schedule.name().to_string()),
+            clip_skip: Some(r.clip_skip),
+            ..self.generation_info(model_name)
+        };
+        let app = invokeai::App {
+            id: APP_ID,
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        (
+            invokeai::dream_command(&info),
+            invokeai::sd_metadata(&info, app),
+        )
+    }
+
+    /// Writes the image as a PNG carrying A1111's `parameters` and InvokeAI's `Dream` and
+    /// `sd-metadata` chunks. The model hash is not recorded yet.
     pub fn save(
         &self,
         path: impl AsRef<std::path::Path>,
         model_name: &str,
     ) -> Result<(), DreamError> {
+        let (dream, sd_metadata) = self.invokeai_metadata(model_name);
         self.image.save_png(
             path.as_ref(),
-            &[("parameters", &self.a1111_parameters(model_name))],
+            &[
+                ("parameters", &self.a1111_parameters(model_name)),
+                ("Dream", &dream),
+                ("sd-metadata", &sd_metadata),
+            ],
         )
     }
 }
+
+/// The program name written into image metadata.
+const APP_ID: &str = "dream";
 
 /// Classifier-free guidance: the UNet sees the negative prompt's and every `AND` part's
 /// conditioning of the current step as one batch, and `PromptConditioning::guide` combines the
