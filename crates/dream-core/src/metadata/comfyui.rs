@@ -2,6 +2,10 @@
 //! {name: literal | [source id, output index]}}}`. The parameters are the inputs of the
 //! sampler node (`KSampler`, or `KSamplerAdvanced`), followed through its links to the text
 //! encoders, the latent image and the checkpoint loader.
+//!
+//! The `workflow` chunk holds the editor's graph instead: nodes with positional
+//! `widgets_values` and a separate list of links. It is read by turning it into the API format
+//! for the node types whose widgets are known.
 
 use serde_json::{Map, Value};
 
@@ -14,6 +18,96 @@ const MAX_DEPTH: usize = 16;
 /// `None` when the text is no such graph or has no sampler.
 pub fn read_prompt(text: &str) -> Option<GenerationInfo> {
     let graph: Map<String, Value> = serde_json::from_str(text).ok()?;
+    read_graph(&graph, MetadataFormat::ComfyUiPrompt)
+}
+
+/// The widget names of the node types the workflow reader knows, in `widgets_values` order
+/// (a seed widget is followed by its "control after generate" choice).
+const WIDGETS: [(&str, &[&str]); 5] = [
+    (
+        "KSampler",
+        &[
+            "seed",
+            "control_after_generate",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "denoise",
+        ],
+    ),
+    (
+        "KSamplerAdvanced",
+        &[
+            "add_noise",
+            "noise_seed",
+            "control_after_generate",
+            "steps",
+            "cfg",
+            "sampler_name",
+            "scheduler",
+            "start_at_step",
+            "end_at_step",
+            "return_with_leftover_noise",
+        ],
+    ),
+    ("CLIPTextEncode", &["text"]),
+    ("EmptyLatentImage", &["width", "height", "batch_size"]),
+    ("CheckpointLoaderSimple", &["ckpt_name"]),
+];
+
+/// The parameters in a `workflow` chunk: `{"nodes": [{"id", "type", "inputs": [{"name",
+/// "link"}], "widgets_values": […]}], "links": [[id, from node, from slot, to node, to slot,
+/// type]]}`. `None` when the text is no such graph or has no sampler.
+pub fn read_workflow(text: &str) -> Option<GenerationInfo> {
+    let workflow: Value = serde_json::from_str(text).ok()?;
+    // Link id -> [source node id, source slot], as API-format inputs name their source.
+    let mut sources = std::collections::HashMap::new();
+    for link in workflow.get("links")?.as_array()? {
+        if let Some([id, from, slot, ..]) = link.as_array().map(Vec::as_slice) {
+            sources.insert(
+                node_id(id),
+                Value::from(vec![Value::from(node_id(from)), slot.clone()]),
+            );
+        }
+    }
+    let mut graph = Map::new();
+    for node in workflow.get("nodes")?.as_array()? {
+        let (Some(id), Some(kind)) = (node.get("id"), node.get("type").and_then(Value::as_str))
+        else {
+            continue;
+        };
+        let mut inputs = Map::new();
+        let widgets = WIDGETS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(&[][..], |(_, w)| *w);
+        if let Some(values) = node.get("widgets_values").and_then(Value::as_array) {
+            for (name, value) in widgets.iter().zip(values) {
+                inputs.insert(name.to_string(), value.clone());
+            }
+        }
+        for input in node
+            .get("inputs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = input.get("name").and_then(Value::as_str);
+            let source = input
+                .get("link")
+                .and_then(|link| sources.get(&node_id(link)));
+            if let (Some(name), Some(source)) = (name, source) {
+                inputs.insert(name.to_string(), source.clone());
+            }
+        }
+        let node = serde_json::json!({"class_type": kind, "inputs": inputs});
+        graph.insert(node_id(id), node);
+    }
+    read_graph(&graph, MetadataFormat::ComfyUiWorkflow)
+}
+
+fn read_graph(graph: &Map<String, Value>, format: MetadataFormat) -> Option<GenerationInfo> {
     let (_, sampler) = graph
         .iter()
         .filter(|(_, node)| {
@@ -28,8 +122,8 @@ pub fn read_prompt(text: &str) -> Option<GenerationInfo> {
     let uint = |key: &str| inputs.get(key).and_then(Value::as_u64);
     let text = |key: &str| inputs.get(key).and_then(Value::as_str).map(str::to_string);
 
-    let mut info = GenerationInfo::new(MetadataFormat::ComfyUiPrompt);
-    let graph = Graph(&graph);
+    let mut info = GenerationInfo::new(format);
+    let graph = Graph(graph);
     info.prompt = graph
         .find_input(inputs.get("positive"), "text", 0)
         .unwrap_or_default();
@@ -54,6 +148,14 @@ pub fn read_prompt(text: &str) -> Option<GenerationInfo> {
     Some(info)
 }
 
+/// A node or link id as a map key: numbers and strings alike.
+fn node_id(id: &Value) -> String {
+    match id {
+        Value::String(id) => id.clone(),
+        id => id.to_string(),
+    }
+}
+
 struct Graph<'a>(&'a Map<String, Value>);
 
 impl Graph<'_> {
@@ -61,12 +163,7 @@ impl Graph<'_> {
     /// to, depth first in input order.
     fn find_input(&self, link: Option<&Value>, name: &str, depth: usize) -> Option<String> {
         let source = link?.as_array()?.first()?;
-        let id = match source {
-            Value::String(id) => id.clone(),
-            Value::Number(id) => id.to_string(),
-            _ => return None,
-        };
-        let inputs = self.0.get(&id)?.get("inputs")?.as_object()?;
+        let inputs = self.0.get(&node_id(source))?.get("inputs")?.as_object()?;
         match inputs.get(name) {
             Some(Value::String(text)) => return Some(text.clone()),
             Some(Value::Number(number)) => return Some(number.to_string()),
@@ -114,6 +211,21 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_same_graph_from_the_editor_workflow() {
+        let workflow = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/metadata/comfyui_workflow.json"
+        ))
+        .unwrap();
+        let info = read_workflow(&workflow).unwrap();
+        let expected = GenerationInfo {
+            format: MetadataFormat::ComfyUiWorkflow,
+            ..read_prompt(&fixture()).unwrap()
+        };
+        assert_eq!(info, expected);
+    }
+
+    #[test]
     fn partial_denoise_is_a_strength() {
         let graph = r#"{"1": {"class_type": "KSampler", "inputs": {"denoise": 0.6, "seed": 5}}}"#;
         let info = read_prompt(graph).unwrap();
@@ -132,6 +244,7 @@ mod tests {
         #[test]
         fn reading_any_text_never_panics(text in "\\PC*") {
             let _ = read_prompt(&text);
+            let _ = read_workflow(&text);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Generation parameters in the PNG text chunks other tools write and read: A1111's
-//! `parameters`, InvokeAI 2.x's `Dream` command and `sd-metadata` JSON, ComfyUI's `prompt` graph.
+//! `parameters`, InvokeAI 2.x's `Dream` command and `sd-metadata` JSON, ComfyUI's `prompt` and
+//! `workflow` graphs.
 //!
 //! Every reader fills one [`GenerationInfo`], so `dream info` and `!fetch` need not care which
 //! tool made an image.
@@ -21,6 +22,8 @@ pub enum MetadataFormat {
     InvokeAiCommand,
     /// ComfyUI's `prompt` chunk: the graph in API format.
     ComfyUiPrompt,
+    /// ComfyUI's `workflow` chunk: the editor's graph.
+    ComfyUiWorkflow,
 }
 
 /// What made an image, as far as its metadata tells. Names (sampler, schedule) are kept as
@@ -77,7 +80,8 @@ impl GenerationInfo {
 }
 
 /// The generation parameters in a PNG's text chunks (keyword, text), from the most complete
-/// source present: `sd-metadata`, then `Dream`, then `parameters`, then ComfyUI's `prompt`.
+/// source present: `sd-metadata`, then `Dream`, then `parameters`, then ComfyUI's `prompt`,
+/// then its `workflow`.
 /// `None` when no chunk holds readable parameters.
 pub fn read_generation_info(chunks: &[(String, String)]) -> Option<GenerationInfo> {
     let chunk = |keyword: &str| {
@@ -91,6 +95,7 @@ pub fn read_generation_info(chunks: &[(String, String)]) -> Option<GenerationInf
         .or_else(|| chunk("Dream").and_then(invokeai::read_dream_command))
         .or_else(|| chunk("parameters").map(|text| A1111Parameters::parse(text).to_info()))
         .or_else(|| chunk("prompt").and_then(comfyui::read_prompt))
+        .or_else(|| chunk("workflow").and_then(comfyui::read_workflow))
 }
 
 /// A number as Python's `str` writes a float: integral values keep a `.0` (`7.0`, not `7`).
@@ -157,7 +162,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn reading_any_chunks_never_panics(keyword in "(sd-metadata|Dream|parameters|prompt)", text in "\\PC*") {
+        fn reading_any_chunks_never_panics(keyword in "(sd-metadata|Dream|parameters|prompt|workflow)", text in "\\PC*") {
             let _ = read_generation_info(&[(keyword, text)]);
         }
     }
