@@ -169,7 +169,10 @@ pub fn read_sd_metadata(text: &str) -> Option<GenerationInfo> {
     info.sampler = image.get("sampler").and_then(text_value);
     info.schedule = image.get("schedule").and_then(text_value);
     info.clip_skip = uint("clip_skip").map(|v| v as usize);
-    info.strength = image.get("strength").and_then(Value::as_f64);
+    // InvokeAI 2.x's `metadata_dumps` renames img2img's strength to `strength_steps`.
+    info.strength = ["strength", "strength_steps"]
+        .iter()
+        .find_map(|key| image.get(*key).and_then(Value::as_f64));
     info.model = root
         .get("model_weights")
         .or_else(|| root.get("model_id"))
@@ -432,11 +435,10 @@ mod tests {
 
     #[test]
     fn model_id_of_earlier_2x_versions_is_read() {
-        let json = r#"{"model_id": "sd-1.4", "image": {}}"#;
-        assert_eq!(
-            read_sd_metadata(json).unwrap().model.as_deref(),
-            Some("sd-1.4")
-        );
+        let json = r#"{"model_id": "sd-1.4", "image": {"type": "img2img", "strength_steps": 0.7}}"#;
+        let info = read_sd_metadata(json).unwrap();
+        assert_eq!(info.model.as_deref(), Some("sd-1.4"));
+        assert_eq!(info.strength, Some(0.7));
     }
 
     fn dream_info() -> GenerationInfo {
