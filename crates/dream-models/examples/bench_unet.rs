@@ -3,6 +3,8 @@
 //!
 //! cargo run --release -p dream-models --example bench_unet -- DIR [SIZE] [BATCH] [ITERS]
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -11,6 +13,7 @@ use dream_models::weights::load_diffusers_folder;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    common::keep_freed_memory();
     let dir = args
         .first()
         .ok_or("usage: bench_unet DIR [SIZE] [BATCH] [ITERS]")?;
@@ -40,11 +43,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut times = Vec::new();
     for i in 0..iters {
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), common::cpu_seconds());
         let out = unet.forward(&latent, 500.0, &context)?;
         out.sum_all()?.to_scalar::<f32>()?;
         let seconds = start.elapsed().as_secs_f64();
-        println!("run {i}: {seconds:.2} s");
+        println!(
+            "run {i}: {seconds:.2} s ({:.2} s CPU)",
+            common::cpu_seconds() - cpu_start
+        );
         times.push(seconds);
     }
     times.sort_by(f64::total_cmp);

@@ -2,11 +2,12 @@
 //! the text embedding (Rombach et al. 2022, §3.3), as diffusers' `Transformer2DModel` with
 //! `BasicTransformerBlock`s.
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use crate::layers::{
-    conv2d, group_norm, scaled_dot_product_attention, Conv2d, ConvConfig, GroupNorm,
+    conv2d, geglu, group_norm, linear, linear_no_bias, scaled_dot_product_attention, Conv2d,
+    ConvConfig, GroupNorm, Linear,
 };
 
 /// LayerNorm epsilon of the transformer blocks (diffusers' `norm_eps` default, which SD keeps).
@@ -52,14 +53,29 @@ impl Attention {
 
     /// `xs` is `[batch, tokens, query_dim]`, `context` `[batch, context_tokens, context_dim]`.
     pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        self.to_out.forward(&self.attend(xs, context)?)
+    }
+
+    /// `self.forward(xs, context) + residual`, with the addition fused into `to_out`.
+    pub fn forward_add(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        self.to_out
+            .forward_add(&self.attend(xs, context)?, residual)
+    }
+
+    /// The attended values of all heads, merged back to `[batch, tokens, heads·dim_head]`.
+    fn attend(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let context = context.unwrap_or(xs);
         let q = self.split_heads(&self.to_q.forward(xs)?)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let attended = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
         let (batch, _, tokens, _) = attended.dims4()?;
-        let merged = attended.transpose(1, 2)?.reshape((batch, tokens, ()))?;
-        self.to_out.forward(&merged)
+        attended.transpose(1, 2)?.reshape((batch, tokens, ()))
     }
 
     /// `[batch, tokens, heads·dim_head]` → `[batch, heads, tokens, dim_head]`.
@@ -88,13 +104,17 @@ impl FeedForward {
     }
 }
 
+impl FeedForward {
+    /// `self.forward(xs) + residual`, with the addition fused into the output projection.
+    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.out
+            .forward_add(&geglu(&self.proj.forward(xs)?)?, residual)
+    }
+}
+
 impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let projected = self.proj.forward(xs)?;
-        let half = projected.dim(D::Minus1)? / 2;
-        let value = projected.narrow(D::Minus1, 0, half)?;
-        let gate = projected.narrow(D::Minus1, half, half)?;
-        self.out.forward(&(value * gate.gelu_erf()?)?)
+        self.out.forward(&geglu(&self.proj.forward(xs)?)?)
     }
 }
 
@@ -130,12 +150,11 @@ impl BasicTransformerBlock {
 
     /// `xs` is `[batch, tokens, dim]`, `context` `[batch, context_tokens, context_dim]`.
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self
+        let xs = self.attn1.forward_add(&self.norm1.forward(xs)?, None, xs)?;
+        let xs = self
             .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + xs)?;
-        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+            .forward_add(&self.norm2.forward(&xs)?, Some(context), &xs)?;
+        self.ff.forward_add(&self.norm3.forward(&xs)?, &xs)
     }
 }
 

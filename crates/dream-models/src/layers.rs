@@ -1,14 +1,15 @@
 //! Building blocks shared by the UNet and the VAE.
 //!
 //! Every convolution of both networks is a [`Conv2d`] from here rather than candle's, because
-//! seamless (tileable) generation needs to switch the padding of all of them to wrap-around, and
-//! every attention calls [`scaled_dot_product_attention`], the one place where a faster attention
-//! kernel can be plugged in.
+//! seamless (tileable) generation needs to switch the padding of all of them to wrap-around;
+//! every attention calls [`scaled_dot_product_attention`], and the GroupNorms, fully connected
+//! layers and gated GELUs of both are the ones here. On the CPU in f32 they run Dream's fused
+//! kernels ([`crate::kernels`]); elsewhere they are candle's operations.
 
 use candle_core::{bail, Result, Tensor, D};
 use candle_nn::{Module, VarBuilder};
 
-pub use candle_nn::{group_norm, GroupNorm};
+use crate::kernels;
 
 /// How a convolution fills the border it pads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,23 +73,42 @@ impl Conv2d {
     pub fn set_padding_mode(&mut self, mode: PaddingMode) {
         self.padding_mode = mode;
     }
-}
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `self(x) + addend`, where `addend` is `[B, C_out, H_out, W_out]` (a residual) or
+    /// `[B, C_out, 1, 1]` (a per-channel offset such as the resnets' time embedding). The fused
+    /// kernel starts its accumulation from the addend instead of adding it in another pass.
+    pub fn forward_add(&self, x: &Tensor, addend: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, Some(addend))
+    }
+
+    fn forward_impl(&self, x: &Tensor, addend: Option<&Tensor>) -> Result<Tensor> {
         let ConvConfig { stride, padding } = self.config;
-        let y = match self.padding_mode {
-            PaddingMode::Zeros => x.conv2d(&self.weight, padding, stride, 1, 1)?,
+        let (x, padding) = match self.padding_mode {
+            PaddingMode::Zeros => (x.clone(), padding),
             PaddingMode::Circular {
                 x: wrap_x,
                 y: wrap_y,
             } => {
                 let x = pad(x, D::Minus1, padding, wrap_x)?;
-                let x = pad(&x, D::Minus2, padding, wrap_y)?;
-                x.conv2d(&self.weight, 0, stride, 1, 1)?
+                (pad(&x, D::Minus2, padding, wrap_y)?, 0)
             }
         };
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        if kernels::supported(&[&x, &self.weight, &self.bias]) {
+            return kernels::conv2d(&x, &self.weight, &self.bias, addend, stride, padding);
+        }
+        let y = x
+            .conv2d(&self.weight, padding, stride, 1, 1)?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        match addend {
+            Some(addend) => y.broadcast_add(addend),
+            None => Ok(y),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, None)
     }
 }
 
@@ -110,15 +130,144 @@ fn pad(x: &Tensor, dim: D, amount: usize, wrap: bool) -> Result<Tensor> {
 }
 
 /// `softmax(q·kᵀ·scale)·v` over the last two dimensions: `q` is `[..., seq_q, d]`, `k` is
-/// `[..., seq_k, d]`, `v` is `[..., seq_k, d_v]`, with equal leading (batch, head) dimensions.
+/// `[..., seq_k, d]`, `v` is `[..., seq_k, d_v]`, with equal leading (batch, head) dimensions
+/// (`[batch, seq, d]` or `[batch, heads, seq, d]`). Strided views are read in place.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
+    if kernels::supported(&[q, k, v]) {
+        return kernels::attention(q, k, v, scale);
+    }
     let logits = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
     candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v.contiguous()?)
+}
+
+/// A fully connected layer `x·Wᵀ + b` over the last dimension, like `torch.nn.Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out_features, in_features]`.
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+/// Reads `weight` `[out, in]` and `bias` `[out]` from `vb`.
+pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        weight: vb.get((out_features, in_features), "weight")?,
+        bias: Some(vb.get(out_features, "bias")?),
+    })
+}
+
+/// Reads `weight` `[out, in]` from `vb`; the layer has no bias.
+pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        weight: vb.get((out_features, in_features), "weight")?,
+        bias: None,
+    })
+}
+
+impl Linear {
+    /// `self(x) + residual`, the residual added as the output is accumulated.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, Some(residual))
+    }
+
+    fn forward_impl(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let mut tensors = vec![x, &self.weight];
+        tensors.extend(self.bias.as_ref());
+        tensors.extend(residual);
+        if kernels::supported(&tensors) {
+            return kernels::linear(x, &self.weight, self.bias.as_ref(), residual);
+        }
+        let y = candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)?;
+        match residual {
+            Some(residual) => y + residual,
+            None => Ok(y),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, None)
+    }
+}
+
+/// The gated GELU of Shazeer (2020): the last dimension splits into a value half and a gate
+/// half, and the result is `value·gelu(gate)` with the exact (erf) GELU.
+pub fn geglu(projected: &Tensor) -> Result<Tensor> {
+    if kernels::supported(&[projected]) {
+        return kernels::geglu(projected);
+    }
+    let half = projected.dim(D::Minus1)? / 2;
+    let value = projected.narrow(D::Minus1, 0, half)?;
+    let gate = projected.narrow(D::Minus1, half, half)?;
+    value * gate.gelu_erf()?
+}
+
+/// GroupNorm with a learned per-channel affine map, like `torch.nn.GroupNorm`.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
+}
+
+/// Reads `weight` and `bias` `[channels]` from `vb`.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    if groups == 0 || !channels.is_multiple_of(groups) {
+        bail!("GroupNorm: {groups} groups do not divide {channels} channels");
+    }
+    Ok(GroupNorm {
+        weight: vb.get(channels, "weight")?,
+        bias: vb.get(channels, "bias")?,
+        groups,
+        eps,
+    })
+}
+
+impl GroupNorm {
+    /// `silu(self(x))`, the pre-activation of every resnet convolution, in one pass.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, true)
+    }
+
+    fn forward_impl(&self, x: &Tensor, with_silu: bool) -> Result<Tensor> {
+        if kernels::supported(&[x, &self.weight, &self.bias]) {
+            return kernels::group_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.groups,
+                self.eps,
+                with_silu,
+            );
+        }
+        let channels = self.weight.dim(0)?;
+        let norm = candle_nn::GroupNorm::new(
+            self.weight.clone(),
+            self.bias.clone(),
+            channels,
+            self.groups,
+            self.eps,
+        )?;
+        let y = norm.forward(x)?;
+        if with_silu {
+            y.silu()
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, false)
+    }
 }
 
 #[cfg(test)]

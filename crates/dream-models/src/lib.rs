@@ -8,6 +8,7 @@ pub mod clip;
 pub mod config;
 pub mod detect;
 pub mod embeddings;
+pub mod kernels;
 pub mod layers;
 pub mod resnet;
 pub mod unet;

@@ -73,23 +73,24 @@ impl ResnetBlock2D {
     /// `x` is `[B, in, H, W]`; `temb` is `[B, temb_channels]`, and must be given exactly when
     /// the block was built with `temb_channels`.
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.norm1.forward_silu(x)?;
+        // The time embedding is one offset per channel, added to conv1's output.
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let temb = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-                h.broadcast_add(&temb)?
+                self.conv1.forward_add(&h, &temb)?
             }
-            (None, None) => h,
+            (None, None) => self.conv1.forward(&h)?,
             (Some(_), None) => bail!("this ResnetBlock2D needs a time embedding"),
             (None, Some(_)) => bail!("this ResnetBlock2D takes no time embedding"),
         };
         // Dropout would go between the SiLU and conv2; it is the identity at inference.
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x)?,
             None => x.clone(),
         };
-        shortcut + h
+        self.conv2
+            .forward_add(&self.norm2.forward_silu(&h)?, &shortcut)
     }
 
     pub fn set_padding_mode(&mut self, mode: PaddingMode) {

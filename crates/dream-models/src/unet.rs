@@ -436,7 +436,7 @@ impl UNet2DConditionModel {
         for block in &self.up_blocks {
             xs = block.forward(&xs, &temb, context, &mut skips)?;
         }
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 

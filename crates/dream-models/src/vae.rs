@@ -253,7 +253,7 @@ impl Module for Encoder {
             x = block.forward(&x)?;
         }
         let x = self.mid_block.forward(&x)?;
-        let x = self.conv_norm_out.forward(&x)?.silu()?;
+        let x = self.conv_norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x)
     }
 }
@@ -319,7 +319,7 @@ impl Module for Decoder {
         for block in &self.up_blocks {
             x = block.forward(&x)?;
         }
-        let x = self.conv_norm_out.forward(&x)?.silu()?;
+        let x = self.conv_norm_out.forward_silu(&x)?;
         self.conv_out.forward(&x)
     }
 }
