@@ -434,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn model_id_of_earlier_2x_versions_is_read() {
+    fn model_id_and_strength_steps_of_earlier_2x_versions_are_read() {
         let json = r#"{"model_id": "sd-1.4", "image": {"type": "img2img", "strength_steps": 0.7}}"#;
         let info = read_sd_metadata(json).unwrap();
         assert_eq!(info.model.as_deref(), Some("sd-1.4"));
