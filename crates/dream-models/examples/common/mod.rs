@@ -1,10 +1,9 @@
 //! What the benchmark examples share with the `dream` binary's setup.
 
-/// glibc's malloc returns every large block (above a threshold that grows to 32 MiB) to the
-/// kernel on `free` and maps a fresh one on the next `malloc`, so each of the network's large
-/// activations costs a page fault per 4 KiB, which profiles showed as a third of the run time.
-/// Keeping all blocks in the heap and never trimming it makes them reusable. The `dream` binary
-/// does the same at startup.
+/// glibc's malloc hands every large block (above a threshold that grows to 32 MiB) back to the
+/// kernel on `free` and maps a fresh one on the next `malloc`, so each large activation costs a
+/// page fault per 4 KiB. Keeping freed blocks in the heap makes them reusable. The `dream`
+/// binary does the same at startup (see its `keep_freed_memory`).
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes malloc's tuning parameters.
