@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
+use dream_core::metadata::{read_generation_info, A1111Parameters, GenerationInfo};
+use dream_core::sampler::{SamplerChoice, ScheduleKind, INVOKEAI_KARRAS_MAX};
 use dream_pipeline::{InitImage, LoadOptions, StableDiffusion, Txt2Img};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -65,7 +66,14 @@ struct Args {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    match run(Args::parse()) {
+    // `dream info FILE…` prints what made each image; anything else is a prompt to render.
+    let mut argv = std::env::args().skip(1);
+    let result = if argv.next().as_deref() == Some("info") {
+        info(&argv.collect::<Vec<_>>())
+    } else {
+        run(Args::parse())
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -136,6 +144,49 @@ fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints the generation parameters stored in each image, in A1111's layout, whichever tool
+/// (A1111, InvokeAI, ComfyUI, Dream) wrote them.
+fn info(paths: &[String]) -> Result<()> {
+    anyhow::ensure!(
+        !paths.is_empty(),
+        "usage: dream info IMAGE.png [IMAGE.png ...]"
+    );
+    for path in paths {
+        let chunks = dream_pipeline::image::read_png_text(std::path::Path::new(path))?;
+        match read_generation_info(&chunks) {
+            Some(info) => {
+                let format = info.format;
+                let text = A1111Parameters::from_info(&in_a1111_terms(info)).to_text();
+                println!("{path} ({format:?}):\n{text}\n");
+            }
+            None => println!("{path}: no generation parameters found\n"),
+        }
+    }
+    Ok(())
+}
+
+/// Sampler and schedule names as A1111 labels them, whichever tool wrote them.
+fn in_a1111_terms(mut info: GenerationInfo) -> GenerationInfo {
+    if let Some(choice) = info
+        .sampler
+        .as_deref()
+        .and_then(|s| s.parse::<SamplerChoice>().ok())
+    {
+        info.sampler = Some(choice.sampler.a1111_name().to_string());
+        info.schedule = info
+            .schedule
+            .or(choice.schedule.map(|s| s.a1111_name().to_string()));
+    }
+    if let Some(schedule) = info
+        .schedule
+        .as_deref()
+        .and_then(|s| s.parse::<ScheduleKind>().ok())
+    {
+        info.schedule = Some(schedule.a1111_name().to_string());
+    }
+    info
 }
 
 /// The InvokeAI command line that makes the image again.

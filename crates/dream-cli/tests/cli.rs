@@ -332,3 +332,53 @@ fn words_past_the_first_75_tokens_still_count() {
     };
     assert_ne!(render("zebra"), render("giraffe"));
 }
+
+#[test]
+fn info_prints_the_parameters_of_images_from_any_tool() {
+    let out = temp_dir("info");
+    let model = fixture("tiny");
+    let output = dream(&[
+        "a cat, (sitting:1.2)",
+        "--model",
+        model.to_str().unwrap(),
+        "-s",
+        "2",
+        "-S",
+        "5",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-A",
+        "DPM++ 2M Karras",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let ours = out.join("000001.5.png");
+    let output = dream(&["info", ours.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .contains("a cat, (sitting:1.2)\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras,"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Seed: 5, Size: 64x64"), "{stdout}");
+
+    // A PNG without parameters, and a file that is not a PNG.
+    let plain = fixture("images/init_64x64.png");
+    let output = dream(&["info", plain.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no generation parameters"));
+    let not_png = fixture("tiny/model_index.json");
+    let output = dream(&["info", not_png.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("model_index.json"),
+        "{stderr}"
+    );
+}
