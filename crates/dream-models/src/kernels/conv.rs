@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use super::winograd;
+
 /// The geometry of one convolution call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -48,8 +50,18 @@ const MIN_TILE_PIXELS: usize = 512;
 
 /// `out[b, co, :, :] += Σ weight[co, ci, kh, kw] · x[b, ci, ·, ·]`: `x` is `[batch, c_in, height,
 /// width]`, `weight` `[c_out, c_in, kernel, kernel]`, `out` `[batch, c_out, out_h, out_w]`, all
-/// contiguous.
+/// contiguous. The 3×3 "same" convolutions that make up most of SD go through Winograd's
+/// algorithm, the others through im2col.
 pub fn conv2d_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out: &mut [f32]) {
+    if winograd::applies(g) {
+        winograd::conv3x3_accumulate(x, weight, g, out);
+    } else {
+        im2col_accumulate(x, weight, g, out);
+    }
+}
+
+/// [`conv2d_accumulate`] by im2col and gemm, for any geometry.
+pub(super) fn im2col_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out: &mut [f32]) {
     let (out_h, out_w) = (g.out_height(), g.out_width());
     let (in_plane, out_plane) = (g.height * g.width, out_h * out_w);
     assert_eq!(x.len(), g.batch * g.c_in * in_plane, "conv input size");

@@ -8,6 +8,7 @@ pub mod conv;
 pub mod linear;
 mod math;
 pub mod norm;
+pub mod winograd;
 
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 
