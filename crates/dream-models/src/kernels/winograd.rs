@@ -114,71 +114,104 @@ fn transform_input(x: &[f32], g: &ConvGeometry, row0: usize, rows: usize, v: &mu
     let (h, w) = (g.height, g.width);
     let (tile_rows, tile_cols) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = rows * tile_cols;
-    // Padded input columns: index c holds input column c − 1.
-    let padded = 2 * tile_cols + 2;
+    let zeros = vec![0f32; w];
     v.par_chunks_exact_mut(POSITIONS * tiles)
         .enumerate()
         .for_each_init(
-            || vec![0f32; 5 * padded + POSITIONS * tile_cols],
+            || vec![0f32; 10 * (tile_cols + 1)],
             |scratch, (ci, v)| {
-                let (padded_rows, rest) = scratch.split_at_mut(4 * padded);
-                let (combo, transformed) = rest.split_at_mut(padded);
                 for r in 0..rows {
                     let (b, i) = ((row0 + r) / tile_rows, (row0 + r) % tile_rows);
                     let channel = &x[(b * g.c_in + ci) * h * w..][..h * w];
-                    for (k, dst) in padded_rows.chunks_exact_mut(padded).enumerate() {
-                        dst.fill(0.0);
-                        let y = (2 * i + k) as isize - 1;
-                        if (0..h as isize).contains(&y) {
-                            dst[1..=w].copy_from_slice(&channel[y as usize * w..][..w]);
-                        }
-                    }
-                    input_tile_row(padded_rows, combo, transformed);
-                    for (p, values) in transformed.chunks_exact(tile_cols).enumerate() {
-                        v[p * tiles + r * tile_cols..][..tile_cols].copy_from_slice(values);
-                    }
+                    let row = |k: usize| match (2 * i + k).checked_sub(1) {
+                        Some(y) if y < h => &channel[y * w..][..w],
+                        _ => &zeros[..],
+                    };
+                    let rows = [row(0), row(1), row(2), row(3)];
+                    input_tile_row(rows, scratch, v, tiles, r * tile_cols);
                 }
             },
         );
 }
 
-/// The 16 transformed values of every tile in one tile row: `rows` holds the four padded input
-/// rows the tiles read (`2·tile_cols + 2` floats each), `combo` is scratch of one padded row, and
-/// `out` receives `[16][tile_cols]`.
+/// Writes the 16 transformed values of the tiles of one tile row, which read the four input
+/// `rows`, to `v[p·tiles + first ..]` (`tile_cols` values per position). `scratch` holds
+/// `10·(tile_cols + 1)` floats.
 #[inline(always)]
-fn input_tile_row_impl(rows: &[f32], combo: &mut [f32], out: &mut [f32]) {
-    let padded = combo.len();
-    let tile_cols = out.len() / POSITIONS;
-    let (p0, rest) = rows.split_at(padded);
-    let (p1, rest) = rest.split_at(padded);
-    let (p2, p3) = rest.split_at(padded);
-    for (a, out) in out.chunks_exact_mut(4 * tile_cols).enumerate() {
-        // Row `a` of Bᵀ d, for all columns at once.
-        let (x, y, sign) = match a {
-            0 => (p0, p2, -1.0),
-            1 => (p1, p2, 1.0),
-            2 => (p2, p1, -1.0),
-            _ => (p1, p3, -1.0),
-        };
-        for ((c, x), y) in combo.iter_mut().zip(x).zip(y) {
-            *c = y.mul_add(sign, *x);
+fn input_tile_row_impl(
+    rows: [&[f32]; 4],
+    scratch: &mut [f32],
+    v: &mut [f32],
+    tiles: usize,
+    first: usize,
+) {
+    let n = scratch.len() / 10;
+    let tile_cols = n - 1;
+    // Each padded row split into even and odd columns (padded column c is input column c − 1),
+    // so that the column combinations below are unit-stride.
+    let (split, rest) = scratch.split_at_mut(8 * n);
+    let (even, odd) = rest.split_at_mut(n);
+    for (k, d) in rows.into_iter().enumerate() {
+        let (e, o) = split[2 * k * n..2 * (k + 1) * n].split_at_mut(n);
+        e.fill(0.0);
+        o.fill(0.0);
+        let mut pairs = d.chunks_exact(2);
+        for ((pair, o), e) in (&mut pairs).zip(o.iter_mut()).zip(e[1..].iter_mut()) {
+            *o = pair[0];
+            *e = pair[1];
         }
-        // Times B: the same combinations of columns 2j .. 2j+3.
-        let (o0, rest) = out.split_at_mut(tile_cols);
-        let (o1, rest) = rest.split_at_mut(tile_cols);
-        let (o2, o3) = rest.split_at_mut(tile_cols);
-        for j in 0..tile_cols {
-            let t = &combo[2 * j..2 * j + 4];
-            o0[j] = t[0] - t[2];
-            o1[j] = t[1] + t[2];
-            o2[j] = t[2] - t[1];
-            o3[j] = t[1] - t[3];
+        if let [last] = pairs.remainder() {
+            o[d.len() / 2] = *last;
+        }
+    }
+    let part = |k: usize, odd: bool| {
+        let start = (2 * k + odd as usize) * n;
+        &split[start..start + n]
+    };
+    for a in 0..4 {
+        // Row `a` of Bᵀ d, on the even and the odd columns.
+        let (x, y, sign) = match a {
+            0 => (0, 2, -1.0),
+            1 => (1, 2, 1.0),
+            2 => (2, 1, -1.0),
+            _ => (1, 3, -1.0),
+        };
+        for (dst, (p, q)) in even
+            .iter_mut()
+            .zip(part(x, false).iter().zip(part(y, false)))
+        {
+            *dst = q.mul_add(sign, *p);
+        }
+        for (dst, (p, q)) in odd.iter_mut().zip(part(x, true).iter().zip(part(y, true))) {
+            *dst = q.mul_add(sign, *p);
+        }
+        // Times B: columns 2j .. 2j+3 are even[j], odd[j], even[j+1], odd[j+1].
+        let out = |b: usize| (a * 4 + b) * tiles + first;
+        let (e0, e1) = (&even[..tile_cols], &even[1..]);
+        let (o0, o1) = (&odd[..tile_cols], &odd[1..]);
+        for (dst, (x, y)) in v[out(0)..][..tile_cols].iter_mut().zip(e0.iter().zip(e1)) {
+            *dst = x - y;
+        }
+        for (dst, (x, y)) in v[out(1)..][..tile_cols].iter_mut().zip(o0.iter().zip(e1)) {
+            *dst = x + y;
+        }
+        for (dst, (x, y)) in v[out(2)..][..tile_cols].iter_mut().zip(e1.iter().zip(o0)) {
+            *dst = x - y;
+        }
+        for (dst, (x, y)) in v[out(3)..][..tile_cols].iter_mut().zip(o0.iter().zip(o1)) {
+            *dst = x - y;
         }
     }
 }
 
 dispatch! {
-    fn input_tile_row(rows: &[f32], combo: &mut [f32], out: &mut [f32]) = input_tile_row_impl
+    fn input_tile_row(
+        rows: [&[f32]; 4],
+        scratch: &mut [f32],
+        v: &mut [f32],
+        tiles: usize,
+        first: usize
+    ) = input_tile_row_impl
 }
 
 /// `M[p] = U[p] · V[p]` for the 16 positions, one single-threaded gemm per position in
@@ -228,63 +261,94 @@ fn transform_output(m: &[f32], g: &ConvGeometry, row0: usize, rows: usize, out: 
     m.par_chunks_exact(POSITIONS * tiles)
         .enumerate()
         .for_each_init(
-            || vec![0f32; 4 * tile_cols],
-            |pixels, (co, m)| {
+            || vec![0f32; 10 * tile_cols],
+            |scratch, (co, m)| {
                 for r in 0..rows {
                     let (b, i) = ((row0 + r) / tile_rows, (row0 + r) % tile_rows);
-                    // The two output rows of this tile row, `2·tile_cols` wide.
-                    output_tile_row(m, tiles, r * tile_cols, pixels);
                     let plane = (b * g.c_out + co) * h * w;
-                    for (dy, values) in pixels.chunks_exact(2 * tile_cols).enumerate() {
-                        let y = 2 * i + dy;
-                        if y < h {
-                            // SAFETY: each output channel's plane is written by one task only.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(out_ptr.get().add(plane + y * w), w)
-                            };
-                            add(dst, &values[..w]);
-                        }
-                    }
+                    // SAFETY: each output channel's plane is written by one task only; the rows
+                    // lie inside it.
+                    let (top, bottom) = unsafe {
+                        let row = |y: usize| {
+                            std::slice::from_raw_parts_mut(out_ptr.get().add(plane + y * w), w)
+                        };
+                        // With an odd height the last tile row has no bottom output row.
+                        let y = 2 * i;
+                        (row(y), if y + 1 < h { row(y + 1) } else { &mut [][..] })
+                    };
+                    output_tile_row(m, tiles, r * tile_cols, scratch, top, bottom);
                 }
             },
         );
 }
 
-/// The two output rows `[2][2·tile_cols]` of the tiles `first..first+tile_cols` of `m`
-/// (`[16][tiles]` for one output channel).
+/// Adds the two output rows of the tiles `first..first+tile_cols` of `m` (`[16][tiles]` for one
+/// output channel) onto `top` and `bottom` (empty when past the image). `scratch` holds
+/// `10·tile_cols` floats.
 #[inline(always)]
-fn output_tile_row_impl(m: &[f32], tiles: usize, first: usize, pixels: &mut [f32]) {
-    let tile_cols = pixels.len() / 4;
-    let rows: [&[f32]; POSITIONS] = std::array::from_fn(|p| &m[p * tiles + first..][..tile_cols]);
-    let (top, bottom) = pixels.split_at_mut(2 * tile_cols);
-    for j in 0..tile_cols {
-        // Column c of Aᵀ M: rows 0+1+2 and 1−2−3 of the tile's 4×4 values.
-        let column = |c: usize| {
-            let (m0, m1, m2, m3) = (rows[c][j], rows[4 + c][j], rows[8 + c][j], rows[12 + c][j]);
-            [m0 + m1 + m2, m1 - m2 - m3]
-        };
-        let [c0, c1, c2, c3] = [column(0), column(1), column(2), column(3)];
-        // Times A: columns 0+1+2 and 1−2−3.
-        top[2 * j] = c0[0] + c1[0] + c2[0];
-        top[2 * j + 1] = c1[0] - c2[0] - c3[0];
-        bottom[2 * j] = c0[1] + c1[1] + c2[1];
-        bottom[2 * j + 1] = c1[1] - c2[1] - c3[1];
+fn output_tile_row_impl(
+    m: &[f32],
+    tiles: usize,
+    first: usize,
+    scratch: &mut [f32],
+    top: &mut [f32],
+    bottom: &mut [f32],
+) {
+    let tile_cols = scratch.len() / 10;
+    let position = |p: usize| &m[p * tiles + first..][..tile_cols];
+    let (s, rest) = scratch.split_at_mut(8 * tile_cols);
+    let (even, odd) = rest.split_at_mut(tile_cols);
+    // Aᵀ M: for each column c of the tile, rows 0+1+2 and 1−2−3.
+    for c in 0..4 {
+        let (m0, m1, m2, m3) = (
+            position(c),
+            position(4 + c),
+            position(8 + c),
+            position(12 + c),
+        );
+        let (upper, lower) = s[2 * c * tile_cols..2 * (c + 1) * tile_cols].split_at_mut(tile_cols);
+        for (((u, l), (a, b)), (c, d)) in upper
+            .iter_mut()
+            .zip(lower.iter_mut())
+            .zip(m0.iter().zip(m1))
+            .zip(m2.iter().zip(m3))
+        {
+            *u = a + b + c;
+            *l = b - c - d;
+        }
     }
-}
-
-#[inline(always)]
-fn add_impl(dst: &mut [f32], values: &[f32]) {
-    for (d, v) in dst.iter_mut().zip(values) {
-        *d += v;
+    // Times A: columns 0+1+2 (even output pixels) and 1−2−3 (odd ones), for each output row.
+    for (half, dst) in [top, bottom].into_iter().enumerate() {
+        let column = |c: usize| &s[(2 * c + half) * tile_cols..][..tile_cols];
+        let (c0, c1, c2, c3) = (column(0), column(1), column(2), column(3));
+        for (((e, o), (a, b)), (c, d)) in even
+            .iter_mut()
+            .zip(odd.iter_mut())
+            .zip(c0.iter().zip(c1))
+            .zip(c2.iter().zip(c3))
+        {
+            *e = a + b + c;
+            *o = b - c - d;
+        }
+        for (pair, (e, o)) in dst.chunks_exact_mut(2).zip(even.iter().zip(odd.iter())) {
+            pair[0] += e;
+            pair[1] += o;
+        }
+        if dst.len() % 2 == 1 {
+            dst[dst.len() - 1] += even[tile_cols - 1];
+        }
     }
 }
 
 dispatch! {
-    fn output_tile_row(m: &[f32], tiles: usize, first: usize, pixels: &mut [f32]) = output_tile_row_impl
-}
-
-dispatch! {
-    fn add(dst: &mut [f32], values: &[f32]) = add_impl
+    fn output_tile_row(
+        m: &[f32],
+        tiles: usize,
+        first: usize,
+        scratch: &mut [f32],
+        top: &mut [f32],
+        bottom: &mut [f32]
+    ) = output_tile_row_impl
 }
 
 /// A pointer shared by tasks that write disjoint elements.
