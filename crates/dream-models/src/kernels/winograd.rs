@@ -24,19 +24,26 @@ const BLOCK_FLOATS: usize = 1 << 22;
 /// Fewest tiles in one block (gemm width) for the products to run at full speed.
 const MIN_BLOCK_TILES: usize = 256;
 
-/// Whether `g` is a convolution this algorithm computes: 3×3, stride 1, padding 1.
+/// Whether `g` is a convolution this algorithm computes: 3×3, stride 1, padding 1 (the "same"
+/// convolutions) or 0 (those of seamless mode, which pads beforehand).
 fn supports(g: &ConvGeometry) -> bool {
-    g.kernel == 3 && g.stride == 1 && g.padding == 1
+    g.kernel == 3 && g.stride == 1 && g.padding <= 1
+}
+
+/// Tile rows and columns: one tile per 2×2 block of output pixels.
+fn tile_grid(g: &ConvGeometry) -> (usize, usize) {
+    (g.out_height().div_ceil(2), g.out_width().div_ceil(2))
 }
 
 /// Whether the Winograd path is worth taking for `g`: a supported geometry with enough tiles for
 /// efficient matrix products and enough channels for the transforms to be negligible.
 pub fn applies(g: &ConvGeometry) -> bool {
-    let tiles = g.batch * g.height.div_ceil(2) * g.width.div_ceil(2);
+    let (tile_rows, tile_cols) = tile_grid(g);
+    let tiles = g.batch * tile_rows * tile_cols;
     supports(g) && tiles >= MIN_BLOCK_TILES && g.c_in >= 16 && g.c_out >= 16
 }
 
-/// `out += conv2d(x, weight)` for a 3×3, stride-1, padding-1 geometry; layouts as
+/// `out += conv2d(x, weight)` for a 3×3, stride-1 geometry with padding 0 or 1; layouts as
 /// [`super::conv::conv2d_accumulate`].
 pub fn conv3x3_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out: &mut [f32]) {
     assert!(supports(g), "Winograd F(2x2, 3x3) called for {g:?}");
@@ -49,10 +56,10 @@ pub fn conv3x3_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out: &mut
     assert_eq!(weight.len(), c_out * c_in * 9, "conv weight size");
     assert_eq!(
         out.len(),
-        g.batch * c_out * g.height * g.width,
+        g.batch * c_out * g.out_height() * g.out_width(),
         "conv output size"
     );
-    let (tile_rows, tile_cols) = (g.height.div_ceil(2), g.width.div_ceil(2));
+    let (tile_rows, tile_cols) = tile_grid(g);
 
     let u = transform_weights(weight, c_out, c_in);
     // Blocks of whole tile rows, counted across the batch.
@@ -109,10 +116,11 @@ fn transform_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 
 /// `V[ci][p][t] = (Bᵀ d B)[p]` for the tiles of tile rows `row0..row0+rows` (counted across the
 /// batch), with `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`. Tile `(i, j)`
-/// reads input rows `2i−1 .. 2i+2` and columns `2j−1 .. 2j+2`, zero outside the image.
+/// reads input rows `2i−p .. 2i−p+3` and columns `2j−p .. 2j−p+3` for padding `p`, zero outside
+/// the image.
 fn transform_input(x: &[f32], g: &ConvGeometry, row0: usize, rows: usize, v: &mut [f32]) {
     let (h, w) = (g.height, g.width);
-    let (tile_rows, tile_cols) = (h.div_ceil(2), w.div_ceil(2));
+    let (tile_rows, tile_cols) = tile_grid(g);
     let tiles = rows * tile_cols;
     let zeros = vec![0f32; w];
     v.par_chunks_exact_mut(POSITIONS * tiles)
@@ -123,23 +131,24 @@ fn transform_input(x: &[f32], g: &ConvGeometry, row0: usize, rows: usize, v: &mu
                 for r in 0..rows {
                     let (b, i) = ((row0 + r) / tile_rows, (row0 + r) % tile_rows);
                     let channel = &x[(b * g.c_in + ci) * h * w..][..h * w];
-                    let row = |k: usize| match (2 * i + k).checked_sub(1) {
+                    let row = |k: usize| match (2 * i + k).checked_sub(g.padding) {
                         Some(y) if y < h => &channel[y * w..][..w],
                         _ => &zeros[..],
                     };
                     let rows = [row(0), row(1), row(2), row(3)];
-                    input_tile_row(rows, scratch, v, tiles, r * tile_cols);
+                    input_tile_row(rows, g.padding, scratch, v, tiles, r * tile_cols);
                 }
             },
         );
 }
 
 /// Writes the 16 transformed values of the tiles of one tile row, which read the four input
-/// `rows`, to `v[p·tiles + first ..]` (`tile_cols` values per position). `scratch` holds
-/// `10·(tile_cols + 1)` floats.
+/// `rows` with `padding` (0 or 1) zero columns on the left, to `v[p·tiles + first ..]`
+/// (`tile_cols` values per position). `scratch` holds `10·(tile_cols + 1)` floats.
 #[inline(always)]
 fn input_tile_row_impl(
     rows: [&[f32]; 4],
+    padding: usize,
     scratch: &mut [f32],
     v: &mut [f32],
     tiles: usize,
@@ -147,21 +156,27 @@ fn input_tile_row_impl(
 ) {
     let n = scratch.len() / 10;
     let tile_cols = n - 1;
-    // Each padded row split into even and odd columns (padded column c is input column c − 1),
-    // so that the column combinations below are unit-stride.
+    // Each padded row split into even and odd columns (padded column c is input column
+    // c − padding), so that the column combinations below are unit-stride.
     let (split, rest) = scratch.split_at_mut(8 * n);
     let (even, odd) = rest.split_at_mut(n);
     for (k, d) in rows.into_iter().enumerate() {
         let (e, o) = split[2 * k * n..2 * (k + 1) * n].split_at_mut(n);
         e.fill(0.0);
         o.fill(0.0);
+        // Input column 2m lands in the odd padded columns when one zero column precedes it.
+        let (first, second) = if padding == 1 {
+            (o, &mut e[1..])
+        } else {
+            (e, o)
+        };
         let mut pairs = d.chunks_exact(2);
-        for ((pair, o), e) in (&mut pairs).zip(o.iter_mut()).zip(e[1..].iter_mut()) {
-            *o = pair[0];
-            *e = pair[1];
+        for ((pair, a), b) in (&mut pairs).zip(first.iter_mut()).zip(second.iter_mut()) {
+            *a = pair[0];
+            *b = pair[1];
         }
         if let [last] = pairs.remainder() {
-            o[d.len() / 2] = *last;
+            first[d.len() / 2] = *last;
         }
     }
     let part = |k: usize, odd: bool| {
@@ -207,6 +222,7 @@ fn input_tile_row_impl(
 dispatch! {
     fn input_tile_row(
         rows: [&[f32]; 4],
+        padding: usize,
         scratch: &mut [f32],
         v: &mut [f32],
         tiles: usize,
@@ -254,8 +270,8 @@ fn multiply(u: &[f32], v: &[f32], m: &mut [f32], c_out: usize, c_in: usize, tile
 /// `row0..row0+rows`, from `M[co][p][t]`; output pixels past the image edge (odd sizes) are
 /// dropped.
 fn transform_output(m: &[f32], g: &ConvGeometry, row0: usize, rows: usize, out: &mut [f32]) {
-    let (h, w) = (g.height, g.width);
-    let (tile_rows, tile_cols) = (h.div_ceil(2), w.div_ceil(2));
+    let (h, w) = (g.out_height(), g.out_width());
+    let (tile_rows, tile_cols) = tile_grid(g);
     let tiles = rows * tile_cols;
     let out_ptr = SharedMut(out.as_mut_ptr());
     m.par_chunks_exact(POSITIONS * tiles)
@@ -374,15 +390,18 @@ mod tests {
 
     #[test]
     fn matches_im2col_convolution_on_odd_shapes() {
-        // batch, c_in, height, width, c_out
-        for (n, &(batch, c_in, height, width, c_out)) in [
-            (1, 1, 1, 1, 1),
-            (1, 16, 32, 32, 16),
-            (2, 19, 23, 17, 21),
-            (1, 33, 45, 7, 16),
-            (3, 5, 13, 30, 40),
+        // batch, c_in, height, width, c_out, padding
+        for (n, &(batch, c_in, height, width, c_out, padding)) in [
+            (1, 1, 1, 1, 1, 1),
+            (1, 1, 3, 3, 1, 0),
+            (1, 16, 32, 32, 16, 1),
+            (2, 19, 23, 17, 21, 1),
+            (2, 19, 23, 17, 21, 0),
+            (1, 33, 45, 7, 16, 1),
+            (3, 5, 13, 30, 40, 1),
+            (1, 6, 8, 12, 5, 0),
             // Several blocks, one spanning two images.
-            (2, 300, 35, 66, 200),
+            (2, 300, 35, 66, 200, 1),
         ]
         .iter()
         .enumerate()
@@ -395,11 +414,12 @@ mod tests {
                 c_out,
                 kernel: 3,
                 stride: 1,
-                padding: 1,
+                padding,
             };
+            let out_len = batch * c_out * g.out_height() * g.out_width();
             let x = pseudo_random(batch * c_in * height * width, n as u32);
             let w = pseudo_random(c_out * c_in * 9, 40 + n as u32);
-            let initial = pseudo_random(batch * c_out * height * width, 80 + n as u32);
+            let initial = pseudo_random(out_len, 80 + n as u32);
             let mut expected = initial.clone();
             im2col_accumulate(&x, &w, &g, &mut expected);
             let mut out = initial;
