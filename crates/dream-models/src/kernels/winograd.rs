@@ -21,8 +21,9 @@ const POSITIONS: usize = 16;
 /// Target size of one block's transformed tiles, input and output together (floats, 16 MiB).
 const BLOCK_FLOATS: usize = 1 << 22;
 
-/// Fewest tiles in one block (gemm width) for the products to run at full speed.
-const MIN_BLOCK_TILES: usize = 256;
+/// Fewest tiles in one block (gemm width). Below it, at SD's 8×8 level, transforming the weights
+/// and streaming the 16 transformed matrices costs more than the multiplications saved.
+const MIN_BLOCK_TILES: usize = 64;
 
 /// Whether `g` is a convolution this algorithm computes: 3×3, stride 1, padding 1 (the "same"
 /// convolutions) or 0 (those of seamless mode, which pads beforehand).
@@ -80,38 +81,59 @@ pub fn conv3x3_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out: &mut
     }
 }
 
-/// `U[p][co][ci] = (G g Gᵀ)[p]` with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+/// `U[co][p][ci] = (G g Gᵀ)[p]` with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
 fn transform_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let pairs = c_out * c_in;
-    let mut u = vec![0f32; POSITIONS * pairs];
-    // Position-major output, filled one kernel at a time: parallel over output channels.
-    let u_ptr = SharedMut(u.as_mut_ptr());
-    weight
-        .par_chunks_exact(c_in * 9)
-        .enumerate()
-        .for_each(|(co, kernels)| {
-            for (ci, g) in kernels.chunks_exact(9).enumerate() {
-                // Rows of G·g, then G applied to each row.
-                let mut gg = [[0f32; 3]; 4];
-                for c in 0..3 {
-                    let (g0, g1, g2) = (g[c], g[3 + c], g[6 + c]);
-                    gg[0][c] = g0;
-                    gg[1][c] = 0.5 * (g0 + g1 + g2);
-                    gg[2][c] = 0.5 * (g0 - g1 + g2);
-                    gg[3][c] = g2;
-                }
-                for (a, [h0, h1, h2]) in gg.iter().enumerate() {
-                    let row = [*h0, 0.5 * (h0 + h1 + h2), 0.5 * (h0 - h1 + h2), *h2];
-                    for (b, value) in row.into_iter().enumerate() {
-                        // SAFETY: each (co, ci) pair writes its own 16 elements, in bounds.
-                        unsafe {
-                            *u_ptr.get().add((a * 4 + b) * pairs + co * c_in + ci) = value;
-                        }
-                    }
+    let mut u = vec![0f32; POSITIONS * c_out * c_in];
+    u.par_chunks_exact_mut(POSITIONS * c_in)
+        .zip(weight.par_chunks_exact(c_in * 9))
+        .for_each(|(u, kernels)| transform_kernels(kernels, u));
+    u
+}
+
+/// The 16 transformed weights `u[p][ci]` of the 3×3 `kernels[ci]` of one output channel,
+/// computed for a lane of input channels at a time.
+#[inline(always)]
+fn transform_kernels_impl(kernels: &[f32], u: &mut [f32]) {
+    const LANE: usize = 16;
+    let c_in = kernels.len() / 9;
+    for c0 in (0..c_in).step_by(LANE) {
+        let lane = LANE.min(c_in - c0);
+        // g[k][l]: tap k of the kernel of input channel c0 + l.
+        let mut g = [[0f32; LANE]; 9];
+        for (l, kernel) in kernels[c0 * 9..(c0 + lane) * 9].chunks_exact(9).enumerate() {
+            for (k, &tap) in kernel.iter().enumerate() {
+                g[k][l] = tap;
+            }
+        }
+        // Rows of G·g (4×3), then G applied to each of them.
+        let mut gg = [[[0f32; LANE]; 3]; 4];
+        for c in 0..3 {
+            for l in 0..LANE {
+                let (g0, g1, g2) = (g[c][l], g[3 + c][l], g[6 + c][l]);
+                gg[0][c][l] = g0;
+                gg[1][c][l] = 0.5 * (g0 + g1 + g2);
+                gg[2][c][l] = 0.5 * (g0 - g1 + g2);
+                gg[3][c][l] = g2;
+            }
+        }
+        for (a, [h0, h1, h2]) in gg.iter().enumerate() {
+            for l in 0..lane {
+                let row = [
+                    h0[l],
+                    0.5 * (h0[l] + h1[l] + h2[l]),
+                    0.5 * (h0[l] - h1[l] + h2[l]),
+                    h2[l],
+                ];
+                for (b, value) in row.into_iter().enumerate() {
+                    u[(a * 4 + b) * c_in + c0 + l] = value;
                 }
             }
-        });
-    u
+        }
+    }
+}
+
+dispatch! {
+    fn transform_kernels(kernels: &[f32], u: &mut [f32]) = transform_kernels_impl
 }
 
 /// `V[ci][p][t] = (Bᵀ d B)[p]` for the tiles of tile rows `row0..row0+rows` (counted across the
@@ -231,39 +253,37 @@ dispatch! {
 }
 
 /// `M[p] = U[p] · V[p]` for the 16 positions, one single-threaded gemm per position in
-/// parallel; `U` is `[p][co][ci]`, `V` `[ci][p][t]` and `M` `[co][p][t]`.
+/// parallel; `U` is `[co][p][ci]`, `V` `[ci][p][t]` and `M` `[co][p][t]`.
 fn multiply(u: &[f32], v: &[f32], m: &mut [f32], c_out: usize, c_in: usize, tiles: usize) {
     let m_ptr = SharedMut(m.as_mut_ptr());
-    u.par_chunks_exact(c_out * c_in)
-        .enumerate()
-        .for_each(|(p, u)| {
-            // SAFETY: `u` is `c_out × c_in` row-major; position `p` of `v` is `c_in × tiles` with
-            // rows `16·tiles` apart, and of `m` `c_out × tiles` likewise, which only this task
-            // writes; both lie in their buffers, whose sizes the caller set.
-            unsafe {
-                gemm::gemm(
-                    c_out,
-                    tiles,
-                    c_in,
-                    m_ptr.get().add(p * tiles),
-                    1,
-                    (POSITIONS * tiles) as isize,
-                    false,
-                    u.as_ptr(),
-                    1,
-                    c_in as isize,
-                    v[p * tiles..].as_ptr(),
-                    1,
-                    (POSITIONS * tiles) as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
+    (0..POSITIONS).into_par_iter().for_each(|p| {
+        // SAFETY: position `p` of `u` is `c_out × c_in` with rows `16·c_in` apart, of `v`
+        // `c_in × tiles` with rows `16·tiles` apart, and of `m` `c_out × tiles` likewise, which
+        // only this task writes; all lie in their buffers, whose sizes the caller set.
+        unsafe {
+            gemm::gemm(
+                c_out,
+                tiles,
+                c_in,
+                m_ptr.get().add(p * tiles),
+                1,
+                (POSITIONS * tiles) as isize,
+                false,
+                u[p * c_in..].as_ptr(),
+                1,
+                (POSITIONS * c_in) as isize,
+                v[p * tiles..].as_ptr(),
+                1,
+                (POSITIONS * tiles) as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
 /// `out += Aᵀ M A` with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]` for the tiles of tile rows
