@@ -10,3 +10,6 @@ pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod test_fixtures;

@@ -301,31 +301,8 @@ fn sincos_f32(x: f32) -> (f32, f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use safetensors::{Dtype, SafeTensors};
-
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
-
-    fn read(path: &str) -> Vec<u8> {
-        std::fs::read(format!("{FIXTURES}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
-
-    fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), Dtype::F32, "{name}");
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-
-    fn f64s(st: &SafeTensors, name: &str) -> Vec<f64> {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), Dtype::F64, "{name}");
-        t.data()
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
+    use crate::test_fixtures::{f32s, f64s, read};
+    use safetensors::SafeTensors;
 
     /// Bitwise equality, reporting the first differing element.
     fn assert_bits_eq<T: Copy + PartialEq + std::fmt::Debug>(name: &str, ours: &[T], torch: &[T]) {

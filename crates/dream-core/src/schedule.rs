@@ -857,14 +857,9 @@ fn interp_unit_grid(x: f64, fp: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use safetensors::{Dtype, SafeTensors};
+    use crate::test_fixtures::{f32s, f64s, read};
+    use safetensors::SafeTensors;
     use serde_json::Value;
-
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
-
-    fn read(path: &str) -> Vec<u8> {
-        std::fs::read(format!("{FIXTURES}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     /// The cases of a fixtures/schedules/*.json file (tools/parity/schedule_fixtures.py).
     fn cases(file: &str) -> Vec<Value> {
@@ -1032,24 +1027,6 @@ mod tests {
         }
     }
 
-    fn f64_tensor(st: &SafeTensors, name: &str) -> Vec<f64> {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), Dtype::F64, "{name}");
-        t.data()
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-
-    fn f32_tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
-        let t = st.tensor(name).unwrap();
-        assert_eq!(t.dtype(), Dtype::F32, "{name}");
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-
     /// The schedules the reference pipelines actually ran with (the tiny model's SD 1.x
     /// scheduler config, so DDIM defaults to "leading" and Euler to "linspace").
     #[test]
@@ -1062,7 +1039,7 @@ mod tests {
         ] {
             let bytes = read(file);
             let st = SafeTensors::deserialize(&bytes).unwrap();
-            let diffusers = f64_tensor(&st, "scheduler.timesteps");
+            let diffusers = f64s(&st, "scheduler.timesteps");
             let ours: Vec<f64> = ddim_timesteps(&config, diffusers.len())
                 .unwrap()
                 .into_iter()
@@ -1076,22 +1053,22 @@ mod tests {
         ] {
             let bytes = read(file);
             let st = SafeTensors::deserialize(&bytes).unwrap();
-            let timesteps = f64_tensor(&st, "scheduler.timesteps");
+            let timesteps = f64s(&st, "scheduler.timesteps");
             let ours = euler_schedule(&config, timesteps.len()).unwrap();
             let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
             assert_eq!(widen(&ours.timesteps), timesteps, "{file} timesteps");
-            let sigmas: Vec<f32> = f64_tensor(&st, "scheduler.sigmas")
+            let sigmas: Vec<f32> = f64s(&st, "scheduler.sigmas")
                 .iter()
                 .map(|&s| s as f32)
                 .collect();
             assert_within_ulps(&format!("{file} sigmas"), &ours.sigmas, &sigmas, SQRT_ULPS);
             // txt2img scales the unit noise by init_noise_sigma to start the loop.
-            let noise = f32_tensor(&st, "init_noise");
+            let noise = f32s(&st, "init_noise");
             let start: Vec<f32> = noise.iter().map(|&x| x * ours.init_noise_sigma).collect();
             assert_same(
                 &format!("{file} latents_init"),
                 &start,
-                &f32_tensor(&st, "latents_init"),
+                &f32s(&st, "latents_init"),
             );
         }
     }
