@@ -249,10 +249,9 @@ impl Transformer2DModel {
         for block in &self.transformer_blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_map(&tokens)?.contiguous()?)?,
-            Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)?,
-        };
-        out + xs
+        match &self.proj_out {
+            Projection::Conv(conv) => conv.forward_add(&to_map(&tokens)?, xs),
+            Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)? + xs,
+        }
     }
 }

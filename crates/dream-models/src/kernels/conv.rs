@@ -53,10 +53,62 @@ const MIN_TILE_PIXELS: usize = 512;
 /// contiguous. The 3×3 "same" convolutions that make up most of SD go through Winograd's
 /// algorithm, the others through im2col.
 pub fn conv2d_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out: &mut [f32]) {
-    if winograd::applies(g) {
+    if g.is_pointwise() {
+        let plane = g.height * g.width;
+        pointwise_accumulate(x, [g.c_in * plane, plane, 1], weight, g, out);
+    } else if winograd::applies(g) {
         winograd::conv3x3_accumulate(x, weight, g, out);
     } else {
         im2col_accumulate(x, weight, g, out);
+    }
+}
+
+/// [`conv2d_accumulate`] for a 1×1, stride-1, unpadded convolution, a plain matrix product per
+/// image, reading pixel `p` of channel `c` of image `b` at `x[b·strides[0] + c·strides[1] +
+/// p·strides[2]]`: channels-last input (a transformer's tokens) needs no copy.
+pub fn pointwise_accumulate(
+    x: &[f32],
+    strides: [usize; 3],
+    weight: &[f32],
+    g: &ConvGeometry,
+    out: &mut [f32],
+) {
+    assert!(g.is_pointwise(), "pointwise convolution called for {g:?}");
+    let pixels = g.height * g.width;
+    assert_eq!(weight.len(), g.c_out * g.c_in, "conv weight size");
+    assert_eq!(out.len(), g.batch * g.c_out * pixels, "conv output size");
+    if out.is_empty() || g.c_in == 0 {
+        return;
+    }
+    let [sb, sc, sp] = strides;
+    let last = (g.batch - 1) * sb + (g.c_in - 1) * sc + (pixels - 1) * sp;
+    assert!(last < x.len(), "conv input view out of bounds");
+    for (b, out_b) in out.chunks_exact_mut(g.c_out * pixels).enumerate() {
+        // SAFETY: `weight` is `c_out × c_in` row-major, image `b` of `x` is `c_in × pixels`
+        // with the strides checked above, and `out_b` is `c_out × pixels` row-major.
+        unsafe {
+            gemm::gemm(
+                g.c_out,
+                pixels,
+                g.c_in,
+                out_b.as_mut_ptr(),
+                1,
+                pixels as isize,
+                true,
+                weight.as_ptr(),
+                1,
+                g.c_in as isize,
+                x[b * sb..].as_ptr(),
+                sp as isize,
+                sc as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
+        }
     }
 }
 
@@ -83,16 +135,11 @@ pub(super) fn im2col_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out
         for row0 in (0..out_h).step_by(rows_per_tile) {
             let rows = rows_per_tile.min(out_h - row0);
             let pixels = rows * out_w;
-            let (rhs, rhs_rs) = if g.is_pointwise() {
-                (&x_b[row0 * out_w..], in_plane)
-            } else {
-                patches.resize(g.patch_len() * pixels, 0.0);
-                im2col(x_b, g, row0, rows, &mut patches);
-                (&patches[..], pixels)
-            };
+            patches.resize(g.patch_len() * pixels, 0.0);
+            im2col(x_b, g, row0, rows, &mut patches);
             // SAFETY: the operands are in bounds: `weight` is `c_out × patch_len` row-major,
-            // `rhs` holds `patch_len` rows of `pixels` floats `rhs_rs` apart, and `out_b` from
-            // `row0·out_w` holds `c_out` rows of `pixels` floats `out_plane` apart.
+            // `patches` `patch_len × pixels` row-major, and `out_b` from `row0·out_w` holds
+            // `c_out` rows of `pixels` floats `out_plane` apart.
             unsafe {
                 gemm::gemm(
                     g.c_out,
@@ -105,9 +152,9 @@ pub(super) fn im2col_accumulate(x: &[f32], weight: &[f32], g: &ConvGeometry, out
                     weight.as_ptr(),
                     1,
                     g.patch_len() as isize,
-                    rhs.as_ptr(),
+                    patches.as_ptr(),
                     1,
-                    rhs_rs as isize,
+                    pixels as isize,
                     1.0,
                     1.0,
                     false,
@@ -249,6 +296,39 @@ mod tests {
                     "case {g:?} element {j}: {o} - {init} vs {e}"
                 );
             }
+        }
+    }
+
+    /// Channels-last input (`[batch, pixels, channels]` memory) read in place.
+    #[test]
+    fn pointwise_reads_channels_last_input() {
+        let g = ConvGeometry {
+            batch: 2,
+            c_in: 5,
+            height: 3,
+            width: 7,
+            c_out: 4,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+        };
+        let pixels = g.height * g.width;
+        let nchw = pseudo_random(g.batch * g.c_in * pixels, 5);
+        let mut nhwc = vec![0f32; nchw.len()];
+        for b in 0..g.batch {
+            for c in 0..g.c_in {
+                for p in 0..pixels {
+                    nhwc[(b * pixels + p) * g.c_in + c] = nchw[(b * g.c_in + c) * pixels + p];
+                }
+            }
+        }
+        let w = pseudo_random(g.c_out * g.c_in, 6);
+        let mut expected = vec![0f32; g.batch * g.c_out * pixels];
+        let mut out = expected.clone();
+        im2col_accumulate(&nchw, &w, &g, &mut expected);
+        pointwise_accumulate(&nhwc, [pixels * g.c_in, 1, g.c_in], &w, &g, &mut out);
+        for (a, b) in out.iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
     }
 

@@ -106,11 +106,24 @@ pub fn conv2d(
             out
         }
     };
-    with_data(x, |x| {
-        with_data(weight, |w| {
-            conv::conv2d_accumulate(x, w, &geometry, &mut out)
-        })
-    })??;
+    let [_, _, sh, sw] = *x.stride() else {
+        bail!("conv2d: input is not four-dimensional");
+    };
+    if kernel == 1 && stride == 1 && padding == 0 && sh == width * sw {
+        // A matrix product that reads any layout whose pixels are evenly spaced, such as the
+        // channels-last tokens of a transformer, in place.
+        with_strided(x, |x, s| {
+            with_data(weight, |w| {
+                conv::pointwise_accumulate(x, [s[0], s[1], sw], w, &geometry, &mut out)
+            })
+        })??;
+    } else {
+        with_data(x, |x| {
+            with_data(weight, |w| {
+                conv::conv2d_accumulate(x, w, &geometry, &mut out)
+            })
+        })??;
+    }
     from_vec(out, &out_dims)
 }
 
@@ -169,16 +182,24 @@ fn with_view<R>(t: &Tensor, f: impl FnOnce(attention::View) -> R) -> Result<R> {
     } else {
         t.contiguous()?
     };
+    with_strided(&t, |data, s| {
+        f(attention::View {
+            data,
+            strides: [s[0], s[1], s[2]],
+        })
+    })
+}
+
+/// Runs `f` on the data of a CPU f32 tensor from its first element on, with its strides.
+fn with_strided<R>(t: &Tensor, f: impl FnOnce(&[f32], &[usize]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         bail!("fused CPU kernel called on a {:?} tensor", t.device());
     };
-    let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
-    let s = layout.stride();
-    Ok(f(attention::View {
-        data,
-        strides: [s[0], s[1], s[2]],
-    }))
+    Ok(f(
+        &cpu.as_slice::<f32>()?[layout.start_offset()..],
+        layout.stride(),
+    ))
 }
 
 /// GroupNorm of `x` `[B, C, ...]` with `groups` groups and affine `weight`, `bias` `[C]`,
