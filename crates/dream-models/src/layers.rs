@@ -382,6 +382,19 @@ mod tests {
         Ok(())
     }
 
+    /// Attending to no keys gives zeros (an empty weighted sum), not a panic.
+    #[test]
+    fn attention_over_no_keys_is_zero() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 3, 4), &dev)?;
+        let k = Tensor::zeros((2, 0, 4), DType::F32, &dev)?;
+        let v = Tensor::zeros((2, 0, 5), DType::F32, &dev)?;
+        let out = scaled_dot_product_attention(&q, &k, &v, 0.5)?;
+        assert_eq!(out.dims(), &[2, 3, 5]);
+        assert_eq!(out.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
     /// Four-dimensional `[batch, heads, seq, d]` inputs, as non-contiguous views, give the same
     /// result as the flattened `[batch·heads, seq, d]` form.
     #[test]

@@ -159,13 +159,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
         v_dim,
     };
     let mut out = vec![0f32; batch * q_len * heads * v_dim];
-    with_view(&q4, |q| {
-        with_view(&k4, |k| {
-            with_view(&v4, |v| {
-                attention::attention(q, k, v, &geometry, scale as f32, &mut out)
+    // With no keys the weighted sum is empty: zeros, as candle's and PyTorch's attention give.
+    if kv_len > 0 {
+        with_view(&q4, |q| {
+            with_view(&k4, |k| {
+                with_view(&v4, |v| {
+                    attention::attention(q, k, v, &geometry, scale as f32, &mut out)
+                })
             })
-        })
-    })???;
+        })???;
+    }
     let out = from_vec(out, &[batch, q_len, heads, v_dim])?.transpose(1, 2)?;
     if q.rank() == 3 {
         out.squeeze(1)
