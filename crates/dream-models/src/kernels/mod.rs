@@ -11,6 +11,7 @@ pub mod norm;
 pub mod winograd;
 
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Whether the fused kernels can run on all of `tensors`: f32 on the CPU.
 pub fn supported(tensors: &[&Tensor]) -> bool {
@@ -78,34 +79,21 @@ pub fn conv2d(
     let plane = out_dims[2] * out_dims[3];
     // The accumulation starts from bias + addend, one value per output plane or per element.
     let bias = to_vec(bias)?;
-    let mut out = match addend {
-        Some(addend) if addend.dims() == out_dims => {
-            let mut out = to_vec(addend)?;
-            for (channel, b) in out.chunks_exact_mut(plane).zip(bias.iter().cycle()) {
-                channel.iter_mut().for_each(|v| *v += b);
-            }
-            out
-        }
+    let mut offsets: Vec<f32> = bias.iter().cycle().take(batch * c_out).copied().collect();
+    let residual = match addend {
+        Some(addend) if addend.dims() == out_dims => Some(addend),
         Some(addend) if addend.dims() == [batch, c_out, 1, 1] => {
-            let offsets = to_vec(addend)?;
-            let mut out = Vec::with_capacity(batch * c_out * plane);
-            for (offset, b) in offsets.iter().zip(bias.iter().cycle()) {
-                out.extend(std::iter::repeat_n(offset + b, plane));
-            }
-            out
+            let per_plane = to_vec(addend)?;
+            offsets.iter_mut().zip(per_plane).for_each(|(o, a)| *o += a);
+            None
         }
         Some(addend) => bail!(
             "conv2d: cannot add a {:?} tensor to the output {out_dims:?}",
             addend.dims()
         ),
-        None => {
-            let mut out = Vec::with_capacity(batch * c_out * plane);
-            for &b in bias.iter().cycle().take(batch * c_out) {
-                out.extend(std::iter::repeat_n(b, plane));
-            }
-            out
-        }
+        None => None,
     };
+    let mut out = offset_planes(&offsets, plane, residual)?;
     let [_, _, sh, sw] = *x.stride() else {
         bail!("conv2d: input is not four-dimensional");
     };
@@ -125,6 +113,97 @@ pub fn conv2d(
         })??;
     }
     from_vec(out, &out_dims)
+}
+
+/// The starting values of an accumulating kernel: `offsets` repeated cyclically, each over
+/// `plane` consecutive elements, plus `residual` (of the full output size) when given; filled in
+/// parallel, since on the main thread this memory pass would hold up the next kernel.
+fn offset_planes(offsets: &[f32], plane: usize, residual: Option<&Tensor>) -> Result<Vec<f32>> {
+    let len = match residual {
+        Some(residual) => residual.elem_count(),
+        None => offsets.len() * plane,
+    };
+    if plane == 0 || offsets.is_empty() || !len.is_multiple_of(plane) {
+        bail!(
+            "accumulator of {len} elements cannot start from {} offsets",
+            offsets.len()
+        );
+    }
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    // Chunks of whole planes, large enough to amortise the task overhead.
+    let planes_per_task = (1usize << 14).div_ceil(plane);
+    let offset = |i: usize| offsets[i % offsets.len()];
+    match residual {
+        Some(residual) => with_data(residual, |residual| {
+            spare
+                .par_chunks_mut(planes_per_task * plane)
+                .zip(residual.par_chunks(planes_per_task * plane))
+                .enumerate()
+                .for_each(|(task, (dst, src))| {
+                    let planes = dst.chunks_mut(plane).zip(src.chunks(plane));
+                    for (i, (dst, src)) in planes.enumerate() {
+                        let o = offset(task * planes_per_task + i);
+                        dst.iter_mut().zip(src).for_each(|(d, s)| {
+                            d.write(s + o);
+                        });
+                    }
+                })
+        })?,
+        None => spare
+            .par_chunks_mut(planes_per_task * plane)
+            .enumerate()
+            .for_each(|(task, dst)| {
+                for (i, dst) in dst.chunks_mut(plane).enumerate() {
+                    let o = offset(task * planes_per_task + i);
+                    dst.iter_mut().for_each(|d| {
+                        d.write(o);
+                    });
+                }
+            }),
+    }
+    // SAFETY: every element of the first `len` was written above.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// `rows` copies of `row`, plus `residual` (`rows × row.len()`) when given, filled in parallel.
+fn offset_rows(row: &[f32], rows: usize, residual: Option<&Tensor>) -> Result<Vec<f32>> {
+    let len = rows * row.len();
+    if residual.is_some_and(|r| r.elem_count() != len) || row.is_empty() {
+        bail!(
+            "accumulator of {rows} rows of {} cannot start from the residual",
+            row.len()
+        );
+    }
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    let rows_per_task = (1usize << 14).div_ceil(row.len());
+    let chunk = rows_per_task * row.len();
+    match residual {
+        Some(residual) => with_data(residual, |residual| {
+            spare
+                .par_chunks_mut(chunk)
+                .zip(residual.par_chunks(chunk))
+                .for_each(|(dst, src)| {
+                    for (dst, src) in dst.chunks_mut(row.len()).zip(src.chunks(row.len())) {
+                        for ((d, s), b) in dst.iter_mut().zip(src).zip(row) {
+                            d.write(s + b);
+                        }
+                    }
+                })
+        })?,
+        None => spare.par_chunks_mut(chunk).for_each(|dst| {
+            for dst in dst.chunks_mut(row.len()) {
+                for (d, b) in dst.iter_mut().zip(row) {
+                    d.write(*b);
+                }
+            }
+        }),
+    }
+    // SAFETY: every element of the first `len` was written above.
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
 
 /// `softmax(q·kᵀ·scale)·v` for `[batch, seq, d]` or `[batch, heads, seq, d]` tensors whose last
@@ -266,26 +345,13 @@ pub fn linear(
         bail!("linear: bias does not have {out_features} elements");
     }
     let rows = x.elem_count() / in_features.max(1);
-    let (mut out, accumulate) = match residual {
-        Some(residual) => {
-            if residual.dims() != out_dims {
-                bail!(
-                    "linear: residual {:?} does not match the output {out_dims:?}",
-                    residual.dims()
-                );
-            }
-            let mut out = to_vec(residual)?;
-            if let Some(bias) = &bias {
-                for row in out.chunks_exact_mut(out_features) {
-                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                }
-            }
-            (out, true)
-        }
-        None => match &bias {
-            Some(bias) => (bias.repeat(rows), true),
-            None => (vec![0f32; rows * out_features], false),
-        },
+    if residual.is_some_and(|r| r.dims() != out_dims) {
+        bail!("linear: residual does not match the output {out_dims:?}");
+    }
+    let (mut out, accumulate) = match (&bias, residual) {
+        (None, None) => (vec![0f32; rows * out_features], false),
+        (Some(bias), residual) => (offset_rows(bias, rows, residual)?, true),
+        (None, Some(residual)) => (to_vec(residual)?, true),
     };
     if in_features > 0 {
         with_data(x, |x| {
@@ -314,6 +380,113 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     let mut out = vec![0f32; projected.elem_count() / 2];
     with_data(projected, |p| linear::geglu(p, width, &mut out))?;
     from_vec(out, &dims)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tensor-level entry points against candle's own operations, including the starting
+    //! values (bias, residual, per-channel offsets) they accumulate onto.
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn conv2d_adds_bias_and_addends_like_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (3, 5, 9, 7), &dev)?;
+        for (kernel, stride, padding) in [(3, 1, 1), (3, 2, 0), (1, 1, 0), (3, 1, 0)] {
+            let w = Tensor::randn(0f32, 1., (6, 5, kernel, kernel), &dev)?;
+            let b = Tensor::randn(0f32, 1., 6, &dev)?;
+            let plain = x
+                .conv2d(&w, padding, stride, 1, 1)?
+                .broadcast_add(&b.reshape((1, 6, 1, 1))?)?;
+            let per_channel = Tensor::randn(0f32, 1., (3, 6, 1, 1), &dev)?;
+            let residual = Tensor::randn(0f32, 1., plain.dims(), &dev)?;
+            let cases = [
+                (None, plain.clone()),
+                (Some(&per_channel), plain.broadcast_add(&per_channel)?),
+                (Some(&residual), (&plain + &residual)?),
+            ];
+            for (addend, expected) in cases {
+                let got = conv2d(&x, &w, &b, addend, stride, padding)?;
+                let diff = max_diff(&got, &expected)?;
+                assert!(diff < 1e-4, "k{kernel}/s{stride}/p{padding}: {diff}");
+            }
+        }
+        // Strided (channels-last) input to a pointwise convolution.
+        let w = Tensor::randn(0f32, 1., (6, 5, 1, 1), &dev)?;
+        let b = Tensor::randn(0f32, 1., 6, &dev)?;
+        let channels_last = x
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .permute((0, 3, 1, 2))?;
+        let diff = max_diff(
+            &conv2d(&channels_last, &w, &b, None, 1, 0)?,
+            &conv2d(&x, &w, &b, None, 1, 0)?,
+        )?;
+        assert!(diff < 1e-5, "channels-last input: {diff}");
+        let bad = Tensor::zeros((3, 6, 2, 2), DType::F32, &dev)?;
+        assert!(conv2d(&x, &w, &b, Some(&bad), 1, 0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn linear_adds_bias_and_residual_like_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 7, 5), &dev)?;
+        let w = Tensor::randn(0f32, 1., (3, 5), &dev)?;
+        let b = Tensor::randn(0f32, 1., 3, &dev)?;
+        let r = Tensor::randn(0f32, 1., (2, 7, 3), &dev)?;
+        let product = x.broadcast_matmul(&w.t()?)?;
+        let with_bias = product.broadcast_add(&b)?;
+        let cases = [
+            (None, None, product.clone()),
+            (Some(&b), None, with_bias.clone()),
+            (None, Some(&r), (&product + &r)?),
+            (Some(&b), Some(&r), (&with_bias + &r)?),
+        ];
+        for (bias, residual, expected) in cases {
+            let diff = max_diff(&linear(&x, &w, bias, residual)?, &expected)?;
+            assert!(
+                diff < 1e-5,
+                "bias {} residual {}: {diff}",
+                bias.is_some(),
+                residual.is_some()
+            );
+        }
+        // A transposed (non-contiguous) input is read correctly too.
+        let xt = Tensor::randn(0f32, 1., (2, 5, 7), &dev)?.transpose(1, 2)?;
+        let diff = max_diff(
+            &linear(&xt, &w, Some(&b), None)?,
+            &xt.contiguous()?
+                .broadcast_matmul(&w.t()?)?
+                .broadcast_add(&b)?,
+        )?;
+        assert!(diff < 1e-5, "transposed input: {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn group_norm_and_geglu_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 6, 5, 3), &dev)?;
+        let w = Tensor::randn(0f32, 1., 6, &dev)?;
+        let b = Tensor::randn(0f32, 1., 6, &dev)?;
+        let reference = candle_nn::GroupNorm::new(w.clone(), b.clone(), 6, 3, 1e-5)?;
+        let expected = candle_nn::Module::forward(&reference, &x)?;
+        let diff = max_diff(&group_norm(&x, &w, &b, 3, 1e-5, false)?, &expected)?;
+        assert!(diff < 1e-5, "group norm: {diff}");
+        let diff = max_diff(&group_norm(&x, &w, &b, 3, 1e-5, true)?, &expected.silu()?)?;
+        assert!(diff < 1e-5, "group norm + silu: {diff}");
+
+        let projected = Tensor::randn(0f32, 2., (3, 4, 10), &dev)?;
+        let expected = (projected.narrow(2, 0, 5)? * projected.narrow(2, 5, 5)?.gelu_erf()?)?;
+        let diff = max_diff(&geglu(&projected)?, &expected)?;
+        assert!(diff < 1e-5, "geglu: {diff}");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
