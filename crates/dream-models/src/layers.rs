@@ -208,6 +208,15 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     value * gate.gelu_erf()?
 }
 
+/// Nearest-neighbour resize of `[B, C, H, W]` to `height × width`, like
+/// `torch.nn.functional.interpolate(mode="nearest")`.
+pub fn upsample_nearest(x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    if kernels::supported(&[x]) {
+        return kernels::upsample_nearest(x, height, width);
+    }
+    x.upsample_nearest2d(height, width)
+}
+
 /// GroupNorm with a learned per-channel affine map, like `torch.nn.GroupNorm`.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {

@@ -5,7 +5,9 @@
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use crate::layers::{conv2d, group_norm, Conv2d, ConvConfig, GroupNorm, PaddingMode};
+use crate::layers::{
+    conv2d, group_norm, upsample_nearest, Conv2d, ConvConfig, GroupNorm, PaddingMode,
+};
 
 /// Shape of a [`ResnetBlock2D`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -158,7 +160,7 @@ impl Upsample2D {
     /// Interpolates to exactly `height`×`width` instead of doubling: the UNet's `upsample_size`,
     /// used when its input size is not a multiple of its total downsampling factor.
     pub fn forward_to(&self, x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
-        self.conv.forward(&x.upsample_nearest2d(height, width)?)
+        self.conv.forward(&upsample_nearest(x, height, width)?)
     }
 
     pub fn set_padding_mode(&mut self, mode: PaddingMode) {

@@ -206,6 +206,39 @@ fn offset_rows(row: &[f32], rows: usize, residual: Option<&Tensor>) -> Result<Ve
     Ok(out)
 }
 
+/// Nearest-neighbour resize of `x` `[B, C, H, W]` to `height × width`, with the source index
+/// of candle's (and PyTorch's "nearest") `floor(i · H / height)`; one plane per task.
+pub fn upsample_nearest(x: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+    let (batch, channels, src_h, src_w) = x.dims4()?;
+    if src_h == 0 || src_w == 0 {
+        bail!("upsample: empty input {:?}", x.dims());
+    }
+    // For each output row (column), the input row (column) it copies.
+    let source = |src: usize, len: usize| -> Vec<usize> {
+        let scale = src as f64 / len as f64;
+        (0..len)
+            .map(|i| ((i as f64 * scale) as usize).min(src - 1))
+            .collect()
+    };
+    let (rows, cols) = (source(src_h, height), source(src_w, width));
+    let mut out = vec![0f32; batch * channels * height * width];
+    if !out.is_empty() {
+        with_data(x, |x| {
+            out.par_chunks_mut(height * width)
+                .zip(x.par_chunks(src_h * src_w))
+                .for_each(|(dst, src)| {
+                    for (dst, &y) in dst.chunks_exact_mut(width).zip(&rows) {
+                        let src = &src[y * src_w..][..src_w];
+                        for (d, &c) in dst.iter_mut().zip(&cols) {
+                            *d = src[c];
+                        }
+                    }
+                })
+        })?;
+    }
+    from_vec(out, &[batch, channels, height, width])
+}
+
 /// `softmax(q·kᵀ·scale)·v` for `[batch, seq, d]` or `[batch, heads, seq, d]` tensors whose last
 /// dimension is contiguous (others are made so). The result has the shape of `q` (with `v`'s
 /// width) and is a transposed view of `[batch, seq_q, heads, d_v]` memory.
@@ -465,6 +498,20 @@ mod tests {
                 .broadcast_add(&b)?,
         )?;
         assert!(diff < 1e-5, "transposed input: {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn upsample_matches_candle_for_integer_and_odd_factors() -> Result<()> {
+        let x = Tensor::randn(0f32, 1., (2, 3, 5, 7), &Device::Cpu)?;
+        for (h, w) in [(10, 14), (11, 13), (5, 7), (3, 4)] {
+            let got = upsample_nearest(&x, h, w)?;
+            assert_eq!(
+                max_diff(&got, &x.upsample_nearest2d(h, w)?)?,
+                0.0,
+                "{h}x{w}"
+            );
+        }
         Ok(())
     }
 
