@@ -200,6 +200,10 @@ fn shifted_row(src: &[f32], dst: &mut [f32], shift: isize, stride: usize) {
         // The valid outputs are a contiguous run.
         let first = (-shift).clamp(0, dst.len() as isize) as usize;
         let end = (src.len() as isize - shift).clamp(first as isize, dst.len() as isize) as usize;
+        if first == end {
+            dst.fill(0.0);
+            return;
+        }
         dst[..first].fill(0.0);
         let start = (first as isize + shift) as usize;
         dst[first..end].copy_from_slice(&src[start..start + end - first]);
@@ -270,6 +274,8 @@ mod tests {
             (1, 3, 2, 2, 2, 3, 1, 1),
             (1, 6, 13, 3, 17, 3, 1, 1),
             (1, 2, 6, 5, 3, 1, 2, 0),
+            // Padding wider than the output.
+            (1, 2, 1, 2, 3, 7, 1, 3),
         ];
         for (i, &(batch, c_in, height, width, c_out, kernel, stride, padding)) in
             cases.iter().enumerate()
@@ -287,17 +293,25 @@ mod tests {
             let x = pseudo_random(batch * c_in * height * width, i as u32);
             let w = pseudo_random(c_out * c_in * kernel * kernel, 100 + i as u32);
             let initial = pseudo_random(batch * c_out * g.out_height() * g.out_width(), 7);
-            let mut out = initial.clone();
-            conv2d_accumulate(&x, &w, &g, &mut out);
             let expected = naive(&x, &w, &g);
-            for (j, ((o, e), init)) in out.iter().zip(&expected).zip(&initial).enumerate() {
-                assert!(
-                    (o - init - e).abs() < 1e-5,
-                    "case {g:?} element {j}: {o} - {init} vs {e}"
-                );
+            // The dispatcher, and the general path on its own.
+            for (path, conv) in [
+                ("dispatch", conv2d_accumulate as Conv),
+                ("im2col", im2col_accumulate),
+            ] {
+                let mut out = initial.clone();
+                conv(&x, &w, &g, &mut out);
+                for (j, ((o, e), init)) in out.iter().zip(&expected).zip(&initial).enumerate() {
+                    assert!(
+                        (o - init - e).abs() < 1e-5,
+                        "{path}, case {g:?} element {j}: {o} - {init} vs {e}"
+                    );
+                }
             }
         }
     }
+
+    type Conv = fn(&[f32], &[f32], &ConvGeometry, &mut [f32]);
 
     /// Channels-last input (`[batch, pixels, channels]` memory) read in place.
     #[test]
