@@ -13,7 +13,7 @@ use dream_models::detect::{self, ModelKind, Prediction, SdVersion};
 use dream_models::weights::{
     load_diffusers_folder, load_single_file, load_vae_file, Checkpoint, SdComponents, Weights,
 };
-use dream_test_support::fixture;
+use dream_test_support::{fixture, max_abs_diff};
 
 /// A file or folder in the scratch directory, named for this process, deleted when dropped.
 struct Scratch(PathBuf);
@@ -156,16 +156,7 @@ fn fp16_storage_converts_exactly() {
         let want = stored.to_dtype(DType::F32).unwrap();
         let back = got.to_dtype(DType::F32).unwrap();
         let tolerance = if dtype == DType::BF16 { 1e-2 } else { 0.0 };
-        let diff: f32 = (want.clone() - back)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&want, &back);
         let scale: f32 = want
             .abs()
             .unwrap()
