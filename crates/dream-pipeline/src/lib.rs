@@ -8,6 +8,7 @@
 //! ```
 
 pub mod conditioning;
+pub mod guidance;
 pub mod image;
 pub mod img2img;
 pub mod model;

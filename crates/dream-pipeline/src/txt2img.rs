@@ -11,7 +11,7 @@ use dream_core::schedule::{
     ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule,
 };
 
-use crate::conditioning::{ConditioningOptions, Emphasis, PromptConditioning};
+use crate::conditioning::{ConditioningOptions, Emphasis};
 use crate::image::RgbImage;
 use crate::img2img::{InitImage, Start};
 use crate::model::StableDiffusion;
@@ -199,44 +199,7 @@ impl Generated {
 /// The program name written into image metadata.
 const APP_ID: &str = "dream";
 
-/// Classifier-free guidance: the UNet sees the negative prompt's and every `AND` part's
-/// conditioning of the current step as one batch, and `PromptConditioning::guide` combines the
-/// predictions with the CFG scale.
-pub struct Guided<'a> {
-    model: &'a StableDiffusion,
-    conditioning: &'a PromptConditioning,
-    cfg_scale: f64,
-    /// The sampling step the next prediction belongs to (prompt editing and alternation change
-    /// the conditioning by step, and some samplers call the model more than once a step).
-    step: &'a Cell<usize>,
-}
-
-impl Predictor for Guided<'_> {
-    fn predict(&mut self, latents: &Tensor, timestep: f64) -> candle_core::Result<Tensor> {
-        let context = self.conditioning.context_at(self.step.get())?;
-        let batch = latents.repeat((context.dim(0)?, 1, 1, 1))?;
-        let predictions = self.model.unet.forward(&batch, timestep, &context)?;
-        self.conditioning.guide(&predictions, self.cfg_scale)
-    }
-}
-
 impl StableDiffusion {
-    /// The UNet with classifier-free guidance over `conditioning`, at the sampling step `step`
-    /// holds.
-    pub fn guided<'a>(
-        &'a self,
-        conditioning: &'a PromptConditioning,
-        cfg_scale: f64,
-        step: &'a Cell<usize>,
-    ) -> Guided<'a> {
-        Guided {
-            model: self,
-            conditioning,
-            cfg_scale,
-            step,
-        }
-    }
-
     /// The seed's starting noise, [1, 4, h/8, w/8], equal to
     /// `torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))`.
     pub fn initial_noise(
