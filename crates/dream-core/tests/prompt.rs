@@ -425,6 +425,7 @@ fn ours_as_text(parsed: &Parsed) -> (PromptText, Vec<(String, f64)>) {
     let (text, loras) = match parsed {
         Parsed::Fragments { fragments, loras } => (PromptText::Fragments(fragments.clone()), loras),
         Parsed::Blend { blend, loras } => (blend.clone(), loras),
+        Parsed::Conjunction { conjunction, loras } => (conjunction.clone(), loras),
         Parsed::Empty { loras } => (PromptText::Fragments(Vec::new()), loras),
     };
     let loras = loras
@@ -530,10 +531,31 @@ fn invokeai_plan_collects_loras_and_refuses_swap() {
         prompt::plan("a cat.swap(dog)", "", &options),
         Err(PromptError::InvokeAi { .. })
     ));
-    assert!(matches!(
-        prompt::plan("(\"a\", \"b\").and()", "", &options),
-        Err(PromptError::InvokeAi { .. })
-    ));
+    // compel's conjunction: the parts and their weights; text after it is ignored, as compel
+    // ignores it.
+    let plan = prompt::plan("(\"a\", \"b+\").and(1, 0.5) ignored", "", &options).unwrap();
+    assert_eq!(
+        plan.positive[0].texts[0],
+        PromptText::Conjunction(vec![
+            BlendPart {
+                fragments: vec![Fragment::text("a", 1.0)],
+                weight: 1.0
+            },
+            BlendPart {
+                fragments: vec![Fragment::text("b", 1.1)],
+                weight: 0.5
+            },
+        ])
+    );
+    for refused in ["(a, b).and(1)", "(a, b).and(1, x)"] {
+        assert!(
+            matches!(
+                prompt::plan(refused, "", &options),
+                Err(PromptError::InvokeAi { .. })
+            ),
+            "{refused}"
+        );
+    }
     options.skip_normalize = true;
     let plan = prompt::plan("a:1 b:3", "", &options).unwrap();
     assert!(matches!(
@@ -554,7 +576,7 @@ mod never_panics {
         };
         match text {
             PromptText::Fragments(fragments) => fragments_finite(fragments),
-            PromptText::Blend { parts, .. } => parts
+            PromptText::Blend { parts, .. } | PromptText::Conjunction(parts) => parts
                 .iter()
                 .all(|p| p.weight.is_finite() && fragments_finite(&p.fragments)),
         }

@@ -10,9 +10,12 @@
 //! `withLora(name, 0.8)` (returned as a `lora` tag). `+` is ×1.1 and `-` ×0.9 per sign.
 //!
 //! compel's grammar is a pyparsing PEG; it is followed here element by element, including where
-//! pyparsing skips whitespace (` \t\r\n` before each element except bare words). Unsupported:
-//! `.swap()` (prompt-to-prompt cross-attention control) and `.and()` are errors; escapes such as
-//! `\t` inside quotes stay as written (compel converts them); digits must be ASCII.
+//! pyparsing skips whitespace (` \t\r\n` before each element except bare words). An explicit
+//! `("a", "b").and(1, 0.5)` is compel's conjunction (its parts' conditionings joined along the
+//! tokens, as InvokeAI 3 builds it; InvokeAI 2.3 kept only the first part), and like compel it
+//! ignores any text after its closing bracket. Unsupported: `.swap()` (prompt-to-prompt
+//! cross-attention control) is an error; escapes such as `\t` inside quotes stay as written
+//! (compel converts them); digits must be ASCII.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -143,10 +146,10 @@ fn legacy_blend(
                 networks.extend(loras);
                 parts.push(BlendPart { fragments, weight });
             }
-            Parsed::Blend { .. } => {
+            Parsed::Blend { .. } | Parsed::Conjunction { .. } => {
                 return Err(invokeai_error(
                     &subprompt,
-                    "a .blend() cannot be part of a `text:weight` blend",
+                    "a .blend() or .and() cannot be part of a `text:weight` blend",
                 ))
             }
         }
@@ -172,10 +175,14 @@ fn parse_prompt(text: &str, networks: &mut Vec<NetworkTag>) -> Result<PromptText
             networks.extend(loras);
             blend
         }
+        Parsed::Conjunction { conjunction, loras } => {
+            networks.extend(loras);
+            conjunction
+        }
     })
 }
 
-/// The first prompt of compel's `PromptParser().parse_conjunction`, flattened.
+/// compel's `PromptParser().parse_conjunction`, flattened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
     /// Weighted fragments, neighbours with equal weights joined by a space.
@@ -188,6 +195,11 @@ pub enum Parsed {
         blend: PromptText,
         loras: Vec<NetworkTag>,
     },
+    /// An explicit `.and()`: a [`PromptText::Conjunction`].
+    Conjunction {
+        conjunction: PromptText,
+        loras: Vec<NetworkTag>,
+    },
     /// Nothing but `withLora` tags.
     Empty { loras: Vec<NetworkTag> },
 }
@@ -197,13 +209,14 @@ impl Parsed {
         match &mut self {
             Parsed::Fragments { loras, .. }
             | Parsed::Blend { loras, .. }
+            | Parsed::Conjunction { loras, .. }
             | Parsed::Empty { loras } => loras.extend(trailing),
         }
         self
     }
 }
 
-/// compel's `PromptParser().parse_conjunction(text)`, first prompt only (as InvokeAI takes it).
+/// compel's `PromptParser().parse_conjunction(text)`.
 pub fn parse_conjunction(text: &str) -> Result<Parsed, PromptError> {
     static COMMA: OnceLock<Regex> = OnceLock::new();
     // `,` then anything but Python whitespace.
@@ -277,6 +290,35 @@ pub fn parse_conjunction(text: &str) -> Result<Parsed, PromptError> {
                 loras,
             }
         }
+        Root::Conjunction { parts, weights } => {
+            // compel checks the counts before flattening, then drops the empty parts.
+            let weights = if weights.is_empty() {
+                vec![1.0; parts.len()]
+            } else {
+                weights
+            };
+            if weights.len() != parts.len() {
+                return Err(invokeai_error(
+                    &text,
+                    "an .and() needs one weight per prompt",
+                ));
+            }
+            let mut kept = Vec::new();
+            for (part, weight) in parts.iter().zip(weights) {
+                let fragments = flatten_prompt(part, 1.0, &mut loras)
+                    .map_err(|problem| invokeai_error(&text, problem))?;
+                if !fragments.is_empty() {
+                    kept.push(BlendPart { fragments, weight });
+                }
+            }
+            if kept.is_empty() {
+                return Err(invokeai_error(&text, "an .and() needs some text"));
+            }
+            Parsed::Conjunction {
+                conjunction: PromptText::Conjunction(kept),
+                loras,
+            }
+        }
     };
     Ok(parsed.with_trailing(trailing_loras))
 }
@@ -308,6 +350,10 @@ struct Conjunction {
 
 enum Root {
     Prompt(Vec<Item>),
+    Conjunction {
+        parts: Vec<Vec<Item>>,
+        weights: Vec<f64>,
+    },
     Blend {
         parts: Vec<Vec<Item>>,
         weights: Vec<f64>,
@@ -767,11 +813,25 @@ impl<'a> Parser<'a> {
         Some(((parts, options), end))
     }
 
-    /// `conjunction`: an explicit `.and()` (refused), else optional LoRAs, a blend or a prompt,
-    /// optional LoRAs, and the end of the text.
+    /// `conjunction`: an explicit `.and()` (what follows it is ignored, as pyparsing's
+    /// `parse_string` does), else optional LoRAs, a blend or a prompt, optional LoRAs, and the
+    /// end of the text.
     fn conjunction(&self) -> Result<Conjunction, String> {
-        if self.operator_list(0, &[".and", ".add"]).is_some() {
-            return Err(".and() is not supported".to_string());
+        if let Some(((parts, options), _)) = self.operator_list(0, &[".and", ".add"]) {
+            let weights = options
+                .into_iter()
+                .map(|option| match option {
+                    OptionToken::Number(weight) => Ok(weight),
+                    OptionToken::Word(word) => {
+                        Err(format!("the .and() weight {word:?} is not a number"))
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok(Conjunction {
+                leading: Vec::new(),
+                root: Root::Conjunction { parts, weights },
+                trailing: Vec::new(),
+            });
         }
         let mut loras = Vec::new();
         let mut i = 0;

@@ -15,8 +15,13 @@ pub enum PromptText {
         parts: Vec<BlendPart>,
         normalize: bool,
     },
+    /// compel's `.and()`: each part is encoded on its own and the conditionings are joined one
+    /// after the other along the tokens; a part weighing `w` ≠ 1 is first moved from the empty
+    /// prompt's conditioning, `empty + (c − empty)·w` (`build_conditioning_tensor_for_conjunction`).
+    Conjunction(Vec<BlendPart>),
 }
 
+/// One weighted prompt of a blend or a conjunction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlendPart {
     pub fragments: Vec<Fragment>,
