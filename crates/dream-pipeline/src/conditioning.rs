@@ -228,9 +228,9 @@ impl TextEncoder<'_> {
             .iter()
             .map(|text| match text {
                 PromptText::Fragments(fragments) => Ok(self.chunker.chunks(fragments)),
-                PromptText::Blend { .. } => Err(DreamError::NotSupported(
-                    "blended prompts in A1111 syntax".into(),
-                )),
+                PromptText::Blend { .. } | PromptText::Conjunction(_) => Err(
+                    DreamError::NotSupported("blended prompts in A1111 syntax".into()),
+                ),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut repeats = vec![0usize; part.texts.len()];
