@@ -66,6 +66,9 @@ else
     echo "WEBUI not set: fixtures/prompt left as they are" >&2
 fi
 
+# 11. Variations (InvokeAI's and A1111's slerps), Perlin noise, torch.rand, Pillow's Lanczos.
+"$PY" "$TOOLS/variation_fixtures.py" $FX/variations $FX/images/init_64x64.png
+
 # Every reference must reproduce with plain diffusers (generator=), from the folder and the single file.
 "$PY" "$TOOLS/check_fixtures.py" $FX
 du -sh $FX

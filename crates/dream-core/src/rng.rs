@@ -154,6 +154,12 @@ impl TorchGenerator {
         data
     }
 
+    /// `torch.rand(n, generator=g)` (float32): `n` uniform samples in [0, 1), one 32-bit draw
+    /// each, in order (torch's CPU `uniform_` is a serial kernel, unlike `normal_`).
+    pub fn rand(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.uniform_f32()).collect()
+    }
+
     /// `torch.randn(n, generator=g, dtype=torch.float64)`: `n` standard normal samples.
     pub fn randn_f64(&mut self, n: usize) -> Vec<f64> {
         if n < 16 {
@@ -388,6 +394,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// fixtures/variations/noise.safetensors (tools/parity/variation_fixtures.py):
+    /// `rand_seed{S}_n{N}` is `torch.rand(N)` from a fresh generator, `randn_then_rand` is
+    /// `randn(20)` then `rand(81)` from one generator.
+    #[test]
+    fn rand_is_bit_exact_with_torch() {
+        let bytes = read("variations/noise.safetensors");
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        for seed in [0u64, 42] {
+            for n in [5, 81, 100] {
+                let name = format!("rand_seed{seed}_n{n}");
+                let ours = TorchGenerator::seeded(seed).rand(n);
+                assert_bits_eq(&name, &ours, &f32s(&st, &name));
+            }
+        }
+        let mut generator = TorchGenerator::seeded(42);
+        let mut ours = generator.randn(20);
+        ours.extend(generator.rand(81));
+        assert_bits_eq("randn_then_rand", &ours, &f32s(&st, "randn_then_rand"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ struct SdImage<'a> {
     kind: &'static str,
     postprocessing: Option<()>,
     sampler: Option<&'a str>,
-    variations: [(); 0],
+    variations: Vec<VariationJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     strength: Option<f64>,
     negative_prompt: &'a str,
@@ -56,6 +56,13 @@ struct SdImage<'a> {
     schedule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     clip_skip: Option<usize>,
+}
+
+/// One `-V` pair as `metadata_dumps` writes it.
+#[derive(Serialize)]
+struct VariationJson {
+    seed: u64,
+    weight: f64,
 }
 
 #[derive(Serialize)]
@@ -90,12 +97,12 @@ pub fn sd_metadata(info: &GenerationInfo, app: App<'_>) -> String {
             steps: info.steps,
             cfg_scale: info.cfg_scale,
             threshold: 0.0,
-            perlin: 0.0,
+            perlin: info.perlin.unwrap_or(0.0),
             height: info.height,
             width: info.width,
             seed: info.seed,
-            seamless: false,
-            hires_fix: false,
+            seamless: info.seamless.is_some(),
+            hires_fix: info.hires_fix,
             kind: if info.strength.is_some() {
                 "img2img"
             } else {
@@ -103,7 +110,11 @@ pub fn sd_metadata(info: &GenerationInfo, app: App<'_>) -> String {
             },
             postprocessing: None,
             sampler: info.sampler.as_deref(),
-            variations: [],
+            variations: info
+                .variations
+                .iter()
+                .map(|&(seed, weight)| VariationJson { seed, weight })
+                .collect(),
             strength: info.strength,
             negative_prompt: &info.negative_prompt,
             schedule: info.schedule.as_deref(),
@@ -114,7 +125,8 @@ pub fn sd_metadata(info: &GenerationInfo, app: App<'_>) -> String {
 }
 
 /// The `Dream` chunk for `info`: `"prompt" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms`, with
-/// `-f` after the sampler for img2img, as `dream_prompt_str` orders them.
+/// `--perlin`, `--seamless` and `--hires_fix` before the sampler, `-f` after it for img2img and
+/// the variation chain `-V seed:weight,…` last, as `dream_prompt_str` orders them.
 pub fn dream_command(info: &GenerationInfo) -> String {
     let prompt = invokeai_prompt(info)
         .replace('\\', "\\\\")
@@ -130,8 +142,29 @@ pub fn dream_command(info: &GenerationInfo) -> String {
     switch("-W", info.width.map(|v| v.to_string()));
     switch("-H", info.height.map(|v| v.to_string()));
     switch("-C", info.cfg_scale.map(python_float));
+    switch("--perlin", info.perlin.map(python_float));
+    if let Some(axes) = &info.seamless {
+        command.push_str(" --seamless");
+        if axes != "x,y" {
+            command.push_str(&format!(" --seamless_axes {axes}"));
+        }
+    }
+    if info.hires_fix {
+        command.push_str(" --hires_fix");
+    }
+    let mut switch = |flag: &str, value: Option<String>| {
+        if let Some(value) = value {
+            command.push_str(&format!(" {flag} {value}"));
+        }
+    };
     switch("-A", info.sampler.clone());
     switch("-f", info.strength.map(python_float));
+    let chain: Vec<String> = info
+        .variations
+        .iter()
+        .map(|(seed, weight)| format!("{seed}:{}", python_float(*weight)))
+        .collect();
+    switch("-V", (!chain.is_empty()).then(|| chain.join(",")));
     command
 }
 
@@ -169,6 +202,25 @@ pub fn read_sd_metadata(text: &str) -> Option<GenerationInfo> {
     info.sampler = image.get("sampler").and_then(text_value);
     info.schedule = image.get("schedule").and_then(text_value);
     info.clip_skip = uint("clip_skip").map(|v| v as usize);
+    info.perlin = image
+        .get("perlin")
+        .and_then(Value::as_f64)
+        .filter(|&p| p > 0.0);
+    let flag = |key: &str| image.get(key).and_then(Value::as_bool) == Some(true);
+    info.seamless = flag("seamless").then(|| "x,y".to_string());
+    info.hires_fix = flag("hires_fix");
+    info.variations = image
+        .get("variations")
+        .and_then(Value::as_array)
+        .map(|pairs| {
+            pairs
+                .iter()
+                .filter_map(|pair| {
+                    Some((pair.get("seed")?.as_u64()?, pair.get("weight")?.as_f64()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     // InvokeAI 2.x's `metadata_dumps` renames img2img's strength to `strength_steps`.
     info.strength = ["strength", "strength_steps"]
         .iter()
@@ -260,7 +312,18 @@ pub fn read_dream_command(command: &str) -> Option<GenerationInfo> {
     let mut words = switches.iter();
     while let Some(word) = words.next() {
         let (flag, attached) = split_switch(word);
-        const RECORDED: [&str; 15] = [
+        match flag {
+            "--seamless" => {
+                info.seamless.get_or_insert_with(|| "x,y".to_string());
+                continue;
+            }
+            "--hires_fix" => {
+                info.hires_fix = true;
+                continue;
+            }
+            _ => {}
+        }
+        const RECORDED: [&str; 20] = [
             "-s",
             "--steps",
             "-S",
@@ -276,6 +339,11 @@ pub fn read_dream_command(command: &str) -> Option<GenerationInfo> {
             "--sampler",
             "-f",
             "--strength",
+            "-V",
+            "--with_variations",
+            "--perlin",
+            "--seamless_axes",
+            "--seamless-axes",
         ];
         if !RECORDED.contains(&flag) {
             continue;
@@ -290,6 +358,15 @@ pub fn read_dream_command(command: &str) -> Option<GenerationInfo> {
             "-H" | "--height" => parse_into(&mut info.height, value),
             "-C" | "--cfg_scale" => parse_into(&mut info.cfg_scale, value),
             "-f" | "--strength" => parse_into(&mut info.strength, value),
+            "--perlin" => parse_into(&mut info.perlin, value),
+            "--seamless_axes" | "--seamless-axes" => {
+                info.seamless = Some(value.to_string());
+                true
+            }
+            "-V" | "--with_variations" => {
+                info.variations = parse_variations(value);
+                !info.variations.is_empty()
+            }
             _ => {
                 info.sampler = Some(value.to_string());
                 true
@@ -297,6 +374,16 @@ pub fn read_dream_command(command: &str) -> Option<GenerationInfo> {
         };
     }
     (known || !info.prompt.is_empty()).then_some(info)
+}
+
+/// `seed:weight,seed:weight`; pairs that do not parse are left out.
+fn parse_variations(text: &str) -> Vec<(u64, f64)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (seed, weight) = pair.split_once(':')?;
+            Some((seed.trim().parse().ok()?, weight.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Where the switches begin: the first whitespace followed by `-x` or `--x`
@@ -511,6 +598,48 @@ mod tests {
             ..info
         };
         assert_eq!(read_dream_command(&command).unwrap(), expected);
+    }
+
+    /// Variations, Perlin noise, seamless tiling and the hires fix, written as InvokeAI 2.3's
+    /// `metadata_dumps` (`"variations": [{"seed": …, "weight": …}]`) and `dream_prompt_str`
+    /// (`-V seed:weight,…` last) write them, read back.
+    #[test]
+    fn variations_and_generation_switches_round_trip() {
+        let info = GenerationInfo {
+            variations: vec![(7, 0.1), (1234, 0.25)],
+            perlin: Some(0.3),
+            seamless: Some("x".into()),
+            hires_fix: true,
+            ..dream_info()
+        };
+        let command = dream_command(&info);
+        assert!(
+            command.ends_with(
+                " -C 7.0 --perlin 0.3 --seamless --seamless_axes x --hires_fix -A k_euler \
+                 -V 7:0.1,1234:0.25"
+            ),
+            "{command}"
+        );
+        let read = read_dream_command(&command).unwrap();
+        assert_eq!(read.variations, info.variations);
+        assert_eq!(read.perlin, Some(0.3));
+        assert_eq!(read.seamless.as_deref(), Some("x"));
+        assert!(read.hires_fix);
+        let app = App {
+            id: "dream",
+            version: "0.1.0",
+        };
+        let json = sd_metadata(&info, app);
+        assert!(
+            json.contains(r#""variations":[{"seed":7,"weight":0.1},{"seed":1234,"weight":0.25}]"#),
+            "{json}"
+        );
+        let read = read_sd_metadata(&json).unwrap();
+        assert_eq!(read.variations, info.variations);
+        assert_eq!(read.perlin, Some(0.3));
+        // sd-metadata only records whether the image is seamless.
+        assert_eq!(read.seamless.as_deref(), Some("x,y"));
+        assert!(read.hires_fix);
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub struct GenerationInfo {
     /// The program and version that wrote the image (A1111's `Version`, InvokeAI's
     /// `app_id app_version`).
     pub generator: Option<String>,
+    /// InvokeAI's variation chain, `(seed, weight)` pairs (its `-V`).
+    pub variations: Vec<(u64, f64)>,
+    /// InvokeAI's `--perlin`: the share of Perlin noise in the initial noise.
+    pub perlin: Option<f64>,
+    /// The axes a seamless image tiles along (`"x,y"`, `"x"` or `"y"`); `None` when it does not.
+    pub seamless: Option<String>,
+    /// InvokeAI's `--hires_fix`.
+    pub hires_fix: bool,
     /// Fields this struct has no place for (A1111's `Hires upscale`, `Lora hashes`, …), in the
     /// order they were found.
     pub extra: Vec<(String, String)>,
@@ -74,6 +82,10 @@ impl GenerationInfo {
             strength: None,
             clip_skip: None,
             generator: None,
+            variations: Vec::new(),
+            perlin: None,
+            seamless: None,
+            hires_fix: false,
             extra: Vec::new(),
         }
     }
@@ -99,7 +111,7 @@ pub fn read_generation_info(chunks: &[(String, String)]) -> Option<GenerationInf
 }
 
 /// A number as Python's `str` writes a float: integral values keep a `.0` (`7.0`, not `7`).
-fn python_float(value: f64) -> String {
+pub fn python_float(value: f64) -> String {
     if value.is_finite() && value.fract() == 0.0 && value.abs() < 1e16 {
         format!("{value:.1}")
     } else {
