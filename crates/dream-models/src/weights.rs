@@ -6,8 +6,11 @@
 //! [`SdComponents`]: per network a config and a [`Weights`], which hands out a
 //! `candle_nn::VarBuilder` speaking diffusers' names; `dream_core::keymap` does the renaming.
 //!
-//! Files are recognised by their content, not their extension, and memory-mapped: a tensor is
-//! read (and converted to the requested dtype) only when a network asks for it. PyTorch zip
+//! Files are recognised by their content, not their extension. Opening one maps it just long
+//! enough to parse its header; a tensor is read (and converted to the requested dtype) only when
+//! a network asks for it, with a positioned read straight into the tensor's buffer. Copying out
+//! of a long-lived map instead would keep every touched page of the file resident next to the
+//! copy, doubling the weights' share of peak memory. PyTorch zip
 //! archives are read without Python's unpickler: `dream_core::pickle_guard` interprets
 //! `data.pkl` as data and refuses anything a plain tensor checkpoint would not contain, so a
 //! malicious `.ckpt` is reported, never run.
@@ -63,7 +66,7 @@ pub enum WeightsError {
     },
 }
 
-/// How a tensor is laid out in the mapped file: `shape` elements of `dtype`, element `i` at
+/// How a tensor is laid out in the file: `shape` elements of `dtype`, element `i` at
 /// `region.start + (offset + Σ iₖ·strides[k])·size`. Safetensors tensors are contiguous regions
 /// of their own; PyTorch tensors are strided views into a storage entry of the zip.
 #[derive(Debug, Clone)]
@@ -76,10 +79,10 @@ struct TensorInfo {
     strides: Vec<usize>,
 }
 
-/// One opened weights file: its tensor names, shapes and dtypes, and their bytes, mapped.
+/// One opened weights file: its tensor names, shapes and dtypes, and where their bytes are.
 pub struct Checkpoint {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    file: std::fs::File,
     tensors: BTreeMap<String, TensorInfo>,
 }
 
@@ -106,8 +109,9 @@ impl Checkpoint {
         if len == 0 {
             return Err(corrupt(&path, "the file is empty"));
         }
-        // SAFETY: the map is read-only; like every memory-mapping loader (candle's, safetensors')
-        // this assumes nobody truncates the file while it is open.
+        // SAFETY: the map is read-only and dropped before `open` returns; like every
+        // memory-mapping loader (candle's, safetensors') this assumes nobody truncates the file
+        // meanwhile.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let tensors = if mmap.starts_with(b"PK\x03\x04") || mmap.starts_with(b"PK\x05\x06") {
             torch_zip_tensors(&path, &mmap)?
@@ -125,7 +129,7 @@ impl Checkpoint {
         };
         Ok(Checkpoint {
             path,
-            mmap,
+            file,
             tensors,
         })
     }
@@ -162,23 +166,72 @@ impl Checkpoint {
             .dtype
             .clone()
             .map_err(|stored| fail(format!("stored as {stored}, which cannot be read")))?;
-        let size = dtype.size_in_bytes();
-        let region = &self.mmap[info.region.clone()];
-        let numel: usize = info.shape.iter().product();
-        let bytes = if info.strides == contiguous_strides(&info.shape) {
-            let start = info.offset * size;
-            std::borrow::Cow::Borrowed(&region[start..start + numel * size])
+        let io = |e: std::io::Error| fail(format!("cannot read its data: {e}"));
+        let tensor = if info.strides == contiguous_strides(&info.shape) {
+            let start = (info.region.start + info.offset * dtype.size_in_bytes()) as u64;
+            let numel = info.shape.iter().product();
+            match dtype {
+                DType::F32 => self.read_vec::<f32>(start, numel, &info.shape, device),
+                DType::F16 => self.read_vec::<half::f16>(start, numel, &info.shape, device),
+                DType::BF16 => self.read_vec::<half::bf16>(start, numel, &info.shape, device),
+                _ => {
+                    let mut bytes = vec![0u8; numel * dtype.size_in_bytes()];
+                    read_exact_at(&self.file, &mut bytes, start).map_err(io)?;
+                    Tensor::from_raw_buffer(&bytes, dtype, &info.shape, device)
+                }
+            }
         } else {
-            std::borrow::Cow::Owned(gather(
-                region,
-                size,
-                info.offset,
-                &info.shape,
-                &info.strides,
-            ))
+            let mut region = vec![0u8; info.region.len()];
+            read_exact_at(&self.file, &mut region, info.region.start as u64).map_err(io)?;
+            let size = dtype.size_in_bytes();
+            let bytes = gather(&region, size, info.offset, &info.shape, &info.strides);
+            Tensor::from_raw_buffer(&bytes, dtype, &info.shape, device)
         };
-        Tensor::from_raw_buffer(&bytes, dtype, &info.shape, device).map_err(|e| fail(e.to_string()))
+        tensor.map_err(|e| fail(e.to_string()))
     }
+
+    /// `numel` elements of `T` stored from byte `start` on, read into the tensor's own buffer.
+    fn read_vec<T: candle_core::WithDType>(
+        &self,
+        start: u64,
+        numel: usize,
+        shape: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut data = vec![T::zero(); numel];
+        // SAFETY: the bytes cover exactly `data`'s initialised elements, and every bit pattern
+        // is a valid value of candle's element types (plain integers and floats).
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                data.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of_val(data.as_slice()),
+            )
+        };
+        read_exact_at(&self.file, bytes, start).map_err(candle_core::Error::wrap)?;
+        Tensor::from_vec(data, shape, device)
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(path: &Path, problem: impl Into<String>) -> WeightsError {
@@ -431,8 +484,8 @@ fn torch_zip_tensors(
     Ok(tensors)
 }
 
-/// The bytes of a zip entry inside the mapped archive. PyTorch stores entries uncompressed, so
-/// they are read in place.
+/// The bytes of a zip entry inside the archive. PyTorch stores entries uncompressed, so they
+/// are read in place.
 fn stored_entry<'a>(
     path: &Path,
     zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
