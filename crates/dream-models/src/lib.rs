@@ -4,6 +4,7 @@
 //! maps other checkpoint layouts onto those names, so the network code never sees files.
 
 pub mod attention;
+pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod detect;
