@@ -69,6 +69,10 @@ fi
 # 11. Variations (InvokeAI's and A1111's slerps), Perlin noise, torch.rand, Pillow's Lanczos.
 "$PY" "$TOOLS/variation_fixtures.py" $FX/variations $FX/images/init_64x64.png
 
+# VAE tiling: diffusers' tiled decode/encode with the tiny VAE and 32-pixel tiles.
+mkdir -p $FX/vae_tiling
+"$PY" "$TOOLS/vae_tiling_fixtures.py" $FX/tiny/vae $FX/vae_tiling/tiny_32px_tiles.safetensors
+
 # Every reference must reproduce with plain diffusers (generator=), from the folder and the single file.
 "$PY" "$TOOLS/check_fixtures.py" $FX
 du -sh $FX

@@ -356,8 +356,18 @@ impl AutoencoderKL {
     /// The posterior over latents for images `x` `[B, in_channels, H, W]` with values in
     /// [-1, 1]. Its mean and samples are unscaled: multiply by `scaling_factor` for the UNet.
     pub fn encode(&self, x: &Tensor) -> Result<DiagonalGaussian> {
+        self.posterior(&self.encode_moments(x)?)
+    }
+
+    /// The encoder's output for images `x`: the posterior's mean and log-variance, concatenated
+    /// over channels (what tiled encoding blends).
+    pub fn encode_moments(&self, x: &Tensor) -> Result<Tensor> {
         check_channels("encode", x, self.config.in_channels)?;
-        let moments = self.quant_conv.forward(&self.encoder.forward(x)?)?;
+        self.quant_conv.forward(&self.encoder.forward(x)?)
+    }
+
+    /// The posterior for `encode_moments`' output.
+    pub fn posterior(&self, moments: &Tensor) -> Result<DiagonalGaussian> {
         let latent = self.config.latent_channels;
         let mean = moments.narrow(1, 0, latent)?;
         // The clamp keeps exp finite for a degenerate encoder output, as in LDM.

@@ -13,6 +13,7 @@ pub mod image;
 pub mod img2img;
 pub mod model;
 pub mod sampling;
+pub mod tiling;
 pub mod txt2img;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use dream_core::prompt::Syntax;
 pub use dream_core::sampler::{Sampler, ScheduleKind};
 pub use model::{LoadOptions, StableDiffusion};
 pub use sampling::StepInfo;
+pub use tiling::VaeTiling;
 pub use txt2img::{Generated, Txt2Img};
 
 #[derive(Debug, thiserror::Error)]

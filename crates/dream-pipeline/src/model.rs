@@ -9,9 +9,10 @@ use dream_models::clip::ClipTextTransformer;
 use dream_models::config::VaeConfig;
 use dream_models::detect::Prediction;
 use dream_models::unet::UNet2DConditionModel;
-use dream_models::vae::AutoencoderKL;
+use dream_models::vae::{AutoencoderKL, DiagonalGaussian};
 use dream_models::weights;
 
+use crate::tiling::VaeTiling;
 use crate::DreamError;
 
 /// How to load a model.
@@ -24,6 +25,9 @@ pub struct LoadOptions {
     /// `from_single_file(config=...)`).
     pub config_dir: Option<PathBuf>,
     pub device: Device,
+    /// When the VAE decodes in tiles (`None`: never). The default tiles only images over
+    /// 1024 pixels on a side; [`VaeTiling::always`] is InvokeAI's/diffusers' `--vae_tiling`.
+    pub vae_tiling: Option<VaeTiling>,
 }
 
 impl Default for LoadOptions {
@@ -32,6 +36,7 @@ impl Default for LoadOptions {
             vae: None,
             config_dir: None,
             device: default_device(),
+            vae_tiling: Some(VaeTiling::default()),
         }
     }
 }
@@ -58,6 +63,7 @@ pub struct StableDiffusion {
     pub(crate) unet_in_channels: usize,
     pub(crate) scheduler: SchedulerConfig,
     pub(crate) device: Device,
+    vae_tiling: Option<VaeTiling>,
     name: String,
 }
 
@@ -117,6 +123,7 @@ impl StableDiffusion {
             vae_config: vae.config,
             scheduler,
             device: device.clone(),
+            vae_tiling: options.vae_tiling,
             name: model_name(path),
         })
     }
@@ -130,11 +137,41 @@ impl StableDiffusion {
         self.vae_config.latent_channels
     }
 
+    pub fn set_vae_tiling(&mut self, tiling: Option<VaeTiling>) {
+        self.vae_tiling = tiling;
+    }
+
     /// The VAE's image for latents, unclamped, `[B, 3, H, W]` in about [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, DreamError> {
-        Ok(self
-            .vae
-            .decode(&(latents / self.vae_config.scaling_factor)?)?)
+        let z = (latents / self.vae_config.scaling_factor)?;
+        let (_, _, height, width) = z.dims4()?;
+        let factor = self.vae_factor();
+        Ok(match self.vae_tiling {
+            Some(tiling) if tiling.applies(height * factor, width * factor) => {
+                tiling.decode(&z, factor, |tile| self.vae.decode(tile))?
+            }
+            _ => self.vae.decode(&z)?,
+        })
+    }
+
+    /// The VAE's posterior over (unscaled) latents for images `[B, 3, H, W]` in [-1, 1], tiled
+    /// as [`Self::decode`] is.
+    pub fn encode(&self, pixels: &Tensor) -> Result<DiagonalGaussian, DreamError> {
+        let (_, _, height, width) = pixels.dims4()?;
+        let factor = self.vae_factor();
+        Ok(match self.vae_tiling {
+            Some(tiling) if tiling.applies(height, width) => {
+                let moments =
+                    tiling.encode(pixels, factor, |tile| self.vae.encode_moments(tile))?;
+                self.vae.posterior(&moments)?
+            }
+            _ => self.vae.encode(pixels)?,
+        })
+    }
+
+    /// Image pixels per latent pixel: each VAE level after the first halves the resolution.
+    pub(crate) fn vae_factor(&self) -> usize {
+        1 << self.vae_config.block_out_channels.len().saturating_sub(1)
     }
 }
 
