@@ -65,9 +65,14 @@ if [ -n "${WEBUI:-}" ]; then
 else
     echo "WEBUI not set: fixtures/prompt left as they are" >&2
 fi
+"$PY" "$TOOLS/compel_fixtures.py" --model $FX/tiny --out $FX/prompt
 
 # 11. Variations (InvokeAI's and A1111's slerps), Perlin noise, torch.rand, Pillow's Lanczos.
 "$PY" "$TOOLS/variation_fixtures.py" $FX/variations $FX/images/init_64x64.png
+
+# 11. A 9-channel inpainting UNet and diffusers' inpaint pipeline references.
+mkdir -p $FX/inpaint
+"$PY" "$TOOLS/inpaint_fixtures.py" --tiny $FX/tiny --images $FX/images --out $FX/inpaint --work "$WORK"
 
 # VAE tiling: diffusers' tiled decode/encode with the tiny VAE and 32-pixel tiles.
 mkdir -p $FX/vae_tiling

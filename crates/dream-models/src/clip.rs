@@ -67,19 +67,42 @@ impl ClipTextTransformer {
     /// Encodes `input_ids`, integer token ids `[batch, seq]` with `seq` at most
     /// `max_position_embeddings` (77).
     pub fn forward(&self, input_ids: &Tensor) -> Result<ClipTextOutput> {
-        let (_, seq_len) = input_ids.dims2()?;
+        self.forward_embeddings(&self.token_embedding.forward(input_ids)?, None)
+    }
+
+    /// Encodes token embeddings `[batch, seq, hidden]` (rows of [`Self::token_embedding`], or
+    /// vectors of the caller's own such as textual-inversion embeddings). `attention_mask`
+    /// `[batch, seq]` holds 1 for the tokens to attend to and 0 for those every token must
+    /// ignore, as transformers' `attention_mask`.
+    pub fn forward_embeddings(
+        &self,
+        token_embeddings: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<ClipTextOutput> {
+        let (batch, seq_len, _) = token_embeddings.dims3()?;
         if seq_len > self.max_position_embeddings {
             bail!(
                 "CLIP takes at most {} tokens per prompt, got {seq_len}",
                 self.max_position_embeddings
             );
         }
-        let positions = Tensor::arange(0u32, seq_len as u32, input_ids.device())?;
-        let mut x = self
-            .token_embedding
-            .forward(input_ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
-        let mask = causal_mask(seq_len, x.dtype(), x.device())?;
+        let positions = Tensor::arange(0u32, seq_len as u32, token_embeddings.device())?;
+        let mut x =
+            token_embeddings.broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mut mask = causal_mask(seq_len, x.dtype(), x.device())?;
+        if let Some(keep) = attention_mask {
+            // [batch, 1 head, 1 query, seq keys]: -inf where a key is masked out.
+            let ignored = keep
+                .to_dtype(DType::F32)?
+                .eq(0.0)?
+                .where_cond(
+                    &Tensor::full(f32::NEG_INFINITY, (batch, seq_len), x.device())?,
+                    &Tensor::zeros((batch, seq_len), DType::F32, x.device())?,
+                )?
+                .to_dtype(x.dtype())?
+                .reshape((batch, 1, 1, seq_len))?;
+            mask = ignored.broadcast_add(&mask)?;
+        }
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
             let next = layer.forward(&x, &mask)?;

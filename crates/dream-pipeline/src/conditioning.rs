@@ -1,8 +1,9 @@
 //! Text conditioning from a prompt plan: each text's 75-token chunks through the CLIP text
-//! encoder, weighted by emphasis, for every step of the run. This is A1111's
+//! encoder, weighted by emphasis, for every step of the run. For A1111 syntax this is A1111's
 //! `FrozenCLIPEmbedderWithCustomWords` with `prompt_parser.get_learned_conditioning` (one
 //! encoder batch per `AND` part, every schedule row in it), and its CFG combination of `AND`
-//! parts (composable diffusion).
+//! parts (composable diffusion). For InvokeAI syntax it is compel's `EmbeddingsProvider` as
+//! InvokeAI runs it (`truncate_long_prompts=False`, downweighting by masking).
 //!
 //! All conditionings of a run have one length, so that the negative prompt and every `AND` part
 //! go through the UNet as one batch: `AND` parts are lengthened by repeating their last vector
@@ -10,8 +11,10 @@
 //! prompt's chunks (A1111 with "Pad prompt/negative prompt to be same length" on).
 
 use candle_core::{DType, Tensor};
-use dream_core::prompt::chunking::{Chunk, Chunker};
-use dream_core::prompt::{self, ConditioningPlan, PromptOptions, PromptText, SubPrompt, Syntax};
+use dream_core::prompt::chunking::{Chunk, Chunker, CHUNK_TOKENS};
+use dream_core::prompt::{
+    self, ConditioningPlan, Fragment, PromptOptions, PromptText, SubPrompt, Syntax,
+};
 use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::ClipTextTransformer;
 
@@ -72,9 +75,10 @@ impl PromptConditioning {
         plan: ConditioningPlan,
         options: &ConditioningOptions,
     ) -> Result<Self, DreamError> {
-        if plan.syntax != Syntax::A1111 {
+        if plan.syntax == Syntax::InvokeAi && options.emphasis != Emphasis::Original {
             return Err(DreamError::NotSupported(
-                "conditioning for InvokeAI (compel) prompt weights".into(),
+                "A1111's emphasis modes for InvokeAI prompts (compel weighs tokens its own way)"
+                    .into(),
             ));
         }
         let encoder = TextEncoder {
@@ -82,12 +86,16 @@ impl PromptConditioning {
             chunker: Chunker::new(tokenizer),
             options,
         };
+        let sub_prompt = |part: &SubPrompt| match plan.syntax {
+            Syntax::A1111 => encoder.sub_prompt(part),
+            Syntax::InvokeAi => encoder.compel_sub_prompt(part),
+        };
         let mut positive = plan
             .positive
             .iter()
-            .map(|part| encoder.sub_prompt(part))
+            .map(sub_prompt)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut negative = encoder.sub_prompt(&plan.negative)?;
+        let mut negative = sub_prompt(&plan.negative)?;
 
         let positive_len = positive
             .iter()
@@ -253,6 +261,121 @@ impl TextEncoder<'_> {
             .collect()
     }
 
+    /// The embeddings of each distinct text of a sub-prompt, as compel encodes them.
+    fn compel_sub_prompt(&self, part: &SubPrompt) -> Result<Vec<Tensor>, DreamError> {
+        part.texts
+            .iter()
+            .map(|text| self.compel_text(text))
+            .collect()
+    }
+
+    /// compel's conditioning of a prompt, a `.blend()` or an `.and()`: `[1, L, D]`.
+    fn compel_text(&self, text: &PromptText) -> Result<Tensor, DreamError> {
+        match text {
+            PromptText::Fragments(fragments) => self.compel_fragments(fragments),
+            PromptText::Blend { parts, normalize } => {
+                let mut encoded = parts
+                    .iter()
+                    .map(|part| self.compel_fragments(&part.fragments))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let len = encoded.iter().map(token_count).max().unwrap_or(0);
+                let empty = self.empty_chunk()?;
+                for part in encoded.iter_mut() {
+                    *part = append_chunks(part, &empty, len)?;
+                }
+                let mut weights: Vec<f32> = parts.iter().map(|p| p.weight as f32).collect();
+                if *normalize {
+                    let sum: f32 = weights.iter().sum();
+                    if sum == 0.0 || !sum.is_finite() {
+                        return Err(DreamError::InvalidRequest(format!(
+                            "the blend weights {weights:?} add up to {sum}, which cannot be divided by"
+                        )));
+                    }
+                    weights.iter_mut().for_each(|w| *w /= sum);
+                }
+                weighted_sum(&encoded, &weights)
+            }
+            PromptText::Conjunction(parts) => {
+                let empty = self.empty_chunk()?;
+                let encoded = parts
+                    .iter()
+                    .map(|part| {
+                        let c = self.compel_fragments(&part.fragments)?;
+                        if part.weight == 1.0 {
+                            return Ok(c);
+                        }
+                        let empty = empty.repeat((1, token_count(&c) / token_count(&empty), 1))?;
+                        Ok(((c - &empty)? * part.weight)?.add(&empty)?)
+                    })
+                    .collect::<Result<Vec<_>, DreamError>>()?;
+                Ok(Tensor::cat(&encoded, 1)?)
+            }
+        }
+    }
+
+    /// compel's `get_embeddings_for_weighted_prompt_fragments`: each token moved from the empty
+    /// prompt's conditioning by its weight; then, for each fragment weighing less than 1, a lerp
+    /// towards the prompt encoded with that fragment masked out of attention, by
+    /// `tan((1 − weight)·π/2)` against 1 for the prompt itself, so that a fragment of weight 0.5
+    /// sits halfway between having and lacking it.
+    fn compel_fragments(&self, fragments: &[Fragment]) -> Result<Tensor, DreamError> {
+        /// compel's floor on a weight before the tangent, which is infinite at 0.
+        const LEAST_WEIGHT: f64 = 1e-5;
+        let empty_prompt = [Fragment::text("", 1.0)];
+        let fragments = if fragments.is_empty() {
+            &empty_prompt[..]
+        } else {
+            fragments
+        };
+        let layout = self.chunker.compel_chunks(fragments);
+        let chunk_len = CHUNK_TOKENS + 2;
+        let len = layout.chunks.len() * chunk_len;
+        let mut masks = vec![vec![1u8; len]];
+        let mut lerp_weights = vec![1.0f64];
+        for (fragment, position) in fragments.iter().zip(&layout.fragment_positions) {
+            let Fragment::Text { weight, .. } = fragment else {
+                continue;
+            };
+            if *weight >= 1.0 {
+                continue;
+            }
+            let mut mask = vec![1u8; len];
+            if let Some((first, last)) = *position {
+                mask[first..=last].fill(0);
+                // A masked run across chunks keeps each chunk's first and last position.
+                for chunk in 0..layout.chunks.len() {
+                    mask[chunk * chunk_len] = 1;
+                    mask[chunk * chunk_len + chunk_len - 1] = 1;
+                }
+            }
+            masks.push(mask);
+            lerp_weights
+                .push(((1.0 - weight.max(LEAST_WEIGHT)) * std::f64::consts::FRAC_PI_2).tan());
+        }
+        let batch: Vec<&Chunk> = masks.iter().flat_map(|_| &layout.chunks).collect();
+        let device = self.text_encoder.token_embedding().device();
+        let mask = Tensor::from_vec(masks.concat(), (batch.len(), chunk_len), device)?;
+        let z = self.encode_masked(&batch, Some(&mask))?;
+        let z = self.move_from_empty(&z, &weights_of(&batch, &z)?)?;
+        // One row per variant: [variants, chunks·77, D].
+        let variants = z.reshape((masks.len(), len, z.dim(2)?))?;
+        let sum: f64 = lerp_weights.iter().sum();
+        let lerp_weights: Vec<f32> = lerp_weights.iter().map(|w| (w / sum) as f32).collect();
+        let rows = (0..masks.len())
+            .map(|i| variants.narrow(0, i, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        weighted_sum(&rows, &lerp_weights)
+    }
+
+    /// ComfyUI's emphasis and compel's weighting: a token weighing `w` ≠ 1 moves from the empty
+    /// prompt's vector at its position, `empty + (z − empty)·w`; the others stay as they are.
+    fn move_from_empty(&self, z: &Tensor, weights: &Tensor) -> Result<Tensor, DreamError> {
+        let empty = self.empty_chunk()?;
+        let moved = (z.broadcast_sub(&empty)?.broadcast_mul(weights)?).broadcast_add(&empty)?;
+        let weighted = weights.ne(1.0)?.broadcast_as(z.shape())?;
+        Ok(weighted.where_cond(&moved, z)?)
+    }
+
     /// The empty prompt's chunk, encoded: `[1, 77, D]`. Its weights are all 1, which every
     /// emphasis leaves as it is.
     fn empty_chunk(&self) -> Result<Tensor, DreamError> {
@@ -261,11 +384,21 @@ impl TextEncoder<'_> {
 
     /// The text encoder's output for a batch of chunks, `[n, 77, D]`, at the clip skip layer.
     fn encode(&self, batch: &[&Chunk]) -> Result<Tensor, DreamError> {
+        self.encode_masked(batch, None)
+    }
+
+    /// [`Self::encode`] with an attention mask `[n, 77]` (1 to attend, 0 to ignore).
+    fn encode_masked(&self, batch: &[&Chunk], mask: Option<&Tensor>) -> Result<Tensor, DreamError> {
         let ids: Vec<u32> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
         let width = batch.first().map_or(0, |c| c.ids.len());
         let device = self.text_encoder.token_embedding().device();
-        let ids = Tensor::from_vec(ids, (batch.len(), width), device)?;
-        let output = self.text_encoder.forward(&ids)?;
+        let ids = Tensor::from_vec(ids, batch.len() * width, device)?;
+        let embeddings = self
+            .text_encoder
+            .token_embedding()
+            .index_select(&ids, 0)?
+            .reshape((batch.len(), width, ()))?;
+        let output = self.text_encoder.forward_embeddings(&embeddings, mask)?;
         let skip = self.options.clip_skip;
         if skip <= 1 {
             return Ok(output.last_hidden_state);
@@ -286,13 +419,7 @@ impl TextEncoder<'_> {
     /// schedule rows chunk `i` stands for in the batch mean.
     fn weighted(&self, batch: &[&Chunk], repeats: &[usize]) -> Result<Tensor, DreamError> {
         let z = self.encode(batch)?;
-        let weights: Vec<f32> = batch
-            .iter()
-            .flat_map(|c| c.weights.iter().map(|&w| w as f32))
-            .collect();
-        let width = batch.first().map_or(0, |c| c.weights.len());
-        let weights =
-            Tensor::from_vec(weights, (batch.len(), width, 1), z.device())?.to_dtype(z.dtype())?;
+        let weights = weights_of(batch, &z)?;
         Ok(match self.options.emphasis {
             Emphasis::NoNorm => z.broadcast_mul(&weights)?,
             Emphasis::Original => {
@@ -300,15 +427,32 @@ impl TextEncoder<'_> {
                 let ratio = batch_mean(&z, repeats)? / batch_mean(&scaled, repeats)?;
                 (scaled * ratio)?
             }
-            Emphasis::ComfyUi => {
-                let empty = self.empty_chunk()?;
-                let moved =
-                    (z.broadcast_sub(&empty)?.broadcast_mul(&weights)?).broadcast_add(&empty)?;
-                let unweighted = weights.ne(1.0)?.broadcast_as(z.shape())?;
-                unweighted.where_cond(&moved, &z)?
-            }
+            Emphasis::ComfyUi => self.move_from_empty(&z, &weights)?,
         })
     }
+}
+
+/// The chunks' emphasis weights `[n, 77, 1]` in the dtype of their encoding `z`.
+fn weights_of(batch: &[&Chunk], z: &Tensor) -> Result<Tensor, DreamError> {
+    let weights: Vec<f32> = batch
+        .iter()
+        .flat_map(|c| c.weights.iter().map(|&w| w as f32))
+        .collect();
+    let width = batch.first().map_or(0, |c| c.weights.len());
+    Ok(Tensor::from_vec(weights, (batch.len(), width, 1), z.device())?.to_dtype(z.dtype())?)
+}
+
+/// `Σ weights[i] · tensors[i]` over tensors of one shape (compel's `apply_embedding_weights`).
+fn weighted_sum(tensors: &[Tensor], weights: &[f32]) -> Result<Tensor, DreamError> {
+    let mut sum: Option<Tensor> = None;
+    for (tensor, &weight) in tensors.iter().zip(weights) {
+        let term = (tensor * f64::from(weight))?;
+        sum = Some(match sum {
+            Some(sum) => (sum + term)?,
+            None => term,
+        });
+    }
+    sum.ok_or_else(|| DreamError::InvalidRequest("a blend of no prompts".into()))
 }
 
 /// The mean of a batch `[n, …]` whose row `i` occurs `repeats[i]` times.

@@ -42,8 +42,9 @@ fn read(path: PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The tiny model's tokenizer and text encoder, the encoder's final LayerNorm bias replaced.
-fn text_model(final_norm_bias: &Tensor) -> (ClipTokenizer, ClipTextTransformer) {
+/// The tiny model's tokenizer and text encoder, the encoder's final LayerNorm bias replaced if
+/// given.
+fn text_model(final_norm_bias: Option<&Tensor>) -> (ClipTokenizer, ClipTextTransformer) {
     let tokenizer = ClipTokenizer::from_vocab_and_merges(
         &read(fixture("tiny/tokenizer/vocab.json")),
         &read(fixture("tiny/tokenizer/merges.txt")),
@@ -61,10 +62,9 @@ fn text_model(final_norm_bias: &Tensor) -> (ClipTokenizer, ClipTextTransformer) 
             *tensor = tensor.to_dtype(DType::F32).unwrap();
         }
     }
-    weights.insert(
-        "text_model.final_layer_norm.bias".into(),
-        final_norm_bias.clone(),
-    );
+    if let Some(bias) = final_norm_bias {
+        weights.insert("text_model.final_layer_norm.bias".into(), bias.clone());
+    }
     let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
     (tokenizer, ClipTextTransformer::new(vb, &config).unwrap())
 }
@@ -78,7 +78,7 @@ fn conditioning_matches_a1111() {
         &Device::Cpu,
     )
     .unwrap();
-    let (tokenizer, text_encoder) = text_model(&reference["final_layer_norm.bias"]);
+    let (tokenizer, text_encoder) = text_model(Some(&reference["final_layer_norm.bias"]));
     // The first case's negative prompt is "": the empty prompt's chunk at clip skip 1.
     let empty = &reference["case0.negative.row0"];
     let mut worst = 0.0f32;
@@ -145,6 +145,53 @@ fn conditioning_matches_a1111() {
         }
     }
     println!("max abs difference from A1111: {worst:e}");
+}
+
+/// fixtures/prompt/compel_conditioning.*: compel's conditioning as InvokeAI builds it
+/// (tools/parity/compel_fixtures.py): weights, downweighting by masking, `.blend()`, `.and()`,
+/// legacy blends with and without `skip_normalize`, inline `[negative]` words, long prompts
+/// split at sentence and word ends, clip skip; positive and negative padded to one length.
+#[test]
+fn invokeai_conditioning_matches_compel() {
+    let cases: Value =
+        serde_json::from_str(&read(fixture("prompt/compel_conditioning.json"))).unwrap();
+    let reference = candle_core::safetensors::load(
+        fixture("prompt/compel_conditioning.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (tokenizer, text_encoder) = text_model(None);
+    let mut worst = 0.0f32;
+    for (index, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let mut options = ConditioningOptions::new(20);
+        options.prompt.syntax = Syntax::InvokeAi;
+        options.prompt.skip_normalize = case["skip_normalize"].as_bool().unwrap();
+        options.clip_skip = case["clip_skip"].as_u64().unwrap() as usize;
+        let plan = prompt::plan(
+            prompt,
+            case["negative_prompt"].as_str().unwrap(),
+            &options.prompt,
+        )
+        .unwrap();
+        let context = PromptConditioning::encode(&tokenizer, &text_encoder, plan, &options)
+            .unwrap_or_else(|e| panic!("{prompt:?}: {e}"))
+            .context_at(0)
+            .unwrap();
+        let expected = Tensor::stack(
+            &[
+                &reference[&format!("case{index}.negative")],
+                &reference[&format!("case{index}.positive")],
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(context.dims(), expected.dims(), "{prompt:?}");
+        let diff = max_abs_diff(&context, &expected);
+        assert!(diff < 1e-5, "{prompt:?}: {diff}");
+        worst = worst.max(diff);
+    }
+    println!("max abs difference from compel: {worst:e}");
 }
 
 #[test]

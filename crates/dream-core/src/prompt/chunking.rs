@@ -24,11 +24,22 @@ pub struct Chunk {
     pub weights: Vec<f64>,
 }
 
+/// compel's chunks of a prompt, and where each fragment's tokens are in them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompelChunks {
+    pub chunks: Vec<Chunk>,
+    /// Per fragment, the first and last position of its tokens in the chunks laid end to end
+    /// (chunk `c` starting at `c · 77`), or `None` for a fragment without tokens.
+    pub fragment_positions: Vec<Option<(usize, usize)>>,
+}
+
 /// Splits tokenized prompts into chunks.
 pub struct Chunker<'a> {
     tokenizer: &'a ClipTokenizer,
     /// The id of `,</w>`, if the vocabulary has it as one token.
     comma: Option<u32>,
+    /// The ids of `.</w>`, `,</w>`, `;</w>` and `:</w>`, where compel prefers to cut.
+    punctuation: [Option<u32>; 4],
     /// How many tokens a chunk boundary may move back to reach the last comma; 0 turns the
     /// move off.
     pub comma_backtrack: usize,
@@ -36,13 +47,15 @@ pub struct Chunker<'a> {
 
 impl<'a> Chunker<'a> {
     pub fn new(tokenizer: &'a ClipTokenizer) -> Self {
-        let comma = match tokenizer.encode(",")[..] {
+        let single = |text: &str| match tokenizer.encode(text)[..] {
             [id] => Some(id),
             _ => None,
         };
+        let comma = single(",");
         Chunker {
             tokenizer,
             comma,
+            punctuation: [".", ",", ";", ":"].map(single),
             comma_backtrack: COMMA_BACKTRACK,
         }
     }
@@ -108,14 +121,81 @@ impl<'a> Chunker<'a> {
         }
     }
 
-    /// The chunk of the tokens gathered so far, which it takes, leaving them empty.
+    /// compel's chunks of a prompt's fragments with `truncate_long_prompts=False` (as InvokeAI
+    /// runs it): the fragments' tokens one after the other, cut where a chunk would pass 75
+    /// tokens after the last `.` within it, else the last `.`, `,`, `;` or `:`, else the last
+    /// word end, else at 75 (`SplitLongTextMode.SENTENCES`).
+    pub fn compel_chunks(&self, fragments: &[Fragment]) -> CompelChunks {
+        let mut ids = Vec::new();
+        let mut weights = Vec::new();
+        let mut spans = Vec::new();
+        for fragment in fragments {
+            if let Fragment::Text { text, weight } = fragment {
+                let tokens = self.tokenizer.encode(text);
+                spans.push(ids.len()..ids.len() + tokens.len());
+                weights.extend(std::iter::repeat_n(*weight, tokens.len()));
+                ids.extend(tokens);
+            }
+        }
+        // Where each token lands in the chunks, counting the start-of-text of each.
+        let mut positions = Vec::with_capacity(ids.len());
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = start + self.compel_split(&ids[start..]);
+            let first = chunks.len() * (CHUNK_TOKENS + 2) + 1;
+            positions.extend(first..first + end - start);
+            chunks.push(self.frame(
+                &mut ids[start..end].to_vec(),
+                &mut weights[start..end].to_vec(),
+            ));
+            start = end;
+            if start == ids.len() {
+                break;
+            }
+        }
+        let fragment_positions = spans
+            .into_iter()
+            .map(|span| {
+                (!span.is_empty()).then(|| (positions[span.start], positions[span.end - 1]))
+            })
+            .collect();
+        CompelChunks {
+            chunks,
+            fragment_positions,
+        }
+    }
+
+    /// How many of `ids` compel puts in the next chunk (`_find_next_best_split_point`).
+    fn compel_split(&self, ids: &[u32]) -> usize {
+        if ids.len() <= CHUNK_TOKENS {
+            return ids.len();
+        }
+        let head = &ids[..CHUNK_TOKENS];
+        let last = |found: &dyn Fn(u32) -> bool| head.iter().rposition(|&id| found(id));
+        let sentence_end = self.punctuation[0];
+        last(&|id| Some(id) == sentence_end)
+            .or_else(|| last(&|id| self.punctuation.contains(&Some(id))))
+            .or_else(|| {
+                last(&|id| {
+                    self.tokenizer
+                        .decode_token(id)
+                        .is_some_and(|token| token.ends_with(' '))
+                })
+            })
+            .map_or(CHUNK_TOKENS, |index| index + 1)
+    }
+
+    /// The chunk of the tokens gathered so far, which it takes, leaving them empty: start of
+    /// text, the tokens, end of text, then the tokenizer's padding (end of text for SD 1.x, `!`
+    /// for SD 2.x's OpenCLIP vocabulary, as A1111 and compel pad).
     fn frame(&self, ids: &mut Vec<u32>, weights: &mut Vec<f64>) -> Chunk {
-        let eos = self.tokenizer.eos();
         let padding = CHUNK_TOKENS.saturating_sub(ids.len());
         let mut chunk_ids = Vec::with_capacity(CHUNK_TOKENS + 2);
         chunk_ids.push(self.tokenizer.bos());
         chunk_ids.append(ids);
-        chunk_ids.extend(std::iter::repeat_n(eos, padding + 1));
+        chunk_ids.push(self.tokenizer.eos());
+        chunk_ids.extend(std::iter::repeat_n(self.tokenizer.pad_id(), padding));
         let mut chunk_weights = Vec::with_capacity(CHUNK_TOKENS + 2);
         chunk_weights.push(1.0);
         chunk_weights.append(weights);
