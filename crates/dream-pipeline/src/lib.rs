@@ -12,6 +12,7 @@ pub mod guidance;
 pub mod image;
 pub mod img2img;
 pub mod model;
+pub mod registry;
 pub mod sampling;
 pub mod tiling;
 pub mod txt2img;

@@ -1,0 +1,150 @@
+//! `!fetch`: the `invoke>` command that makes an image again, from the metadata any tool
+//! (Dream, InvokeAI, A1111, ComfyUI) stored in it.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use dream_core::metadata::{read_generation_info, GenerationInfo};
+use dream_core::sampler::{SamplerChoice, ScheduleKind};
+
+/// The command for the image at `path`; `karras_max` is the session's `--karras_max` (an
+/// InvokeAI sampler name stands for the schedule it picks by step count).
+pub fn command_of(path: &Path, karras_max: usize) -> Result<String> {
+    let chunks = dream_pipeline::image::read_png_text(path)?;
+    let info = read_generation_info(&chunks)
+        .ok_or_else(|| anyhow!("{}: no generation parameters found", path.display()))?;
+    Ok(command(&info, karras_max))
+}
+
+/// `!fetch PATTERN OUT.txt`: the commands of every image matching PATTERN, one a line.
+pub fn write_commands(pattern: &str, out: &Path, karras_max: usize) -> Result<usize> {
+    let paths: Vec<_> = glob::glob(pattern)
+        .with_context(|| format!("bad file pattern {pattern}"))?
+        .filter_map(|entry| entry.ok())
+        .collect();
+    anyhow::ensure!(!paths.is_empty(), "no file matches {pattern}");
+    let mut lines = String::new();
+    for path in &paths {
+        lines.push_str(&command_of(path, karras_max)?);
+        lines.push('\n');
+    }
+    std::fs::write(out, lines).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(paths.len())
+}
+
+/// The `invoke>` line for `info`.
+pub fn command(info: &GenerationInfo, karras_max: usize) -> String {
+    let mut words = vec![quote(&info.prompt)];
+    let mut switch = |flag: &str, value: Option<String>| {
+        if let Some(value) = value {
+            words.push(format!("{flag} {value}"));
+        }
+    };
+    switch("-s", info.steps.map(|v| v.to_string()));
+    switch("-S", info.seed.map(|v| v.to_string()));
+    switch("-W", info.width.map(|v| v.to_string()));
+    switch("-H", info.height.map(|v| v.to_string()));
+    switch("-C", info.cfg_scale.map(|v| v.to_string()));
+    switch("-A", sampler(info, karras_max).map(|s| shell_quote(&s)));
+    switch(
+        "--clip_skip",
+        info.clip_skip.filter(|&c| c > 1).map(|c| c.to_string()),
+    );
+    switch(
+        "--perlin",
+        info.perlin.filter(|&p| p > 0.0).map(|p| p.to_string()),
+    );
+    if let Some(axes) = &info.seamless {
+        words.push(format!(
+            "--seamless --seamless_axes {}",
+            axes.replace(',', "")
+        ));
+    }
+    if info.hires_fix {
+        words.push("--hires_fix".into());
+    }
+    if !info.variations.is_empty() {
+        let chain: Vec<String> = info
+            .variations
+            .iter()
+            .map(|(seed, weight)| format!("{seed}:{weight}"))
+            .collect();
+        words.push(format!("-V {}", chain.join(",")));
+    }
+    words.join(" ")
+}
+
+/// The sampler name that gives back the recorded sampler *and* schedule: the recorded name
+/// when its default schedule is the recorded one, else A1111's "<sampler> <schedule>".
+fn sampler(info: &GenerationInfo, karras_max: usize) -> Option<String> {
+    let name = info.sampler.clone()?;
+    let (Ok(choice), Some(Ok(schedule)), Some(steps)) = (
+        name.parse::<SamplerChoice>(),
+        info.schedule.as_deref().map(str::parse::<ScheduleKind>),
+        info.steps,
+    ) else {
+        return Some(name);
+    };
+    if choice.schedule_for(steps, karras_max) == schedule {
+        return Some(name);
+    }
+    let combined = format!("{} {}", choice.sampler.a1111_name(), schedule.a1111_name());
+    match combined.parse::<SamplerChoice>() {
+        Ok(back) if back.sampler == choice.sampler && back.schedule == Some(schedule) => {
+            Some(combined)
+        }
+        _ => Some(name),
+    }
+}
+
+/// A word as the `invoke>` line (and a POSIX shell) reads it back.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:,+=@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        quote(word)
+    }
+}
+
+/// A word in double quotes, as shlex reads it back.
+pub fn quote(word: &str) -> String {
+    format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dream_core::metadata::{A1111Parameters, MetadataFormat};
+
+    #[test]
+    fn the_recorded_schedule_survives() {
+        let mut info = GenerationInfo::new(MetadataFormat::A1111);
+        info.prompt = "a \"red\" apple".into();
+        info.steps = Some(20);
+        info.seed = Some(42);
+        info.cfg_scale = Some(7.0);
+        // InvokeAI's k_euler_a below --karras_max is Karras: the name alone says it.
+        info.sampler = Some("k_euler_a".into());
+        info.schedule = Some("karras".into());
+        assert_eq!(
+            command(&info, 30),
+            r#""a \"red\" apple" -s 20 -S 42 -C 7 -A k_euler_a"#
+        );
+        // From --karras_max steps on it would not be: A1111's combined name keeps Karras.
+        assert!(command(&info, 10).ends_with(r#"-A "Euler a Karras""#));
+        // A1111's own labels.
+        let info = A1111Parameters::parse(
+            "cat\nSteps: 8, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 1, \
+             Size: 64x64, Clip skip: 2",
+        )
+        .to_info();
+        assert_eq!(
+            command(&info, 30),
+            r#""cat" -s 8 -S 1 -W 64 -H 64 -C 5 -A "DPM++ 2M" --clip_skip 2"#
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! From a prompt and its switches to images on disk, and the line that makes each again.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
+use dream_pipeline::{InitImage, StableDiffusion, Txt2Img};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::fetch::{quote, shell_quote};
+use crate::switches::Switches;
+
+/// InvokeAI's defaults for what `Txt2Img::new` does not set.
+pub const DEFAULT_SAMPLER: &str = "k_lms";
+pub const DEFAULT_STRENGTH: f64 = 0.75;
+pub const DEFAULT_OUTDIR: &str = "outputs/img-samples";
+
+/// An image this session made.
+#[derive(Debug, Clone)]
+pub struct Made {
+    pub path: PathBuf,
+    pub seed: u32,
+}
+
+/// One command, checked and resolved (everything but the model), ready to render.
+pub struct Plan {
+    /// The request of the first image; image k differs by its seed only.
+    first: Txt2Img,
+    iterations: u32,
+    sampler_name: String,
+    init_path: Option<PathBuf>,
+    outdir: PathBuf,
+}
+
+impl Plan {
+    /// Resolves `switches` for `prompt`; `previous` are the images of the previous command
+    /// (for `-S -1` and `-I -1`), `model_size` the model's own default size, if it has one.
+    pub fn new(
+        prompt: &str,
+        switches: &Switches,
+        previous: &[Made],
+        model_size: (Option<usize>, Option<usize>),
+    ) -> Result<Plan> {
+        switches.refuse_unsupported()?;
+        let sampler_name = switches.sampler.as_deref().unwrap_or(DEFAULT_SAMPLER);
+        let choice: SamplerChoice = sampler_name.parse()?;
+        let init_path = match switches.init_img.as_deref() {
+            Some(path) => Some(init_image_path(path, previous)?),
+            None => None,
+        };
+        let strength = switches.strength.unwrap_or(DEFAULT_STRENGTH);
+        let init = match &init_path {
+            Some(path) => Some(InitImage::open(path, strength)?),
+            None => None,
+        };
+        let base = Txt2Img::new(prompt, 0);
+        // InvokeAI's default size is the init image's, else the model's.
+        let init_size = init.as_ref().map(|i| (i.image.width, i.image.height));
+        let default_width = init_size.map(|s| s.0).or(model_size.0);
+        let default_height = init_size.map(|s| s.1).or(model_size.1);
+        let steps = switches.steps.unwrap_or(base.steps);
+        let first = Txt2Img {
+            steps,
+            cfg_scale: switches.cfg_scale.unwrap_or(base.cfg_scale),
+            width: switches.width.or(default_width).unwrap_or(base.width),
+            height: switches.height.or(default_height).unwrap_or(base.height),
+            seed: match switches.seed {
+                Some(seed) => resolve_seed(seed, previous)?,
+                None => random_seed(),
+            },
+            sampler: choice.sampler,
+            schedule: choice
+                .schedule_for(steps, switches.karras_max.unwrap_or(INVOKEAI_KARRAS_MAX)),
+            clip_skip: switches.clip_skip.unwrap_or(base.clip_skip),
+            init,
+            ..base
+        };
+        Ok(Plan {
+            first,
+            iterations: switches.iterations.unwrap_or(1),
+            sampler_name: sampler_name.to_string(),
+            init_path,
+            outdir: switches
+                .outdir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_OUTDIR)),
+        })
+    }
+
+    /// Renders every image, printing each one's path and command as it is saved.
+    pub fn run(&self, model: &StableDiffusion) -> Result<Vec<Made>> {
+        std::fs::create_dir_all(&self.outdir)
+            .with_context(|| format!("cannot create {}", self.outdir.display()))?;
+        let mut made = Vec::new();
+        for k in 0..self.iterations {
+            let request = Txt2Img {
+                seed: self.first.seed.wrapping_add(k),
+                ..self.first.clone()
+            };
+            let steps_run = match &request.init {
+                Some(init) => init.steps(request.steps)?.steps_run(),
+                None => request.steps,
+            };
+            let bar = progress_bar(steps_run);
+            let generated =
+                model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
+            bar.finish_and_clear();
+            let path = dream_pipeline::image::next_output_path(&self.outdir, request.seed)?;
+            generated.save(&path, model.name())?;
+            println!("{}: {}", path.display(), self.command(&request));
+            made.push(Made {
+                path,
+                seed: request.seed,
+            });
+        }
+        Ok(made)
+    }
+
+    /// The InvokeAI command line that makes `r` again.
+    fn command(&self, r: &Txt2Img) -> String {
+        let command = format!(
+            "{} -s{} -W{} -H{} -C{} -A{} -S{}",
+            quote(&r.prompt),
+            r.steps,
+            r.width,
+            r.height,
+            r.cfg_scale,
+            shell_quote(&self.sampler_name),
+            r.seed
+        );
+        match (&r.init, &self.init_path) {
+            (Some(init), Some(path)) => format!(
+                "{command} -I{} -f{}",
+                shell_quote(&path.display().to_string()),
+                init.strength
+            ),
+            _ => command,
+        }
+    }
+}
+
+/// `-S -k` is the seed of the k-th last image of the previous command.
+fn resolve_seed(seed: i64, previous: &[Made]) -> Result<u32> {
+    if seed < 0 {
+        return from_previous(seed, previous, "-S").map(|made| made.seed);
+    }
+    u32::try_from(seed).map_err(|_| anyhow!("seeds go from 0 to {}, got {seed}", u32::MAX))
+}
+
+/// `-I -k` is the k-th last image of the previous command.
+fn init_image_path(path: &str, previous: &[Made]) -> Result<PathBuf> {
+    match path.parse::<i64>() {
+        Ok(k) if k < 0 => from_previous(k, previous, "-I").map(|made| made.path.clone()),
+        _ => Ok(Path::new(path).to_path_buf()),
+    }
+}
+
+fn from_previous<'a>(k: i64, previous: &'a [Made], switch: &str) -> Result<&'a Made> {
+    let back = k.unsigned_abs() as usize;
+    previous
+        .len()
+        .checked_sub(back)
+        .map(|i| &previous[i])
+        .ok_or_else(|| {
+            anyhow!(
+                "{switch} {k}: the previous command made {} image(s)",
+                previous.len()
+            )
+        })
+}
+
+fn progress_bar(steps: usize) -> ProgressBar {
+    // indicatif draws nothing when stderr is not a terminal.
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}]",
+        )
+        .expect("the template is valid"),
+    );
+    bar
+}
+
+/// A seed from the OS's randomness (std seeds every `RandomState` from it).
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
+}
