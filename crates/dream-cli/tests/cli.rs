@@ -382,3 +382,233 @@ fn info_prints_the_parameters_of_images_from_any_tool() {
         "{stderr}"
     );
 }
+
+/// Runs `dream ARGS` with `input` on its standard input (the REPL reads it line by line).
+fn dream_with_input(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dream"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn pixels(path: &Path) -> Vec<u8> {
+    let mut reader = png::Decoder::new(std::fs::File::open(path).unwrap())
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    reader.next_frame(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
+    let out = temp_dir("repl");
+    let model = fixture("tiny");
+    // Startup switches are every line's defaults.
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "2",
+        "-W",
+        "64",
+        "-H",
+        "64",
+    ];
+    let input = "a red apple -S 42 -A ddim\n\
+                 x --bogus\n\
+                 \"a red apple\" -A ddim -S -1\n\
+                 !history\n\
+                 !nonesuch\n";
+    let output = dream_with_input(&args, input);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Each bad line gets a one-line error and the next line still runs.
+    assert!(
+        stderr.contains("error: unexpected argument '--bogus' found\n"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown command !nonesuch"), "{stderr}");
+    assert!(
+        !output.status.success(),
+        "a failed line shows in the exit code"
+    );
+    // -S -1 is the previous image's seed: the same image again.
+    let (first, again) = (out.join("000001.42.png"), out.join("000002.42.png"));
+    assert!(first.exists() && again.exists(), "{stdout}\n{stderr}");
+    assert_eq!(pixels(&first), pixels(&again));
+    assert!(
+        stdout.contains("[1] a red apple -S 42 -A ddim\n[2] x --bogus\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn fetched_commands_make_the_same_images_again() {
+    let out = temp_dir("fetch");
+    let model = fixture("tiny");
+    let model = model.to_str().unwrap();
+    // Karras (k_euler_a below --karras_max), an A1111 name, clip skip.
+    let input = format!(
+        "a red apple -s 3 -W 64 -H 64 -S 42 -A k_euler_a\n\
+         a cat, (sitting:1.2) -s 2 -W 64 -H 64 -S 7 -A \"DPM++ 2M\" -C 5 --clip_skip 2\n\
+         !fetch {}/*.png {}/commands.txt\n",
+        out.display(),
+        out.display()
+    );
+    let output = dream_with_input(&["--model", model, "-o", out.to_str().unwrap()], &input);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let commands = std::fs::read_to_string(out.join("commands.txt")).unwrap();
+    assert_eq!(commands.lines().count(), 2, "{commands}");
+
+    // !replay of the fetched commands in a new session makes the same pixels.
+    let again = temp_dir("fetch-again");
+    let replay = format!("!replay {}\n", out.join("commands.txt").display());
+    let output = dream_with_input(&["--model", model, "-o", again.to_str().unwrap()], &replay);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for name in ["000001.42.png", "000002.7.png"] {
+        assert_eq!(
+            pixels(&out.join(name)),
+            pixels(&again.join(name)),
+            "{name}: {commands}"
+        );
+    }
+    // !fetch of one image offers its command (printed when not on a terminal).
+    let output = dream_with_input(
+        &["--model", model],
+        &format!("!fetch {}\n", out.join("000002.7.png").display()),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "\"a cat, (sitting:1.2)\" -s 2 -S 7 -W 64 -H 64 -C 5 -A k_dpmpp_2 --clip_skip 2"
+    );
+}
+
+#[test]
+fn models_come_from_the_registry_by_name() {
+    let root = temp_dir("registry");
+    let registry = root.join("configs/models.yaml");
+    let registry = registry.to_str().unwrap();
+    let model = fixture("tiny");
+    let out = root.join("out");
+    // Without a model, dream says how to get one.
+    let output = dream(&["x", "--config", registry]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("no model to render with")
+            && stderr.contains("--model"),
+        "{stderr}"
+    );
+    let input = format!(
+        "!import_model {} tiny1\n!edit_model tiny1 width=64 height=64 \"description=a tiny model\"\n!models\n",
+        model.display()
+    );
+    let output = dream_with_input(&["--config", registry], &input);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("tiny1") && stdout.contains("a tiny model"),
+        "{stdout}"
+    );
+    let yaml = std::fs::read_to_string(registry).unwrap();
+    assert!(
+        yaml.contains("tiny1:\n") && yaml.contains("width: 64") && yaml.contains("default: true"),
+        "{yaml}"
+    );
+
+    // The registry's default model and its size, with no --model, -W or -H.
+    let output = dream(&[
+        "x",
+        "--config",
+        registry,
+        "-s",
+        "1",
+        "-S",
+        "3",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parameters = png_text(&out.join("000001.3.png"), "parameters").unwrap();
+    assert!(
+        parameters.contains("Size: 64x64, Model: tiny,"),
+        "{parameters}"
+    );
+
+    // !switch to an unknown model fails; the session goes on and can delete the model.
+    let output = dream_with_input(
+        &["--config", registry, "--model", "tiny1"],
+        "!switch nonesuch\n!del_model tiny1\n!models\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nonesuch: no such file or folder, nor a model in"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no models in"));
+}
+
+#[test]
+fn unbuilt_switches_are_refused_before_the_model_loads() {
+    let model = fixture("tiny");
+    let model = model.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["x", "--model", model, "-G", "0.5"],
+            "-G/--facetool_strength is not supported yet",
+        ),
+        (
+            &["x", "--model", model, "-ft", "codeformer"],
+            "-ft/--facetool is not supported yet",
+        ),
+        (
+            &["x", "--model", model, "--web"],
+            "--web is not supported yet",
+        ),
+        (
+            &["x", "--model", model, "--precision", "float16"],
+            "--precision float16 is not supported yet",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = dream(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(message),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("loading"), "{args:?}: {stderr}");
+    }
+}
