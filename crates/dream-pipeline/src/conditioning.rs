@@ -13,7 +13,7 @@
 use candle_core::{DType, Tensor};
 use dream_core::prompt::chunking::{Chunk, Chunker, CHUNK_TOKENS};
 use dream_core::prompt::{
-    self, ConditioningPlan, Fragment, PromptOptions, PromptText, SubPrompt, Syntax,
+    self, ConditioningPlan, Fragment, PromptOptions, PromptText, SubPrompt, Syntax, TokenTable,
 };
 use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::ClipTextTransformer;
@@ -56,6 +56,98 @@ impl ConditioningOptions {
     }
 }
 
+/// Textual-inversion embeddings that prompts can name: each a name (matched as
+/// [`TokenTable`] describes) standing for one or more vectors in the text encoder's input space,
+/// which replace the name's tokens before the encoder runs.
+#[derive(Debug, Clone, Default)]
+pub struct TextualInversions {
+    table: Option<TokenTable>,
+    /// Every embedding's vectors in id order, `[total, hidden]`.
+    vectors: Option<Tensor>,
+}
+
+impl TextualInversions {
+    /// Adds the embedding `name` with its `vectors` `[n, hidden]` for a model's tokenizer and
+    /// text encoder.
+    pub fn insert(
+        &mut self,
+        tokenizer: &ClipTokenizer,
+        text_encoder: &ClipTextTransformer,
+        name: &str,
+        vectors: &Tensor,
+    ) -> Result<(), DreamError> {
+        let table_embeddings = text_encoder.token_embedding();
+        let hidden = table_embeddings.dim(1)?;
+        let (count, width) = match vectors.dims() {
+            &[count, width] => (count, width),
+            &[width] => (1, width),
+            dims => {
+                return Err(DreamError::InvalidRequest(format!(
+                    "the embedding {name:?} has shape {dims:?}; expected [vectors, {hidden}]"
+                )))
+            }
+        };
+        if width != hidden {
+            return Err(DreamError::InvalidRequest(format!(
+                "the embedding {name:?} has vectors of {width} values; this model's text encoder takes {hidden}"
+            )));
+        }
+        let table = self.table.get_or_insert_with(|| TokenTable::new(tokenizer));
+        table
+            .insert(tokenizer, name, count)
+            .map_err(|e| DreamError::InvalidRequest(e.to_string()))?;
+        let vectors = vectors
+            .reshape((count, hidden))?
+            .to_dtype(table_embeddings.dtype())?
+            .to_device(table_embeddings.device())?;
+        self.vectors = Some(match self.vectors.take() {
+            Some(all) => Tensor::cat(&[&all, &vectors], 0)?,
+            None => vectors,
+        });
+        Ok(())
+    }
+
+    /// The names and the ids of their vectors.
+    pub fn table(&self) -> Option<&TokenTable> {
+        self.table.as_ref()
+    }
+
+    /// Token embeddings `[n, width, hidden]` for ids `[n · width]`: the text encoder's own rows,
+    /// and the embeddings' vectors for ids past the vocabulary.
+    fn embed(
+        &self,
+        token_embedding: &Tensor,
+        ids: &[u32],
+        shape: (usize, usize),
+    ) -> Result<Tensor, DreamError> {
+        let device = token_embedding.device();
+        let lookup = |table: &Tensor, ids: Vec<u32>| -> Result<Tensor, DreamError> {
+            let len = ids.len();
+            Ok(table
+                .index_select(&Tensor::from_vec(ids, len, device)?, 0)?
+                .reshape((shape.0, shape.1, ()))?)
+        };
+        let (Some(table), Some(vectors)) = (&self.table, &self.vectors) else {
+            return lookup(token_embedding, ids.to_vec());
+        };
+        let first = table.first_id();
+        let own = lookup(
+            token_embedding,
+            ids.iter()
+                .map(|&id| if id < first { id } else { 0 })
+                .collect(),
+        )?;
+        let learned = lookup(
+            vectors,
+            ids.iter().map(|&id| id.saturating_sub(first)).collect(),
+        )?;
+        let is_learned: Vec<u8> = ids.iter().map(|&id| u8::from(id >= first)).collect();
+        let is_learned = Tensor::from_vec(is_learned, (shape.0, shape.1, 1), device)?
+            .broadcast_as(own.shape())?;
+        Ok(is_learned.where_cond(&learned, &own)?)
+    }
+}
+
 /// The encoded plan: for each step, the negative prompt's and each `AND` part's embeddings.
 pub struct PromptConditioning {
     plan: ConditioningPlan,
@@ -68,10 +160,12 @@ pub struct PromptConditioning {
 }
 
 impl PromptConditioning {
-    /// Encodes a conditioning plan with a tokenizer and a CLIP text encoder.
+    /// Encodes a conditioning plan with a tokenizer, a CLIP text encoder and the
+    /// textual-inversion embeddings the prompts may name.
     pub fn encode(
         tokenizer: &ClipTokenizer,
         text_encoder: &ClipTextTransformer,
+        embeddings: &TextualInversions,
         plan: ConditioningPlan,
         options: &ConditioningOptions,
     ) -> Result<Self, DreamError> {
@@ -81,9 +175,14 @@ impl PromptConditioning {
                     .into(),
             ));
         }
+        let chunker = match embeddings.table() {
+            Some(table) => Chunker::new(tokenizer).with_token_table(table),
+            None => Chunker::new(tokenizer),
+        };
         let encoder = TextEncoder {
             text_encoder,
-            chunker: Chunker::new(tokenizer),
+            embeddings,
+            chunker,
             options,
         };
         let sub_prompt = |part: &SubPrompt| match plan.syntax {
@@ -183,7 +282,20 @@ impl StableDiffusion {
     ) -> Result<PromptConditioning, DreamError> {
         let plan = prompt::plan(prompt, negative_prompt, &options.prompt)
             .map_err(|e| DreamError::InvalidRequest(e.to_string()))?;
-        PromptConditioning::encode(&self.tokenizer, &self.text_encoder, plan, options)
+        PromptConditioning::encode(
+            &self.tokenizer,
+            &self.text_encoder,
+            &self.embeddings,
+            plan,
+            options,
+        )
+    }
+
+    /// Adds a textual-inversion embedding, `[vectors, hidden]`, that prompts can name: A1111
+    /// prompts by `name` as a word, InvokeAI prompts as `<name>`.
+    pub fn add_embedding(&mut self, name: &str, vectors: &Tensor) -> Result<(), DreamError> {
+        self.embeddings
+            .insert(&self.tokenizer, &self.text_encoder, name, vectors)
     }
 }
 
@@ -220,6 +332,7 @@ fn append_chunks(embeddings: &Tensor, chunk: &Tensor, len: usize) -> Result<Tens
 
 struct TextEncoder<'a> {
     text_encoder: &'a ClipTextTransformer,
+    embeddings: &'a TextualInversions,
     chunker: Chunker<'a>,
     options: &'a ConditioningOptions,
 }
@@ -391,13 +504,11 @@ impl TextEncoder<'_> {
     fn encode_masked(&self, batch: &[&Chunk], mask: Option<&Tensor>) -> Result<Tensor, DreamError> {
         let ids: Vec<u32> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
         let width = batch.first().map_or(0, |c| c.ids.len());
-        let device = self.text_encoder.token_embedding().device();
-        let ids = Tensor::from_vec(ids, batch.len() * width, device)?;
-        let embeddings = self
-            .text_encoder
-            .token_embedding()
-            .index_select(&ids, 0)?
-            .reshape((batch.len(), width, ()))?;
+        let embeddings = self.embeddings.embed(
+            self.text_encoder.token_embedding(),
+            &ids,
+            (batch.len(), width),
+        )?;
         let output = self.text_encoder.forward_embeddings(&embeddings, mask)?;
         let skip = self.options.clip_skip;
         if skip <= 1 {

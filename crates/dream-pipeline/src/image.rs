@@ -44,47 +44,93 @@ impl RgbImage {
 }
 
 impl RgbImage {
-    /// Reads a PNG of any colour type and bit depth as 8-bit RGB: palettes are expanded,
-    /// grey is repeated into the three channels, 16-bit samples keep their high byte, and an
-    /// alpha channel is dropped (the transparent pixels keep their stored colour).
-    pub fn read_png(path: &Path) -> Result<RgbImage, DreamError> {
-        let not_png = |message: String| DreamError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!("not a readable PNG image: {message}")),
-        };
-        let file = File::open(path).map_err(|source| DreamError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
-        decoder.set_transformations(png::Transformations::normalize_to_color8());
-        let mut reader = decoder.read_info().map_err(|e| not_png(e.to_string()))?;
-        let mut buffer = vec![0; reader.output_buffer_size()];
-        let frame = reader
-            .next_frame(&mut buffer)
-            .map_err(|e| not_png(e.to_string()))?;
-        let samples = &buffer[..frame.buffer_size()];
-        let pixels: Vec<u8> = match frame.color_type {
-            png::ColorType::Rgb => samples.to_vec(),
-            png::ColorType::Rgba => samples
+    /// Reads an image file as 8-bit RGB (see [`RgbaImage::open`]); transparency is dropped and
+    /// transparent pixels keep their stored colour.
+    pub fn open(path: &Path) -> Result<RgbImage, DreamError> {
+        Ok(RgbaImage::open(path)?.to_rgb())
+    }
+}
+
+/// An 8-bit RGBA image, row-major, four bytes a pixel: an init image with its transparency,
+/// which inpainting and outpainting read as the area to repaint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbaImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl RgbaImage {
+    /// Reads a PNG, JPEG, WebP or BMP file of any colour type as 8-bit RGBA: palettes are
+    /// expanded, grey is repeated into the three channels, 16-bit samples are rounded to 8
+    /// bits, and images without alpha are opaque.
+    pub fn open(path: &Path) -> Result<RgbaImage, DreamError> {
+        let image = decode(path)?.into_rgba8();
+        let (width, height) = (image.width() as usize, image.height() as usize);
+        Ok(RgbaImage {
+            width,
+            height,
+            pixels: image.into_raw(),
+        })
+    }
+
+    /// An opaque copy of `image`.
+    pub fn from_rgb(image: &RgbImage) -> RgbaImage {
+        RgbaImage {
+            width: image.width,
+            height: image.height,
+            pixels: image
+                .pixels
+                .chunks_exact(3)
+                .flat_map(|p| [p[0], p[1], p[2], 255])
+                .collect(),
+        }
+    }
+
+    /// The colour channels; transparent pixels keep their stored colour.
+    pub fn to_rgb(&self) -> RgbImage {
+        RgbImage {
+            width: self.width,
+            height: self.height,
+            pixels: self
+                .pixels
                 .chunks_exact(4)
                 .flat_map(|p| [p[0], p[1], p[2]])
                 .collect(),
-            png::ColorType::Grayscale => samples.iter().flat_map(|&g| [g, g, g]).collect(),
-            png::ColorType::GrayscaleAlpha => samples
-                .chunks_exact(2)
-                .flat_map(|p| [p[0], p[0], p[0]])
-                .collect(),
-            png::ColorType::Indexed => {
-                return Err(not_png("the palette could not be expanded".into()))
-            }
-        };
-        Ok(RgbImage {
-            width: frame.width as usize,
-            height: frame.height as usize,
-            pixels,
-        })
+        }
     }
+
+    /// The alpha channel, one byte a pixel.
+    pub fn alpha(&self) -> Vec<u8> {
+        self.pixels.chunks_exact(4).map(|p| p[3]).collect()
+    }
+
+    /// Whether any pixel is less than fully opaque.
+    pub fn has_transparency(&self) -> bool {
+        self.pixels.chunks_exact(4).any(|p| p[3] < 255)
+    }
+}
+
+/// Decodes an image file of any supported format, telling the format by its content.
+pub(crate) fn decode(path: &Path) -> Result<image::DynamicImage, DreamError> {
+    let unreadable = |message: String| DreamError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not a readable image (PNG, JPEG, WebP or BMP): {message}"),
+        ),
+    };
+    let reader = image::ImageReader::open(path)
+        .map_err(|source| DreamError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|e| unreadable(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(unreadable("unknown file format".into()));
+    }
+    reader.decode().map_err(|e| unreadable(e.to_string()))
 }
 
 /// The text chunks of a PNG (tEXt, zTXt and iTXt, the last two decompressed), as

@@ -26,10 +26,10 @@ pub struct InitImage {
 }
 
 impl InitImage {
-    /// Reads the init image from a PNG file (see [`RgbImage::read_png`]).
+    /// Reads the init image from a PNG, JPEG, WebP or BMP file (see [`RgbImage::open`]).
     pub fn open(path: impl AsRef<Path>, strength: f64) -> Result<Self, DreamError> {
         Ok(InitImage {
-            image: RgbImage::read_png(path.as_ref())?,
+            image: RgbImage::open(path.as_ref())?,
             strength,
         })
     }
@@ -66,7 +66,12 @@ impl StableDiffusion {
         image: &RgbImage,
         generator: &mut TorchGenerator,
     ) -> Result<Tensor, DreamError> {
-        let pixels = Tensor::from_vec(
+        self.encode_pixels(&self.image_tensor(image)?, generator)
+    }
+
+    /// `image` as the VAE's input: `[1, 3, H, W]` in [-1, 1].
+    pub(crate) fn image_tensor(&self, image: &RgbImage) -> Result<Tensor, DreamError> {
+        Ok(Tensor::from_vec(
             image.pixels.clone(),
             (image.height, image.width, 3),
             &self.device,
@@ -74,9 +79,19 @@ impl StableDiffusion {
         .permute((2, 0, 1))?
         .unsqueeze(0)?
         .to_dtype(candle_core::DType::F32)?
-        .affine(1.0 / 127.5, -1.0)?;
-        let posterior = self.vae.encode(&pixels)?;
-        let noise = self.latent_noise(generator, image.width, image.height)?;
+        .affine(1.0 / 127.5, -1.0)?)
+    }
+
+    /// The posterior sample of VAE input `pixels` (`[1, 3, H, W]` in [-1, 1]), × the scaling
+    /// factor.
+    pub(crate) fn encode_pixels(
+        &self,
+        pixels: &Tensor,
+        generator: &mut TorchGenerator,
+    ) -> Result<Tensor, DreamError> {
+        let (_, _, height, width) = pixels.dims4()?;
+        let posterior = self.vae.encode(pixels)?;
+        let noise = self.latent_noise(generator, width, height)?;
         Ok((posterior.sample(&noise)? * self.vae_config.scaling_factor)?)
     }
 

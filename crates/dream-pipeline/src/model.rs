@@ -12,6 +12,7 @@ use dream_models::unet::UNet2DConditionModel;
 use dream_models::vae::{AutoencoderKL, DiagonalGaussian};
 use dream_models::weights;
 
+use crate::conditioning::TextualInversions;
 use crate::tiling::VaeTiling;
 use crate::DreamError;
 
@@ -65,6 +66,7 @@ pub struct StableDiffusion {
     pub(crate) device: Device,
     vae_tiling: Option<VaeTiling>,
     name: String,
+    pub(crate) embeddings: TextualInversions,
 }
 
 impl StableDiffusion {
@@ -124,6 +126,7 @@ impl StableDiffusion {
             scheduler,
             device: device.clone(),
             vae_tiling: options.vae_tiling,
+            embeddings: TextualInversions::default(),
             name: model_name(path),
         })
     }

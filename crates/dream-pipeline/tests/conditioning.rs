@@ -15,7 +15,9 @@ use dream_core::prompt::{self, PromptOptions, Syntax};
 use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::ClipTextTransformer;
 use dream_models::config::ClipTextConfig;
-use dream_pipeline::conditioning::{ConditioningOptions, Emphasis, PromptConditioning};
+use dream_pipeline::conditioning::{
+    ConditioningOptions, Emphasis, PromptConditioning, TextualInversions,
+};
 use dream_pipeline::{DreamError, StableDiffusion};
 use dream_test_support::{fixture, max_abs_diff};
 use serde_json::Value;
@@ -100,8 +102,14 @@ fn conditioning_matches_a1111() {
             &options.prompt,
         )
         .unwrap();
-        let conditioning =
-            PromptConditioning::encode(&tokenizer, &text_encoder, plan, &options).unwrap();
+        let conditioning = PromptConditioning::encode(
+            &tokenizer,
+            &text_encoder,
+            &TextualInversions::default(),
+            plan,
+            &options,
+        )
+        .unwrap();
         let plan = conditioning.plan();
         let parts = case["parts"].as_array().unwrap();
         assert_eq!(plan.positive.len(), parts.len(), "{prompt:?}");
@@ -174,10 +182,16 @@ fn invokeai_conditioning_matches_compel() {
             &options.prompt,
         )
         .unwrap();
-        let context = PromptConditioning::encode(&tokenizer, &text_encoder, plan, &options)
-            .unwrap_or_else(|e| panic!("{prompt:?}: {e}"))
-            .context_at(0)
-            .unwrap();
+        let context = PromptConditioning::encode(
+            &tokenizer,
+            &text_encoder,
+            &TextualInversions::default(),
+            plan,
+            &options,
+        )
+        .unwrap_or_else(|e| panic!("{prompt:?}: {e}"))
+        .context_at(0)
+        .unwrap();
         let expected = Tensor::stack(
             &[
                 &reference[&format!("case{index}.negative")],
@@ -292,4 +306,67 @@ fn comfyui_emphasis_moves_weighted_tokens_away_from_the_empty_prompt() {
     for i in [0, 1, 3, 40] {
         assert_eq!(max_abs_diff(&token(&weighted, i), &token(&plain, i)), 0.0);
     }
+}
+
+#[test]
+fn textual_inversion_vectors_stand_in_for_their_names() {
+    // Embeddings made of the text encoder's own token vectors must condition exactly as those
+    // tokens do, weights and chunking included.
+    let (tokenizer, text_encoder) = text_model(None);
+    let rows = |text: &str| {
+        let ids = tokenizer.encode(text);
+        let ids = Tensor::from_vec(ids.clone(), ids.len(), &Device::Cpu).unwrap();
+        text_encoder
+            .token_embedding()
+            .index_select(&ids, 0)
+            .unwrap()
+    };
+    let mut embeddings = TextualInversions::default();
+    embeddings
+        .insert(&tokenizer, &text_encoder, "mystyle", &rows("cat"))
+        .unwrap();
+    embeddings
+        .insert(&tokenizer, &text_encoder, "duo", &rows("red cat"))
+        .unwrap();
+    let context = |prompt: &str, syntax: Syntax| {
+        let mut options = ConditioningOptions::new(20);
+        options.prompt.syntax = syntax;
+        let plan = prompt::plan(prompt, "", &options.prompt).unwrap();
+        PromptConditioning::encode(&tokenizer, &text_encoder, &embeddings, plan, &options)
+            .unwrap()
+            .context_at(0)
+            .unwrap()
+    };
+    let words = "word ".repeat(74);
+    for (with_names, with_tokens, syntax) in [
+        (
+            "a (mystyle:1.2) on a mat, duo",
+            "a (cat:1.2) on a mat, red cat",
+            Syntax::A1111,
+        ),
+        // A1111 moves an embedding that would straddle two chunks to the next one whole.
+        (
+            &format!("{words}duo"),
+            &format!("{words}BREAK red cat"),
+            Syntax::A1111,
+        ),
+        (
+            "a (<mystyle>)1.2 on a mat, <duo>- mystyle",
+            "a (cat)1.2 on a mat, (red cat)- mystyle",
+            Syntax::InvokeAi,
+        ),
+    ] {
+        let diff = max_abs_diff(&context(with_names, syntax), &context(with_tokens, syntax));
+        assert!(diff < 1e-6, "{with_names:?}: {diff}");
+    }
+    // The same name twice, or vectors of the wrong width, are refused.
+    assert!(matches!(
+        embeddings.insert(&tokenizer, &text_encoder, "duo", &rows("dog")),
+        Err(DreamError::InvalidRequest(_))
+    ));
+    let wide = Tensor::zeros((1, 33), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(
+        embeddings.insert(&tokenizer, &text_encoder, "wide", &wide),
+        Err(DreamError::InvalidRequest(_))
+    ));
 }

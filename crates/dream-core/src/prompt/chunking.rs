@@ -1,11 +1,14 @@
 //! Long prompts: a prompt's weighted fragments become token ids with one weight each, split into
 //! chunks of 75 that the text encoder sees one at a time, each framed by start- and end-of-text
-//! and padded with end-of-text (A1111's `FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line`).
+//! and padded with the tokenizer's padding (A1111's
+//! `FrozenCLIPEmbedderWithCustomWordsBase.tokenize_line`, or compel's chunking for InvokeAI).
 //!
-//! A chunk that fills up moves its tail back to the next chunk when the last comma is at most
-//! [`COMMA_BACKTRACK`] tokens from its end, so that a phrase is not cut in two; `BREAK` ends a
-//! chunk at once, even an empty one.
+//! A1111: a chunk that fills up moves its tail back to the next chunk when the last comma is at
+//! most [`COMMA_BACKTRACK`] tokens from its end, so that a phrase is not cut in two; `BREAK` ends a
+//! chunk at once, even an empty one; a textual-inversion embedding's vectors never straddle two
+//! chunks.
 
+use super::token_table::{Piece, TokenTable};
 use super::Fragment;
 use crate::tokenizer::ClipTokenizer;
 
@@ -43,6 +46,8 @@ pub struct Chunker<'a> {
     /// How many tokens a chunk boundary may move back to reach the last comma; 0 turns the
     /// move off.
     pub comma_backtrack: usize,
+    /// Textual-inversion names to replace by their vectors' ids.
+    table: Option<&'a TokenTable>,
 }
 
 impl<'a> Chunker<'a> {
@@ -56,8 +61,15 @@ impl<'a> Chunker<'a> {
             tokenizer,
             comma,
             punctuation: [".", ",", ";", ":"].map(single),
+            table: None,
             comma_backtrack: COMMA_BACKTRACK,
         }
+    }
+
+    /// A chunker that puts the vectors of `table`'s embeddings where their names are.
+    pub fn with_token_table(mut self, table: &'a TokenTable) -> Self {
+        self.table = (!table.is_empty()).then_some(table);
+        self
     }
 
     /// The chunks of a prompt's fragments. Each fragment is tokenized on its own, as A1111 does,
@@ -77,7 +89,9 @@ impl<'a> Chunker<'a> {
                 }
                 Fragment::Text { text, weight } => (text, *weight),
             };
-            for token in self.tokenizer.encode(text) {
+            let tokens = self.tokenizer.encode(text);
+            let mut position = 0;
+            while let Some(&token) = tokens.get(position) {
                 if Some(token) == self.comma {
                     last_comma = Some(ids.len());
                 } else if let Some(comma) = last_comma.filter(|&comma| {
@@ -96,8 +110,23 @@ impl<'a> Chunker<'a> {
                     chunks.push(self.frame(&mut ids, &mut weights));
                     last_comma = None;
                 }
-                ids.push(token);
-                weights.push(weight);
+                let embedding = self
+                    .table
+                    .and_then(|table| table.match_tokens(&tokens[position..]));
+                let Some(embedding) = embedding else {
+                    ids.push(token);
+                    weights.push(weight);
+                    position += 1;
+                    continue;
+                };
+                // An embedding's vectors stay together in one chunk.
+                if ids.len() + embedding.vectors() > CHUNK_TOKENS {
+                    chunks.push(self.frame(&mut ids, &mut weights));
+                    last_comma = None;
+                }
+                ids.extend(embedding.ids.clone());
+                weights.extend(std::iter::repeat_n(weight, embedding.vectors()));
+                position += embedding.name_len();
             }
         }
         if !ids.is_empty() || chunks.is_empty() {
@@ -131,7 +160,7 @@ impl<'a> Chunker<'a> {
         let mut spans = Vec::new();
         for fragment in fragments {
             if let Fragment::Text { text, weight } = fragment {
-                let tokens = self.tokenizer.encode(text);
+                let tokens = self.compel_tokens(text);
                 spans.push(ids.len()..ids.len() + tokens.len());
                 weights.extend(std::iter::repeat_n(*weight, tokens.len()));
                 ids.extend(tokens);
@@ -164,6 +193,21 @@ impl<'a> Chunker<'a> {
             chunks,
             fragment_positions,
         }
+    }
+
+    /// The tokens of a fragment for compel, each `<name>` of the token table as its vectors' ids.
+    fn compel_tokens(&self, text: &str) -> Vec<u32> {
+        let Some(table) = self.table else {
+            return self.tokenizer.encode(text);
+        };
+        let mut ids = Vec::new();
+        for piece in table.split_text(text) {
+            match piece {
+                Piece::Text(text) => ids.extend(self.tokenizer.encode(text)),
+                Piece::Embedding(embedding) => ids.extend(embedding.ids.clone()),
+            }
+        }
+        ids
     }
 
     /// How many of `ids` compel puts in the next chunk (`_find_next_best_split_point`).

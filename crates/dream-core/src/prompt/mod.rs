@@ -16,12 +16,14 @@ pub mod a1111;
 pub mod chunking;
 pub mod invokeai;
 pub mod plan;
+pub mod token_table;
 
 use std::sync::OnceLock;
 
 use regex::Regex;
 
 pub use plan::{BlendPart, ConditioningPlan, PromptText, ScheduleEntry, SubPrompt};
+pub use token_table::TokenTable;
 
 /// One run of prompt text with its emphasis weight, or the end of a chunk (`BREAK`).
 #[derive(Debug, Clone, PartialEq)]
