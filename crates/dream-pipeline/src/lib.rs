@@ -8,6 +8,7 @@
 //! ```
 
 pub mod conditioning;
+pub mod grid;
 pub mod guidance;
 pub mod image;
 pub mod img2img;
