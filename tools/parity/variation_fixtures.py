@@ -135,7 +135,7 @@ def main():
               os.path.join(out_dir, "noise.safetensors"), metadata={"fixtures": json.dumps(meta)})
 
     image = Image.open(init_png).convert("RGB")
-    for size in [(40, 52), (96, 80), (64, 128), (128, 32)]:
+    for size in [(40, 52), (96, 80), (64, 128), (128, 32), (32, 128)]:
         image.resize(size, resample=Image.LANCZOS).save(
             os.path.join(out_dir, f"lanczos_{size[0]}x{size[1]}.png"))
     print(f"wrote {out_dir} ({len(out)} tensors)")

@@ -6,6 +6,8 @@
 //! layers and gated GELUs of both are the ones here. On the CPU in f32 they run Dream's fused
 //! kernels ([`crate::kernels`]); elsewhere they are candle's operations.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use candle_core::{bail, Result, Tensor, D};
 use candle_nn::{Module, VarBuilder};
 
@@ -20,6 +22,47 @@ pub enum PaddingMode {
     /// Wrap-around along the axes that are `true` (`x` = width, `y` = height), zeros along the
     /// others: an image made with it tiles seamlessly along those axes.
     Circular { x: bool, y: bool },
+}
+
+impl PaddingMode {
+    fn to_bits(self) -> u8 {
+        match self {
+            PaddingMode::Zeros => 0,
+            PaddingMode::Circular { x, y } => 1 | u8::from(x) << 1 | u8::from(y) << 2,
+        }
+    }
+
+    fn from_bits(bits: u8) -> Self {
+        match bits {
+            0 => PaddingMode::Zeros,
+            _ => PaddingMode::Circular {
+                x: bits & 2 != 0,
+                y: bits & 4 != 0,
+            },
+        }
+    }
+}
+
+/// A padding mode switched through a shared reference, so that one loaded model renders
+/// seamless and ordinary images in turn. Generations running at once on one model must agree
+/// on it.
+#[derive(Debug, Default)]
+struct SharedPaddingMode(AtomicU8);
+
+impl SharedPaddingMode {
+    fn get(&self) -> PaddingMode {
+        PaddingMode::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, mode: PaddingMode) {
+        self.0.store(mode.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl Clone for SharedPaddingMode {
+    fn clone(&self) -> Self {
+        SharedPaddingMode(AtomicU8::new(self.0.load(Ordering::Relaxed)))
+    }
 }
 
 /// Stride and symmetric padding of a square-kernel convolution.
@@ -45,7 +88,7 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Tensor,
     config: ConvConfig,
-    padding_mode: PaddingMode,
+    padding_mode: SharedPaddingMode,
 }
 
 /// Reads `weight` `[out, in, kernel, kernel]` and `bias` `[out]` from `vb`.
@@ -65,13 +108,13 @@ pub fn conv2d(
         weight,
         bias,
         config,
-        padding_mode: PaddingMode::Zeros,
+        padding_mode: SharedPaddingMode::default(),
     })
 }
 
 impl Conv2d {
-    pub fn set_padding_mode(&mut self, mode: PaddingMode) {
-        self.padding_mode = mode;
+    pub fn set_padding_mode(&self, mode: PaddingMode) {
+        self.padding_mode.set(mode);
     }
 
     /// `self(x) + addend`, where `addend` is `[B, C_out, H_out, W_out]` (a residual) or
@@ -83,7 +126,7 @@ impl Conv2d {
 
     fn forward_impl(&self, x: &Tensor, addend: Option<&Tensor>) -> Result<Tensor> {
         let ConvConfig { stride, padding } = self.config;
-        let (x, padding) = match self.padding_mode {
+        let (x, padding) = match self.padding_mode.get() {
             PaddingMode::Zeros => (x.clone(), padding),
             PaddingMode::Circular {
                 x: wrap_x,
@@ -295,7 +338,7 @@ mod tests {
             DType::F32,
             &dev,
         );
-        let mut conv = conv2d(1, 1, k, ConvConfig { stride: 1, padding }, vb)?;
+        let conv = conv2d(1, 1, k, ConvConfig { stride: 1, padding }, vb)?;
         conv.set_padding_mode(mode);
         Ok(conv)
     }

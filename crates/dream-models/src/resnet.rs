@@ -95,11 +95,11 @@ impl ResnetBlock2D {
             .forward_add(&self.norm2.forward_silu(&h)?, &shortcut)
     }
 
-    pub fn set_padding_mode(&mut self, mode: PaddingMode) {
-        for conv in [&mut self.conv1, &mut self.conv2] {
+    pub fn set_padding_mode(&self, mode: PaddingMode) {
+        for conv in [&self.conv1, &self.conv2] {
             conv.set_padding_mode(mode);
         }
-        if let Some(conv) = &mut self.conv_shortcut {
+        if let Some(conv) = &self.conv_shortcut {
             conv.set_padding_mode(mode);
         }
     }
@@ -124,7 +124,7 @@ impl Downsample2D {
         })
     }
 
-    pub fn set_padding_mode(&mut self, mode: PaddingMode) {
+    pub fn set_padding_mode(&self, mode: PaddingMode) {
         self.conv.set_padding_mode(mode);
     }
 }
@@ -163,7 +163,7 @@ impl Upsample2D {
         self.conv.forward(&upsample_nearest(x, height, width)?)
     }
 
-    pub fn set_padding_mode(&mut self, mode: PaddingMode) {
+    pub fn set_padding_mode(&self, mode: PaddingMode) {
         self.conv.set_padding_mode(mode);
     }
 }

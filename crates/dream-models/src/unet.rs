@@ -441,24 +441,24 @@ impl UNet2DConditionModel {
     }
 
     /// Switches every padded convolution (seamless tiling).
-    pub fn set_padding_mode(&mut self, mode: PaddingMode) {
+    pub fn set_padding_mode(&self, mode: PaddingMode) {
         self.conv_in.set_padding_mode(mode);
         self.conv_out.set_padding_mode(mode);
         let down_layers = self
             .down_blocks
-            .iter_mut()
-            .flat_map(|b| b.layers.iter_mut());
-        let up_layers = self.up_blocks.iter_mut().flat_map(|b| b.layers.iter_mut());
+            .iter()
+            .flat_map(|b| b.layers.iter());
+        let up_layers = self.up_blocks.iter().flat_map(|b| b.layers.iter());
         for layer in down_layers.chain(up_layers) {
             layer.resnet.set_padding_mode(mode);
         }
-        for block in &mut self.down_blocks {
-            if let Some(downsampler) = &mut block.downsampler {
+        for block in &self.down_blocks {
+            if let Some(downsampler) = &block.downsampler {
                 downsampler.set_padding_mode(mode);
             }
         }
-        for block in &mut self.up_blocks {
-            if let Some(upsampler) = &mut block.upsampler {
+        for block in &self.up_blocks {
+            if let Some(upsampler) = &block.upsampler {
                 upsampler.set_padding_mode(mode);
             }
         }

@@ -115,7 +115,7 @@ impl MidBlock {
         })
     }
 
-    fn set_padding_mode(&mut self, mode: PaddingMode) {
+    fn set_padding_mode(&self, mode: PaddingMode) {
         self.resnet_in.set_padding_mode(mode);
         self.resnet_out.set_padding_mode(mode);
     }
@@ -161,11 +161,11 @@ impl Level {
         Ok(Self { resnets, resample })
     }
 
-    fn set_padding_mode(&mut self, mode: PaddingMode) {
+    fn set_padding_mode(&self, mode: PaddingMode) {
         self.resnets
-            .iter_mut()
+            .iter()
             .for_each(|r| r.set_padding_mode(mode));
-        match &mut self.resample {
+        match &self.resample {
             Some(Resample::Down(down)) => down.set_padding_mode(mode),
             Some(Resample::Up(up)) => up.set_padding_mode(mode),
             None => {}
@@ -236,9 +236,9 @@ impl Encoder {
         })
     }
 
-    fn set_padding_mode(&mut self, mode: PaddingMode) {
+    fn set_padding_mode(&self, mode: PaddingMode) {
         self.conv_in.set_padding_mode(mode);
-        for block in &mut self.down_blocks {
+        for block in &self.down_blocks {
             block.set_padding_mode(mode);
         }
         self.mid_block.set_padding_mode(mode);
@@ -302,10 +302,10 @@ impl Decoder {
         })
     }
 
-    fn set_padding_mode(&mut self, mode: PaddingMode) {
+    fn set_padding_mode(&self, mode: PaddingMode) {
         self.conv_in.set_padding_mode(mode);
         self.mid_block.set_padding_mode(mode);
-        for block in &mut self.up_blocks {
+        for block in &self.up_blocks {
             block.set_padding_mode(mode);
         }
         self.conv_out.set_padding_mode(mode);
@@ -384,7 +384,7 @@ impl AutoencoderKL {
     }
 
     /// Sets the padding of every convolution; circular padding makes decoded images tile.
-    pub fn set_padding_mode(&mut self, mode: PaddingMode) {
+    pub fn set_padding_mode(&self, mode: PaddingMode) {
         self.encoder.set_padding_mode(mode);
         self.quant_conv.set_padding_mode(mode);
         self.post_quant_conv.set_padding_mode(mode);

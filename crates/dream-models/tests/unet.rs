@@ -116,7 +116,7 @@ fn unsupported_configs_are_refused() -> Result<()> {
 /// difference is large, which the second check confirms.
 #[test]
 fn circular_padding_makes_the_unet_roll_equivariant() -> Result<()> {
-    let mut unet = load_unet(&format!("{FIXTURES}/tiny/unet"))?;
+    let unet = load_unet(&format!("{FIXTURES}/tiny/unet"))?;
     let tensors = candle_core::safetensors::load(
         format!("{FIXTURES}/ref/txt2img_euler.safetensors"),
         &Device::Cpu,

@@ -88,7 +88,7 @@ fn encode_matches_diffusers() -> Result<()> {
 /// edges continue each other. With zero padding they do not.
 #[test]
 fn circular_padding_makes_the_decoder_roll_equivariant() -> Result<()> {
-    let mut vae = tiny_vae()?;
+    let vae = tiny_vae()?;
     let refs = reference("txt2img_euler.safetensors")?;
     let z = get(&refs, "vae_decode.in");
     let roll = |t: &Tensor, by: usize| -> Result<Tensor> {
