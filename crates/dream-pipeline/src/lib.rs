@@ -8,10 +8,14 @@
 //! ```
 
 pub mod conditioning;
+pub mod grid;
 pub mod guidance;
 pub mod image;
 pub mod img2img;
+pub mod inpaint;
+pub mod mask;
 pub mod model;
+pub mod outpaint;
 pub mod perlin;
 pub mod registry;
 pub mod resize;
@@ -24,9 +28,12 @@ use std::path::PathBuf;
 
 pub use conditioning::Emphasis;
 pub use img2img::InitImage;
+pub use inpaint::{Inpaint, MaskedContent};
+pub use mask::Mask;
 pub use dream_core::prompt::Syntax;
 pub use dream_core::sampler::{Sampler, ScheduleKind};
 pub use model::{LoadOptions, StableDiffusion};
+pub use outpaint::{Outcrop, Seam};
 pub use sampling::StepInfo;
 pub use tiling::VaeTiling;
 pub use txt2img::{Generated, Seamless, Txt2Img};

@@ -18,6 +18,7 @@ use dream_models::layers::PaddingMode;
 use crate::conditioning::{ConditioningOptions, Emphasis};
 use crate::image::RgbImage;
 use crate::img2img::{InitImage, Start};
+use crate::inpaint::Inpaint;
 use crate::model::StableDiffusion;
 use crate::resize::{size_init_image, InitSizing};
 use crate::sampling::{
@@ -53,6 +54,8 @@ pub struct Txt2Img {
     pub emphasis: Emphasis,
     /// img2img: the image to start from instead of pure noise.
     pub init: Option<InitImage>,
+    /// Inpainting: which part of the init image to repaint, and how.
+    pub inpaint: Option<Inpaint>,
     /// InvokeAI's variation chain (`-V seed:weight,…`): the seed's noise slerped towards each
     /// variation seed's noise in turn. InvokeAI's `-v AMOUNT` appends a new random seed.
     pub variations: Vec<Variation>,
@@ -83,6 +86,7 @@ impl Txt2Img {
             clip_skip: 1,
             emphasis: Emphasis::Original,
             init: None,
+            inpaint: None,
             variations: Vec::new(),
             subseed: None,
             perlin: 0.0,
@@ -153,6 +157,12 @@ impl Txt2Img {
         if let Some(init) = &self.init {
             init.validate(self.width, self.height)?;
             init.steps(self.steps)?;
+        }
+        if let Some(inpaint) = &self.inpaint {
+            match &self.init {
+                Some(init) => inpaint.validate(init)?,
+                None => return invalid("inpainting needs an init image".into()),
+            }
         }
         Ok(())
     }
@@ -368,11 +378,14 @@ impl StableDiffusion {
         request: &Txt2Img,
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
+        if let Some(padding) = request.inpaint.as_ref().and_then(|i| i.only_masked_padding) {
+            return self.generate_only_masked(request, padding, progress);
+        }
         request.validate()?;
         self.set_seamless(request.seamless);
-        if self.unet_in_channels != self.latent_channels() {
+        if self.unet_in_channels != self.latent_channels() && request.inpaint.is_none() {
             return Err(DreamError::NotSupported(format!(
-                "txt2img with a {}-channel (inpainting) UNet",
+                "txt2img or img2img without a mask with a {}-channel (inpainting) UNet",
                 self.unet_in_channels
             )));
         }
@@ -382,13 +395,19 @@ impl StableDiffusion {
             &request.conditioning_options(),
         )?;
         let mut generator = TorchGenerator::seeded(request.seed as u64);
-        let start = match &request.init {
-            Some(init) => Some(self.img2img_start(init, request.steps, &mut generator)?),
-            None => None,
-        };
+        let mut start = self.request_start(request, &mut generator)?;
         let noise = self.request_noise(request, &mut generator)?;
+        let inpainting = self.inpainting(request, start.as_mut(), &noise, &mut generator)?;
         let step = Cell::new(0);
         let mut guided = self.guided(&conditioning, request.cfg_scale, &step);
+        let mut inpainted;
+        let model: &mut dyn Predictor = match &inpainting {
+            Some(inpainting) => {
+                inpainted = inpainting.predictor(&mut guided);
+                &mut inpainted
+            }
+            None => &mut guided,
+        };
         let mut callback = |info: StepInfo<'_>| {
             step.set(info.step + 1);
             progress(info);
@@ -399,14 +418,24 @@ impl StableDiffusion {
             Some(start) if start.first_step == request.steps => start.latents,
             start => self.sample(
                 request,
-                &mut guided,
+                model,
                 noise,
                 generator,
                 start.as_ref(),
                 &mut callback,
             )?,
         };
-        let image = self.decode_to_image(&latents)?;
+        let (latents, image) = match &inpainting {
+            Some(inpainting) => {
+                let latents = inpainting.final_latents(latents)?;
+                let image = inpainting.paste_back(&self.decode_to_image(&latents)?);
+                (latents, image)
+            }
+            None => {
+                let image = self.decode_to_image(&latents)?;
+                (latents, image)
+            }
+        };
         Ok(Generated {
             image,
             request: request.clone(),
