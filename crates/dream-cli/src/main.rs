@@ -1,8 +1,10 @@
 //! `dream`: generate images from the command line, with InvokeAI 2.x's switches.
 
+mod bench;
 mod fetch;
 mod info;
 mod models;
+mod output;
 mod render;
 mod repl;
 mod switches;
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use dream_pipeline::registry::ModelRegistry;
-use dream_pipeline::{DreamError, LoadOptions};
+use dream_pipeline::{DreamError, LoadOptions, VaeTiling};
 
 use models::Models;
 use repl::Session;
@@ -63,6 +65,10 @@ struct Cli {
     /// Web server: the port to listen on.
     #[arg(long)]
     port: Option<u16>,
+    /// Decode (and encode) every image larger than 512×512 in overlapping 512-pixel tiles, as
+    /// diffusers' enable_vae_tiling(); without it only images over 1024 pixels are tiled.
+    #[arg(long = "vae_tiling")]
+    vae_tiling: bool,
     #[command(flatten)]
     switches: Switches,
 }
@@ -90,15 +96,18 @@ impl Cli {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    // `dream info FILE…` prints what made each image; anything else is a prompt to render.
+    // `dream info FILE…` prints what made each image, `dream bench` times the networks;
+    // anything else is a prompt to render.
     let mut argv = std::env::args().skip(1);
-    let result = if argv.next().as_deref() == Some("info") {
-        info::info(&argv.collect::<Vec<_>>())
-    } else {
-        let argv = switches::normalize_tokens(std::env::args());
-        Cli::try_parse_from(argv)
-            .map_err(|error| error.exit())
-            .and_then(run)
+    let result = match argv.next().as_deref() {
+        Some("info") => info::info(&argv.collect::<Vec<_>>()),
+        Some("bench") => bench::bench(&argv.collect::<Vec<_>>()),
+        _ => {
+            let argv = switches::normalize_tokens(std::env::args());
+            Cli::try_parse_from(argv)
+                .map_err(|error| error.exit())
+                .and_then(run)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +177,11 @@ fn models(cli: &Cli) -> Result<Models> {
     let overrides = LoadOptions {
         vae: cli.vae.clone(),
         config_dir: cli.config.clone().filter(|p| !is_registry(&p)),
+        vae_tiling: if cli.vae_tiling {
+            Some(VaeTiling::always())
+        } else {
+            LoadOptions::default().vae_tiling
+        },
         ..LoadOptions::default()
     };
     Models::new(

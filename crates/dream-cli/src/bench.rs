@@ -1,0 +1,101 @@
+//! `dream bench`: times Stable Diffusion 1.5's networks on random weights (no model files).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use dream_models::bench::{self, BenchOptions, Timing};
+
+/// Times SD 1.5's text encoder, UNet (batch 1 and 2) and VAE decoder and encoder, built with
+/// seeded random weights, and prints median times and peak memory.
+#[derive(Parser, Debug)]
+#[command(name = "dream bench")]
+struct BenchArgs {
+    /// Image sizes in pixels, comma-separated (e.g. 256,512,768).
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    sizes: Vec<usize>,
+    /// Timed runs per measurement, after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the timings as JSON to this file (read by tools/bench/compare.py).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn bench(args: &[String]) -> Result<()> {
+    let args = BenchArgs::try_parse_from(
+        std::iter::once("dream bench".to_owned()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|error| error.exit());
+    if let Some(size) = args.sizes.iter().find(|s| **s == 0 || **s % 8 != 0) {
+        anyhow::bail!("--sizes: {size} is not a positive multiple of 8");
+    }
+    anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let options = BenchOptions {
+        sizes: args.sizes,
+        iters: args.iters,
+        seed: args.seed,
+    };
+    println!(
+        "SD 1.5 on random weights, f32, {} threads, {} timed runs after a warm-up",
+        rayon_threads(),
+        options.iters
+    );
+    println!(
+        "{:<14}{:<20}{:>10}{:>10}{:>15}",
+        "component", "input", "median s", "min s", "peak RSS GiB"
+    );
+    let timings = bench::run(&options, &mut |t| {
+        println!(
+            "{:<14}{:<20}{:>10.3}{:>10.3}{:>15}",
+            t.component,
+            format!("{:?}", t.input),
+            t.median(),
+            t.min(),
+            t.peak_rss.map_or("-".into(), |b| format!("{:.2}", gib(b)))
+        );
+    })?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, to_json(&timings))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> String {
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
+        std::thread::available_parallelism().map_or("?".into(), |n| n.to_string())
+    })
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+fn to_json(timings: &[Timing]) -> String {
+    let rows: Vec<String> = timings
+        .iter()
+        .map(|t| {
+            let mut row = String::new();
+            let _ = write!(
+                row,
+                r#"{{"component": "{}", "input": {:?}, "median_s": {}, "min_s": {}, "runs": {:?}}}"#,
+                t.component,
+                t.input,
+                t.median(),
+                t.min(),
+                t.runs
+            );
+            row
+        })
+        .collect();
+    let peak = bench::peak_rss().map_or("null".into(), |b| b.to_string());
+    format!(
+        "{{\"timings\": [\n  {}\n], \"peak_rss_bytes\": {peak}}}\n",
+        rows.join(",\n  ")
+    )
+}
