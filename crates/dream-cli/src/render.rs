@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
+use dream_pipeline::grid::{grid_shape, make_grid};
+use dream_pipeline::Generated;
 use dream_pipeline::{InitImage, StableDiffusion, Txt2Img};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::fetch::{quote, shell_quote};
+use crate::output;
 use crate::switches::Switches;
 
 /// InvokeAI's defaults for what `Txt2Img::new` does not set.
@@ -30,6 +33,9 @@ pub struct Plan {
     sampler_name: String,
     init_path: Option<PathBuf>,
     outdir: PathBuf,
+    fnformat: String,
+    /// InvokeAI's `-g`: the images of the command in one grid picture.
+    grid: bool,
 }
 
 impl Plan {
@@ -75,7 +81,14 @@ impl Plan {
             init,
             ..base
         };
+        let fnformat = switches
+            .fnformat
+            .clone()
+            .unwrap_or_else(|| output::DEFAULT_FNFORMAT.to_string());
+        output::check_fnformat(&fnformat, &first, sampler_name)?;
         Ok(Plan {
+            fnformat,
+            grid: switches.grid,
             first,
             iterations: switches.iterations.unwrap_or(1),
             sampler_name: sampler_name.to_string(),
@@ -92,6 +105,7 @@ impl Plan {
         std::fs::create_dir_all(&self.outdir)
             .with_context(|| format!("cannot create {}", self.outdir.display()))?;
         let mut made = Vec::new();
+        let mut grid = Vec::new();
         for k in 0..self.iterations {
             let request = Txt2Img {
                 seed: self.first.seed.wrapping_add(k),
@@ -105,15 +119,46 @@ impl Plan {
             let generated =
                 model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
             bar.finish_and_clear();
-            let path = dream_pipeline::image::next_output_path(&self.outdir, request.seed)?;
-            generated.save(&path, model.name())?;
-            println!("{}: {}", path.display(), self.command(&request));
+            if self.grid {
+                grid.push(generated);
+                continue;
+            }
+            let path = self.save(&generated, model, "")?;
             made.push(Made {
                 path,
                 seed: request.seed,
             });
         }
+        if let Some(first) = grid.first() {
+            let images: Vec<_> = grid.iter().map(|g| g.image.clone()).collect();
+            let (rows, cols) = grid_shape(images.len());
+            // The grid carries the first image's parameters; -g -n N makes it again.
+            let whole = Generated {
+                image: make_grid(&images, rows, cols)?,
+                ..first.clone()
+            };
+            let path = self.save(&whole, model, &format!(" -g -n{}", images.len()))?;
+            made = grid
+                .iter()
+                .map(|g| Made {
+                    path: path.clone(),
+                    seed: g.request.seed,
+                })
+                .collect();
+        }
         Ok(made)
+    }
+
+    /// Saves an image under the next free name, logs it and prints its command (with
+    /// `extra` switches).
+    fn save(&self, generated: &Generated, model: &StableDiffusion, extra: &str) -> Result<PathBuf> {
+        let request = &generated.request;
+        let path = output::image_path(&self.outdir, &self.fnformat, request, &self.sampler_name)?;
+        generated.save(&path, model.name())?;
+        let command = format!("{}{extra}", self.command(request));
+        println!("{}: {command}", path.display());
+        output::log(&self.outdir, &path, &command)?;
+        Ok(path)
     }
 
     /// The InvokeAI command line that makes `r` again.

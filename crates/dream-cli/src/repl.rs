@@ -89,7 +89,9 @@ impl Session {
         }
         self.history.push(line.to_string());
         let (prompt, tokens) = split_command(line)?;
-        let switches = self.defaults.updated(tokens)?;
+        let mut switches = self.defaults.updated(tokens)?;
+        // InvokeAI: --grid at startup holds for every line that does not say -i.
+        switches.grid |= self.defaults.grid && !switches.individual;
         self.render(&prompt, &switches)?;
         Ok(Next::Continue)
     }

@@ -233,16 +233,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         asked: |s| nonzero(s.perlin),
     },
     Unsupported {
-        switch: "--fnformat",
-        example: &["--fnformat", "{seed}.png"],
-        asked: |s| s.fnformat.is_some(),
-    },
-    Unsupported {
-        switch: "-g/--grid",
-        example: &["-g"],
-        asked: |s| s.grid,
-    },
-    Unsupported {
         switch: "-x/--skip_normalize",
         example: &["-x"],
         asked: |s| s.skip_normalize,

@@ -612,3 +612,60 @@ fn unbuilt_switches_are_refused_before_the_model_loads() {
         assert!(!stderr.contains("loading"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn grids_file_name_templates_and_the_prompt_log() {
+    let out = temp_dir("outputs");
+    let model = fixture("tiny");
+    let model = model.to_str().unwrap();
+    let common = [
+        "--model", model, "-s", "1", "-W", "64", "-H", "64", "-A", "ddim", "-o",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["a red apple"];
+        args.extend(common);
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        dream(&args)
+    };
+    // Three images in one grid: InvokeAI's layout is one row of three.
+    let output = run(&["-S", "10", "-n", "3", "-g"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let grid = out.join("000001.10.png");
+    let reader = png::Decoder::new(std::fs::File::open(&grid).unwrap())
+        .read_info()
+        .unwrap();
+    assert_eq!((reader.info().width, reader.info().height), (192, 64));
+    // Its middle cell is seed 11's image.
+    let output = run(&["-S", "11", "--fnformat", "{seed}-{steps}-{sampler}.png"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let alone = pixels(&out.join("11-1-ddim.png"));
+    let whole = pixels(&grid);
+    for y in 0..64 {
+        let row = &whole[y * 192 * 3..(y + 1) * 192 * 3];
+        assert_eq!(&row[64 * 3..128 * 3], &alone[y * 64 * 3..(y + 1) * 64 * 3]);
+    }
+    // A template without {prefix} never overwrites; an unknown wildcard is refused up front.
+    let output = run(&["-S", "11", "--fnformat", "{seed}-{steps}-{sampler}.png"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exists already"));
+    let output = run(&["-S", "11", "--fnformat", "{colour}.png"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown wildcard {colour}"));
+    // InvokeAI's logs: path and command, and the markdown with each image.
+    let log = std::fs::read_to_string(out.join("invoke_log.md")).unwrap();
+    assert!(
+        log.starts_with(
+            "## 000001.10.png\n![](000001.10.png)\n\n\"a red apple\" -s1 -W64 -H64 -C7.5 -Addim -S10 -g -n3\n## 11-1-ddim.png\n"
+        ),
+        "{log}"
+    );
+    let log = std::fs::read_to_string(out.join("invoke_log.txt")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+}
