@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
 use dream_pipeline::grid::{grid_shape, make_grid};
-use dream_pipeline::Generated;
-use dream_pipeline::{InitImage, StableDiffusion, Txt2Img};
+use dream_pipeline::image::RgbaImage;
+use dream_pipeline::{interrupt, Generated};
+use dream_pipeline::{
+    InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, StableDiffusion, Txt2Img,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::fetch::{quote, shell_quote};
@@ -32,6 +35,10 @@ pub struct Plan {
     iterations: u32,
     sampler_name: String,
     init_path: Option<PathBuf>,
+    /// Outpainting: the init image on its grown canvas, and the seam pass.
+    outpaint: Option<(RgbaImage, Seam)>,
+    /// The switches that make the same inpainting again.
+    inpaint_switches: String,
     outdir: PathBuf,
     fnformat: String,
     /// InvokeAI's `-g`: the images of the command in one grid picture.
@@ -55,10 +62,19 @@ impl Plan {
             None => None,
         };
         let strength = switches.strength.unwrap_or(DEFAULT_STRENGTH);
-        let init = match &init_path {
-            Some(path) => Some(InitImage::open(path, strength)?),
+        let painting = match &init_path {
+            Some(path) => Some(Painting::new(&RgbaImage::open(path)?, switches)?),
+            None if has_inpaint_switches(switches) => {
+                return Err(anyhow!(
+                    "inpainting and outpainting need an init image (-I)"
+                ))
+            }
             None => None,
         };
+        let init = painting.as_ref().map(|p| InitImage {
+            image: p.canvas.to_rgb(),
+            strength,
+        });
         let base = Txt2Img::new(prompt, 0);
         // InvokeAI's default size is the init image's, else the model's.
         let init_size = init.as_ref().map(|i| (i.image.width, i.image.height));
@@ -79,6 +95,7 @@ impl Plan {
                 .schedule_for(steps, switches.karras_max.unwrap_or(INVOKEAI_KARRAS_MAX)),
             clip_skip: switches.clip_skip.unwrap_or(base.clip_skip),
             init,
+            inpaint: painting.as_ref().and_then(|p| p.inpaint.clone()),
             ..base
         };
         let fnformat = switches
@@ -93,6 +110,10 @@ impl Plan {
             iterations: switches.iterations.unwrap_or(1),
             sampler_name: sampler_name.to_string(),
             init_path,
+            outpaint: painting
+                .as_ref()
+                .and_then(|p| p.outpaint.then(|| (p.canvas.clone(), p.seam))),
+            inpaint_switches: inpaint_switches(switches),
             outdir: switches
                 .outdir
                 .clone()
@@ -104,6 +125,8 @@ impl Plan {
     pub fn run(&self, model: &StableDiffusion) -> Result<Vec<Made>> {
         std::fs::create_dir_all(&self.outdir)
             .with_context(|| format!("cannot create {}", self.outdir.display()))?;
+        // A Ctrl-C from before this command is not for it.
+        interrupt::take();
         let mut made = Vec::new();
         let mut grid = Vec::new();
         for k in 0..self.iterations {
@@ -116,9 +139,22 @@ impl Plan {
                 None => request.steps,
             };
             let bar = progress_bar(steps_run);
-            let generated =
-                model.generate(&request, &mut |step| bar.set_position(step.step as u64 + 1))?;
+            let mut progress =
+                |step: dream_pipeline::StepInfo<'_>| bar.set_position(step.step as u64 + 1);
+            let rendered = match &self.outpaint {
+                Some((canvas, seam)) => model.outpaint(&request, canvas, seam, &mut progress),
+                None => model.generate(&request, &mut progress),
+            };
             bar.finish_and_clear();
+            let generated = match rendered {
+                Ok(generated) => generated,
+                // Ctrl-C: the images made so far stay (in a grid too).
+                Err(_) if interrupt::take() => {
+                    eprintln!("interrupted after {k} of {} images", self.iterations);
+                    break;
+                }
+                Err(error) => return Err(error.into()),
+            };
             if self.grid {
                 grid.push(generated);
                 continue;
@@ -175,13 +211,112 @@ impl Plan {
         );
         match (&r.init, &self.init_path) {
             (Some(init), Some(path)) => format!(
-                "{command} -I{} -f{}",
+                "{command} -I{} -f{}{}",
                 shell_quote(&path.display().to_string()),
-                init.strength
+                init.strength,
+                self.inpaint_switches
             ),
             _ => command,
         }
     }
+}
+
+/// What an init image and the mask and outpainting switches make: the canvas (grown by
+/// `-c`), the mask (`-M`, else the image's transparency; `--invert_mask`), and whether the
+/// transparent area is outpainted (`-c`, `--force_outpaint`) with the seam pass.
+struct Painting {
+    canvas: RgbaImage,
+    inpaint: Option<Inpaint>,
+    outpaint: bool,
+    seam: Seam,
+}
+
+impl Painting {
+    fn new(image: &RgbaImage, switches: &Switches) -> Result<Painting> {
+        let outcrop = !switches.outcrop.is_empty();
+        let canvas = if outcrop {
+            Outcrop::parse(&switches.outcrop)?.extend(image)
+        } else {
+            image.clone()
+        };
+        let transparent = Mask::from_alpha(&canvas);
+        // InvokeAI: -M replaces the transparency as the mask, --invert_mask inverts whichever
+        // it is, and the transparent pixels are repainted in any case.
+        let mask = match &switches.init_mask {
+            Some(path) => {
+                let mask = Mask::open(path)?;
+                let mask = if switches.invert_mask {
+                    mask.inverted()
+                } else {
+                    mask
+                };
+                Some(match &transparent {
+                    Some(transparent) => transparent.union(&mask)?,
+                    None => mask,
+                })
+            }
+            None if switches.invert_mask => transparent.as_ref().map(Mask::inverted),
+            None => transparent.clone(),
+        };
+        let inpaint = mask.map(|mask| Inpaint {
+            // Colours under transparent pixels may be erased: the hole takes its surroundings'.
+            masked_content: if transparent.is_some() {
+                MaskedContent::Fill
+            } else {
+                MaskedContent::Original
+            },
+            inpaint_replace: switches.inpaint_replace.unwrap_or(0.0),
+            ..Inpaint::new(mask)
+        });
+        let defaults = Seam::default();
+        Ok(Painting {
+            outpaint: transparent.is_some() && (outcrop || switches.force_outpaint),
+            canvas,
+            inpaint,
+            seam: Seam {
+                size: switches.seam_size.unwrap_or(defaults.size),
+                blur: switches.seam_blur.unwrap_or(defaults.blur),
+                strength: switches.seam_strength.unwrap_or(defaults.strength),
+                steps: switches.seam_steps.unwrap_or(defaults.steps),
+            },
+        })
+    }
+}
+
+fn has_inpaint_switches(s: &Switches) -> bool {
+    s.init_mask.is_some() || s.invert_mask || !s.outcrop.is_empty() || s.force_outpaint
+}
+
+/// The inpainting and outpainting switches as given, for the command that remakes an image.
+fn inpaint_switches(s: &Switches) -> String {
+    let mut line = String::new();
+    if let Some(path) = &s.init_mask {
+        line += &format!(" -M{}", shell_quote(&path.display().to_string()));
+    }
+    if s.invert_mask {
+        line += " --invert_mask";
+    }
+    if let Some(r) = s.inpaint_replace {
+        line += &format!(" -r{r}");
+    }
+    if !s.outcrop.is_empty() {
+        line += &format!(" -c {}", s.outcrop.join(" "));
+    }
+    if s.force_outpaint {
+        line += " --force_outpaint";
+    }
+    let seams = [
+        ("--seam_size", s.seam_size.map(|v| v.to_string())),
+        ("--seam_blur", s.seam_blur.map(|v| v.to_string())),
+        ("--seam_strength", s.seam_strength.map(|v| v.to_string())),
+        ("--seam_steps", s.seam_steps.map(|v| v.to_string())),
+    ];
+    for (switch, value) in seams {
+        if let Some(value) = value {
+            line += &format!(" {switch} {value}");
+        }
+    }
+    line
 }
 
 /// `-S -k` is the seed of the k-th last image of the previous command.

@@ -80,7 +80,8 @@ pub struct Switches {
     #[arg(short = 'z', long = "png_compression", value_parser = clap::value_parser!(u8).range(0..=9))]
     pub png_compression: Option<u8>,
 
-    /// img2img: a PNG to start from (its alpha channel is ignored); -1 is the previous image.
+    /// img2img: a PNG, JPEG, WebP or BMP to start from; its transparent pixels are inpainted.
+    /// -1 is the previous image.
     #[arg(short = 'I', long = "init_img")]
     pub init_img: Option<String>,
     /// img2img: how much of the init image is repainted, 0 to 1 [default: 0.75].
@@ -108,7 +109,7 @@ pub struct Switches {
     /// Outcropping: direction/pixels pairs, e.g. -c top 64 left 32.
     #[arg(short = 'c', long, num_args = 1..)]
     pub outcrop: Vec<String>,
-    /// Outpaint even without a mask.
+    /// Treat the init image's transparent area as outpainting (with the seam pass).
     #[arg(long = "force_outpaint")]
     pub force_outpaint: bool,
     /// Outpainting: size of the mask around the seam [default: 0].
@@ -268,45 +269,15 @@ const UNSUPPORTED: &[Unsupported] = &[
         asked: |s| s.init_color.is_some(),
     },
     Unsupported {
-        switch: "-M/--init_mask",
-        example: &["-M", "mask.png"],
-        asked: |s| s.init_mask.is_some(),
-    },
-    Unsupported {
-        switch: "--invert_mask",
-        example: &["--invert_mask"],
-        asked: |s| s.invert_mask,
-    },
-    Unsupported {
         switch: "-tm/--text_mask",
         example: &["-tm", "a mug"],
         asked: |s| !s.text_mask.is_empty(),
     },
+    // The new area is filled with the colours around it, not with tiles.
     Unsupported {
-        switch: "-r/--inpaint_replace",
-        example: &["-r", "0.5"],
-        asked: |s| nonzero(s.inpaint_replace),
-    },
-    Unsupported {
-        switch: "-c/--outcrop",
-        example: &["-c", "top", "64"],
-        asked: |s| !s.outcrop.is_empty(),
-    },
-    Unsupported {
-        switch: "--force_outpaint",
-        example: &["--force_outpaint"],
-        asked: |s| s.force_outpaint,
-    },
-    Unsupported {
-        switch: "--seam_size/--seam_blur/--seam_strength/--seam_steps/--tile_size",
-        example: &["--seam_size", "16"],
-        asked: |s| {
-            s.seam_size.is_some()
-                || s.seam_blur.is_some()
-                || s.seam_strength.is_some()
-                || s.seam_steps.is_some()
-                || s.tile_size.is_some()
-        },
+        switch: "--tile_size",
+        example: &["--tile_size", "16"],
+        asked: |s| s.tile_size.is_some(),
     },
     Unsupported {
         switch: "-D/--out_direction",
