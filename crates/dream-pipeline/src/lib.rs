@@ -17,6 +17,7 @@ pub mod mask;
 pub mod model;
 pub mod outpaint;
 pub mod perlin;
+pub mod preview;
 pub mod registry;
 pub mod resize;
 pub mod sampling;
