@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
 use dream_pipeline::grid::{grid_shape, make_grid};
 use dream_pipeline::image::RgbaImage;
-use dream_pipeline::Generated;
+use dream_pipeline::{interrupt, Generated};
 use dream_pipeline::{
     InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, StableDiffusion, Txt2Img,
 };
@@ -125,6 +125,8 @@ impl Plan {
     pub fn run(&self, model: &StableDiffusion) -> Result<Vec<Made>> {
         std::fs::create_dir_all(&self.outdir)
             .with_context(|| format!("cannot create {}", self.outdir.display()))?;
+        // A Ctrl-C from before this command is not for it.
+        interrupt::take();
         let mut made = Vec::new();
         let mut grid = Vec::new();
         for k in 0..self.iterations {
@@ -139,11 +141,20 @@ impl Plan {
             let bar = progress_bar(steps_run);
             let mut progress =
                 |step: dream_pipeline::StepInfo<'_>| bar.set_position(step.step as u64 + 1);
-            let generated = match &self.outpaint {
-                Some((canvas, seam)) => model.outpaint(&request, canvas, seam, &mut progress)?,
-                None => model.generate(&request, &mut progress)?,
+            let rendered = match &self.outpaint {
+                Some((canvas, seam)) => model.outpaint(&request, canvas, seam, &mut progress),
+                None => model.generate(&request, &mut progress),
             };
             bar.finish_and_clear();
+            let generated = match rendered {
+                Ok(generated) => generated,
+                // Ctrl-C: the images made so far stay (in a grid too).
+                Err(_) if interrupt::take() => {
+                    eprintln!("interrupted after {k} of {} images", self.iterations);
+                    break;
+                }
+                Err(error) => return Err(error.into()),
+            };
             if self.grid {
                 grid.push(generated);
                 continue;
