@@ -78,6 +78,9 @@ mkdir -p $FX/inpaint
 mkdir -p $FX/vae_tiling
 "$PY" "$TOOLS/vae_tiling_fixtures.py" $FX/tiny/vae $FX/vae_tiling/tiny_32px_tiles.safetensors
 
+# TAESD: a tiny random AutoencoderTiny, its decoder in madebyollin's layout, and a decode.
+"$PY" "$TOOLS/taesd_fixtures.py" $FX/taesd
+
 # Every reference must reproduce with plain diffusers (generator=), from the folder and the single file.
 "$PY" "$TOOLS/check_fixtures.py" $FX
 du -sh $FX

@@ -112,6 +112,27 @@ pub fn conv2d(
     })
 }
 
+/// Reads `weight` only, for convolutions made with `bias=False` (their bias is zero).
+pub fn conv2d_no_bias(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    config: ConvConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let weight = vb.get(
+        (out_channels, in_channels, kernel_size, kernel_size),
+        "weight",
+    )?;
+    let bias = Tensor::zeros(out_channels, weight.dtype(), weight.device())?;
+    Ok(Conv2d {
+        weight,
+        bias,
+        config,
+        padding_mode: SharedPaddingMode::default(),
+    })
+}
+
 impl Conv2d {
     pub fn set_padding_mode(&self, mode: PaddingMode) {
         self.padding_mode.set(mode);

@@ -12,6 +12,7 @@ pub mod embeddings;
 pub mod kernels;
 pub mod layers;
 pub mod resnet;
+pub mod taesd;
 pub mod unet;
 pub mod vae;
 pub mod weights;

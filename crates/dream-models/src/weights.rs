@@ -631,17 +631,23 @@ impl Weights {
 
     /// A file's tensors under their own names (for files already in diffusers' naming).
     pub fn open(path: &Path) -> Result<Weights, WeightsError> {
+        Weights::open_renamed(path, |name| Some(name.to_owned()))
+    }
+
+    /// A file's tensors under the names `rename` gives them (`None` leaves a tensor out).
+    pub fn open_renamed(
+        path: &Path,
+        rename: impl Fn(&str) -> Option<String>,
+    ) -> Result<Weights, WeightsError> {
         let file = Arc::new(Checkpoint::open(path)?);
         let map = file
             .names()
-            .map(|name| {
-                (
-                    name.to_owned(),
-                    Source {
-                        key: name.to_owned(),
-                        part: None,
-                    },
-                )
+            .filter_map(|key| {
+                let source = Source {
+                    key: key.to_owned(),
+                    part: None,
+                };
+                Some((rename(key)?, source))
             })
             .collect();
         Ok(Weights::renamed(file, map))
@@ -918,7 +924,7 @@ pub fn load_vae_file(path: &Path) -> Result<Component<VaeConfig>, WeightsError> 
     })
 }
 
-fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, WeightsError> {
+pub(crate) fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, WeightsError> {
     let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
