@@ -416,6 +416,12 @@ impl SamplerChoice {
             (None, NameStyle::ComfyUi) => ScheduleKind::Normal,
         }
     }
+
+    /// Whether the schedule loses its next-to-last σ: A1111 does that for DPM2, DPM2 a and
+    /// DPM++ 3M SDE whatever the schedule type; InvokeAI, ComfyUI and k-diffusion never do.
+    pub fn discards_next_to_last_sigma(&self) -> bool {
+        self.style == NameStyle::A1111 && self.sampler.a1111_discards_next_to_last_sigma()
+    }
 }
 
 impl From<Sampler> for SamplerChoice {
@@ -834,6 +840,39 @@ mod tests {
         assert_eq!(schedule("dpmpp_2m"), Normal);
         assert_eq!(schedule("LMS Karras"), Karras);
         assert_eq!(schedule("k_dpmpp_2"), Normal);
+    }
+
+    /// A1111's `discard_next_to_last_sigma` sampler option (`samplers_k_diffusion` in
+    /// modules/sd_samplers_kdiffusion.py: DPM2, DPM2 a, DPM++ 3M SDE and their Karras and
+    /// Exponential variants); other tools' names for the same samplers keep every σ.
+    #[test]
+    fn only_a1111_names_discard_the_next_to_last_sigma() {
+        let table = [
+            ("DPM2", true),
+            ("DPM2 a", true),
+            ("DPM2 Karras", true),
+            ("DPM2 a Karras", true),
+            ("k_dpm_2_ka", true),
+            ("DPM++ 3M SDE", true),
+            ("DPM++ 3M SDE Exponential", true),
+            ("k_dpmpp_3m_sde_exp", true),
+            ("DPM++ 2M SDE", false),
+            ("DPM++ 2M Karras", false),
+            ("DPM++ SDE", false),
+            ("Euler a", false),
+            ("Heun", false),
+            ("LMS", false),
+            ("k_dpm_2", false),
+            ("k_dpm_2_a", false),
+            ("k_dpmpp_3m_sde", false),
+            ("dpm_2", false),
+            ("dpm_2_ancestral", false),
+            ("dpmpp_3m_sde", false),
+        ];
+        for (name, discards) in table {
+            let choice: SamplerChoice = name.parse().unwrap();
+            assert_eq!(choice.discards_next_to_last_sigma(), discards, "{name}");
+        }
     }
 
     #[test]

@@ -81,11 +81,23 @@ pub struct SchedulerConfig {
     /// `None` when the file does not say: each scheduler then uses its own default
     /// (DDIM/PNDM "leading", Euler and the other k-diffusion samplers "linspace").
     pub timestep_spacing: Option<TimestepSpacing>,
-    /// DDIM clipping of the predicted x0 to [-1, 1]. diffusers defaults it to true, but it is
-    /// wrong for latents; SD files set it to false.
-    pub clip_sample: bool,
+    /// Clipping of the predicted x0 to ±`clip_sample_range` (DDIM, DDPM, LCM). `None` when the
+    /// file does not say: each scheduler's default then (DDIM and DDPM clip, LCM does not;
+    /// clipping is wrong for latents, so SD files set it to false).
+    pub clip_sample: Option<bool>,
+    pub clip_sample_range: f64,
+    /// Dynamic thresholding of x0 (Imagen's, for pixel-space models); parsed only to refuse it.
+    pub thresholding: bool,
     /// Zero-terminal-SNR rescaling of the betas; parsed only to refuse it.
     pub rescale_betas_zero_snr: bool,
+    /// UniPC's `solver_order`, `solver_type`, `predict_x0` and `lower_order_final` (see
+    /// [`UniPcOptions`]); `solver_type` is kept as written, DPM-Solver's names included.
+    pub solver_order: usize,
+    pub solver_type: Option<String>,
+    pub predict_x0: bool,
+    pub lower_order_final: bool,
+    /// The schedule an LCM model was distilled on ([`LCM_ORIGINAL_STEPS`] by default).
+    pub original_inference_steps: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -101,8 +113,15 @@ impl Default for SchedulerConfig {
             steps_offset: 0,
             set_alpha_to_one: true,
             timestep_spacing: None,
-            clip_sample: true,
+            clip_sample: None,
+            clip_sample_range: 1.0,
+            thresholding: false,
             rescale_betas_zero_snr: false,
+            solver_order: 2,
+            solver_type: None,
+            predict_x0: true,
+            lower_order_final: true,
+            original_inference_steps: LCM_ORIGINAL_STEPS,
         }
     }
 }
@@ -116,7 +135,7 @@ impl SchedulerConfig {
             beta_schedule: BetaSchedule::ScaledLinear,
             steps_offset: 1,
             set_alpha_to_one: false,
-            clip_sample: false,
+            clip_sample: Some(false),
             ..Self::default()
         }
     }
@@ -125,6 +144,69 @@ impl SchedulerConfig {
     pub fn from_json_str(json: &str) -> Result<Self, ScheduleError> {
         Ok(serde_json::from_str(json)?)
     }
+
+    /// The range x0 estimates are clipped to, if they are, for a scheduler that clips by
+    /// default when `clips_by_default` (diffusers' DDIM and DDPM) or not (LCM).
+    pub fn clip_range(&self, clips_by_default: bool) -> Option<f64> {
+        self.clip_sample
+            .unwrap_or(clips_by_default)
+            .then_some(self.clip_sample_range)
+    }
+
+    /// How diffusers' `UniPCMultistepScheduler.from_config` would run UniPC: DPM-Solver's
+    /// `solver_type` names (`midpoint`, `heun`, `logrho`) become bh2, as diffusers does.
+    pub fn unipc_options(&self) -> Result<UniPcOptions, ScheduleError> {
+        let variant = match self.solver_type.as_deref() {
+            Some("bh1") => UniPcVariant::Bh1,
+            None | Some("bh2" | "midpoint" | "heun" | "logrho") => UniPcVariant::Bh2,
+            Some(other) => return Err(ScheduleError::UnknownSolverType(other.to_string())),
+        };
+        if !(1..=3).contains(&self.solver_order) {
+            return Err(ScheduleError::SolverOrder(self.solver_order));
+        }
+        Ok(UniPcOptions {
+            order: self.solver_order,
+            variant,
+            predict_x0: self.predict_x0,
+            lower_order_final: self.lower_order_final,
+        })
+    }
+}
+
+/// How UniPC runs: diffusers' `UniPCMultistepScheduler` options of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UniPcOptions {
+    /// `solver_order`: how many past model outputs a step uses, 1 to 3.
+    pub order: usize,
+    /// `solver_type`: the B(h) of the update.
+    pub variant: UniPcVariant,
+    /// `predict_x0`: the multistep works on x₀ estimates (data prediction, as DPM-Solver++)
+    /// rather than on ε.
+    pub predict_x0: bool,
+    /// `lower_order_final`: the last steps drop to lower orders. Without it the step to σ = 0
+    /// has no finite coefficients (diffusers fails there too), so it is refused.
+    pub lower_order_final: bool,
+}
+
+impl Default for UniPcOptions {
+    /// diffusers' defaults: order 2, bh2, data prediction, lower order at the end.
+    fn default() -> Self {
+        Self {
+            order: 2,
+            variant: UniPcVariant::Bh2,
+            predict_x0: true,
+            lower_order_final: true,
+        }
+    }
+}
+
+/// UniPC's B(h), the function of the step size h (in log-SNR) its update is expanded over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniPcVariant {
+    /// B(h) = h (the paper recommends it for unconditional sampling).
+    Bh1,
+    /// B(h) = eʰ − 1 (for guided sampling).
+    Bh2,
 }
 
 /// Why a schedule cannot be built.
@@ -154,6 +236,10 @@ pub enum ScheduleError {
     },
     #[error("LCM takes at most {original} steps (the schedule it was distilled on), got {steps}")]
     TooManyLcmSteps { steps: usize, original: usize },
+    #[error("unknown solver_type {0:?} for UniPC; valid: bh1, bh2")]
+    UnknownSolverType(String),
+    #[error("UniPC solver_order must be 1, 2 or 3, got {0}")]
+    SolverOrder(usize),
 }
 
 /// The training noise schedule: ᾱ for every training timestep.
@@ -393,10 +479,10 @@ pub fn unipc_schedule(
 pub const LCM_ORIGINAL_STEPS: usize = 50;
 
 /// `LCMScheduler.set_timesteps(steps)`: `steps` timesteps picked evenly, from the noisiest,
-/// out of the [`LCM_ORIGINAL_STEPS`] timesteps k·T/50 − 1 (k = 1…50) the model was distilled
-/// on.
+/// out of the N = `original_inference_steps` timesteps k·⌊T/N⌋ − 1 (k = 1…N) the model was
+/// distilled on.
 pub fn lcm_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usize>, ScheduleError> {
-    let original = LCM_ORIGINAL_STEPS;
+    let original = config.original_inference_steps;
     if steps == 0 {
         return Err(ScheduleError::ZeroSteps);
     }

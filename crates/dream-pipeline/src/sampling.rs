@@ -12,10 +12,16 @@
 //! image's own generator ([`GeneratorNoise`]), for the SDE samplers a Brownian motion
 //! ([`BrownianNoise`]).
 
+use std::collections::VecDeque;
+
 use candle_core::{Result, Tensor};
 use dream_core::rng::TorchGenerator;
 use dream_core::sampler::Sampler;
-use dream_core::schedule::{NoiseSchedule, PredictionType, SigmaSchedule};
+use dream_core::schedule::{
+    NoiseSchedule, PredictionType, SigmaSchedule, UniPcOptions, UniPcVariant,
+};
+
+use crate::guidance::LatentThreshold;
 
 /// The model as a function of the latents and the training timestep: its raw output (ε or v,
 /// as the model's [`PredictionType`] says), already combined over the guidance batch.
@@ -62,6 +68,7 @@ pub struct Denoiser<'a> {
     model: &'a mut dyn Predictor,
     prediction: PredictionType,
     schedule: &'a NoiseSchedule,
+    threshold: Option<LatentThreshold>,
 }
 
 impl<'a> Denoiser<'a> {
@@ -74,6 +81,15 @@ impl<'a> Denoiser<'a> {
             model,
             prediction,
             schedule,
+            threshold: None,
+        }
+    }
+
+    /// Thresholds every x₀ estimate, as InvokeAI's `--threshold`.
+    pub fn with_threshold(self, threshold: LatentThreshold) -> Self {
+        Self {
+            threshold: Some(threshold),
+            ..self
         }
     }
 
@@ -81,9 +97,13 @@ impl<'a> Denoiser<'a> {
     pub fn denoise(&mut self, x: &Tensor, sigma: f64, timestep: f64) -> Result<Tensor> {
         let scale = (sigma * sigma + 1.0).sqrt();
         let output = self.model.predict(&(x / scale)?, timestep)?;
-        match self.prediction {
-            PredictionType::Epsilon => x - (output * sigma)?,
-            PredictionType::VPrediction => (x / (scale * scale))? - (output * (sigma / scale))?,
+        let denoised = match self.prediction {
+            PredictionType::Epsilon => (x - (output * sigma)?)?,
+            PredictionType::VPrediction => ((x / (scale * scale))? - (output * (sigma / scale))?)?,
+        };
+        match &mut self.threshold {
+            Some(threshold) => threshold.apply(&denoised),
+            None => Ok(denoised),
         }
     }
 
@@ -455,7 +475,7 @@ pub fn sample_lms(
     let n = schedule.timesteps.len();
     let sigmas: Vec<f64> = schedule.sigmas.iter().map(|&s| s as f64).collect();
     // Newest first.
-    let mut slopes: std::collections::VecDeque<Tensor> = Default::default();
+    let mut slopes: VecDeque<Tensor> = Default::default();
     for i in 0..n {
         let (sigma, _, t) = step_of(schedule, i);
         let denoised = model.denoise(&x, sigma, t)?;
@@ -721,6 +741,8 @@ pub struct DiscreteModel<'a> {
     pub model: &'a mut dyn Predictor,
     pub schedule: &'a NoiseSchedule,
     pub prediction: PredictionType,
+    /// DDIM, DDPM and LCM clip their x₀ estimates to ±this (`clip_sample`); `None` does not.
+    pub clip_sample: Option<f64>,
 }
 
 /// What the model says about latents x = α·x₀ + s·n (α = √ᾱ, s = √(1−ᾱ) on the DDPM side).
@@ -751,16 +773,24 @@ impl DiscreteModel<'_> {
         })
     }
 
-    /// Calls the network at timestep t and reads its output.
+    /// Calls the network at timestep t and reads its output, x₀ clipped if `clip_sample` says
+    /// so (ε is left as the network gave it, as diffusers' default `use_clipped_model_output`).
     fn predict(&mut self, x: &Tensor, t: usize) -> Result<Estimate> {
         let alpha_cumprod = self.schedule.alphas_cumprod[t] as f64;
         let output = self.model.predict(x, t as f64)?;
-        self.estimate(
+        let estimate = self.estimate(
             &output,
             x,
             alpha_cumprod.sqrt(),
             (1.0 - alpha_cumprod).sqrt(),
-        )
+        )?;
+        Ok(match self.clip_sample {
+            Some(range) => Estimate {
+                x0: estimate.x0.clamp(-range, range)?,
+                ..estimate
+            },
+            None => estimate,
+        })
     }
 }
 
@@ -817,7 +847,7 @@ pub fn sample_plms(
     let n = timesteps.len();
     let stride = timestep_stride(model.schedule, steps);
     // Model outputs at the start of each step, newest first.
-    let mut outputs: std::collections::VecDeque<Tensor> = Default::default();
+    let mut outputs: VecDeque<Tensor> = Default::default();
     for (i, &t) in timesteps.iter().enumerate() {
         let t_prev = t as i64 - stride;
         let output = model.model.predict(&x, t as f64)?;
@@ -872,71 +902,233 @@ fn pndm_transfer(
     (x * (alpha_prev / alpha).sqrt())? - (eps * ((alpha_prev - alpha) / denominator))?
 }
 
-/// UniPC (Zhao et al. 2023) as diffusers' `UniPCMultistepScheduler` runs it by default: data
-/// prediction, B(h) = e^h − 1 ("bh2"), order 2, first and last step of order 1. Each step
-/// first corrects the latents the last predictor made (UniC) with the new model output, then
-/// predicts the next latents (UniP).
+/// UniPC (Zhao et al. 2023) as diffusers' `UniPCMultistepScheduler` runs it. Each step first
+/// corrects the latents the last predictor made (UniC) with the new model output, then predicts
+/// the next latents (UniP) from the outputs of the last `order` steps.
 ///
 /// The schedule's σ set the variance-preserving coefficients α = 1/√(σ²+1), s = σ·α and the
 /// log-SNR λ = −ln σ; the network is told the schedule's (integer) timesteps.
 pub fn sample_unipc(
     model: &mut DiscreteModel<'_>,
     schedule: &SigmaSchedule,
+    options: &UniPcOptions,
     mut x: Tensor,
     callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = schedule.timesteps.len();
-    let sigma = |i: usize| schedule.sigmas[i] as f64;
-    let alpha = |i: usize| 1.0 / (sigma(i) * sigma(i) + 1.0).sqrt();
-    let sigma_vp = |i: usize| sigma(i) * alpha(i);
-    let lambda = |i: usize| -sigma(i).ln();
-    // Data predictions of the last two steps, newest first, and the latents the last
-    // predictor started from, with its order.
-    let mut m: std::collections::VecDeque<Tensor> = Default::default();
+    let unipc = UniPc {
+        sigmas: &schedule.sigmas,
+        options,
+    };
+    // Converted model outputs (x₀ or ε) of the last `order` steps, newest first, and the
+    // latents the last predictor started from, with its order.
+    let mut m: VecDeque<Tensor> = Default::default();
     let mut last: Option<(Tensor, usize)> = None;
     for i in 0..n {
         let output = model.model.predict(&x, schedule.timesteps[i] as f64)?;
-        let m_i = model.estimate(&output, &x, alpha(i), sigma_vp(i))?.x0;
-
+        let estimate = model.estimate(&output, &x, unipc.alpha(i), unipc.sigma_vp(i))?;
+        let m_i = if options.predict_x0 {
+            estimate.x0.clone()
+        } else {
+            estimate.eps
+        };
         if let Some((x_last, order)) = &last {
-            // UniC: redo the step i−1 → i with m_i known.
-            let h = lambda(i) - lambda(i - 1);
-            let phi_1 = (-h).exp_m1();
-            let base =
-                ((x_last * (sigma_vp(i) / sigma_vp(i - 1)))? - (&m[0] * (alpha(i) * phi_1))?)?;
-            let d1_t = (&m_i - &m[0])?;
-            let correction = if *order == 1 {
-                (d1_t * 0.5)?
-            } else {
-                let r = (lambda(i - 2) - lambda(i - 1)) / h;
-                let d1 = ((&m[1] - &m[0])? / r)?;
-                let b1 = (phi_1 / -h - 1.0) / phi_1;
-                let b2 = 2.0 * ((phi_1 / -h - 1.0) / -h - 0.5) / phi_1;
-                let rho_0 = (b1 - b2) / (1.0 - r);
-                let rho_1 = b1 - rho_0;
-                ((d1 * rho_0)? + (d1_t * rho_1)?)?
-            };
-            x = (base - (correction * (alpha(i) * phi_1))?)?;
+            x = unipc.correct(&m, &m_i, x_last, i, *order)?;
         }
-
         m.push_front(m_i);
-        m.truncate(2);
-        let order = 2.min(n - i).min(i + 1);
-        // UniP: step i → i+1 (to σ = 0 the formula gives x = m_i).
-        let h = lambda(i + 1) - lambda(i);
-        let phi_1 = (-h).exp_m1();
-        let mut x_next =
-            ((&x * (sigma_vp(i + 1) / sigma_vp(i)))? - (&m[0] * (alpha(i + 1) * phi_1))?)?;
-        if order == 2 {
-            let r = (lambda(i - 1) - lambda(i)) / h;
-            let d1 = ((&m[1] - &m[0])? / r)?;
-            x_next = (x_next - (d1 * (alpha(i + 1) * phi_1 * 0.5))?)?;
-        }
+        m.truncate(options.order);
+        let order = if options.lower_order_final {
+            options.order.min(n - i)
+        } else {
+            options.order
+        };
+        // The first steps have no history yet ("warmup for multistep").
+        let order = order.min(i + 1);
+        // To σ = 0 (of order 1, with `lower_order_final`) every variant's update tends to the
+        // x₀ estimate; its coefficients there are 0·∞, which diffusers evaluates to NaN for
+        // bh1 and for ε-prediction. The step is taken as its limit.
+        let x_next = if schedule.sigmas[i + 1] == 0.0 {
+            estimate.x0.clone()
+        } else {
+            unipc.predict(&m, &x, i, order)?
+        };
         last = Some((x, order));
         x = x_next;
-        report(callback, i, n, &x, Some(&m[0]))?;
+        report(callback, i, n, &x, Some(&estimate.x0))?;
     }
     Ok(x)
+}
+
+/// One UniPC run's coefficients over a schedule.
+struct UniPc<'a> {
+    sigmas: &'a [f32],
+    options: &'a UniPcOptions,
+}
+
+impl UniPc<'_> {
+    fn sigma(&self, i: usize) -> f64 {
+        self.sigmas[i] as f64
+    }
+
+    fn alpha(&self, i: usize) -> f64 {
+        1.0 / (self.sigma(i) * self.sigma(i) + 1.0).sqrt()
+    }
+
+    fn sigma_vp(&self, i: usize) -> f64 {
+        self.sigma(i) * self.alpha(i)
+    }
+
+    fn lambda(&self, i: usize) -> f64 {
+        -self.sigma(i).ln()
+    }
+
+    /// The step from σ index `s0` to `t` over the outputs `m` (m[0] at `s0`, m[k] at
+    /// `s0 − k`): the first-order part, and the coefficient B(h) of the higher-order terms
+    /// with D1_k = (m[k] − m[0]) / r_k, r_k = (λ_{s0−k} − λ_{s0}) / h, k = 1…order−1.
+    /// Returns (x_t without the higher-order terms, α or s of t times B(h), D1s, the b vector
+    /// and the R matrix of the order conditions).
+    fn step(
+        &self,
+        m: &VecDeque<Tensor>,
+        x: &Tensor,
+        s0: usize,
+        t: usize,
+        order: usize,
+    ) -> Result<Step> {
+        let h = self.lambda(t) - self.lambda(s0);
+        let hh = if self.options.predict_x0 { -h } else { h };
+        let h_phi_1 = hh.exp_m1();
+        let b_h = match self.options.variant {
+            UniPcVariant::Bh1 => hh,
+            UniPcVariant::Bh2 => hh.exp_m1(),
+        };
+        let mut rks = Vec::with_capacity(order);
+        let mut d1s = Vec::with_capacity(order);
+        for k in 1..order {
+            let rk = (self.lambda(s0 - k) - self.lambda(s0)) / h;
+            d1s.push(((&m[k] - &m[0])? / rk)?);
+            rks.push(rk);
+        }
+        rks.push(1.0);
+        // b_k = h·φ_{k+1}(h)·k! / B(h), with h·φ_k(h) built up by φ_{k+1} = (φ_k − 1/k!)/h.
+        let mut b = Vec::with_capacity(order);
+        let mut h_phi_k = h_phi_1 / hh - 1.0;
+        let mut factorial = 1.0;
+        for k in 1..=order {
+            b.push(h_phi_k * factorial / b_h);
+            factorial *= (k + 1) as f64;
+            h_phi_k = h_phi_k / hh - 1.0 / factorial;
+        }
+        let r: Vec<Vec<f64>> = (0..order)
+            .map(|power| rks.iter().map(|rk| rk.powi(power as i32)).collect())
+            .collect();
+        let (base, scale) = if self.options.predict_x0 {
+            let base = ((x * (self.sigma_vp(t) / self.sigma_vp(s0)))?
+                - (&m[0] * (self.alpha(t) * h_phi_1))?)?;
+            (base, self.alpha(t) * b_h)
+        } else {
+            let base = ((x * (self.alpha(t) / self.alpha(s0)))?
+                - (&m[0] * (self.sigma_vp(t) * h_phi_1))?)?;
+            (base, self.sigma_vp(t) * b_h)
+        };
+        Ok(Step {
+            base,
+            scale,
+            d1s,
+            b,
+            r,
+        })
+    }
+
+    /// UniP: from the latents `x` at step `i` to step `i + 1`, with `m` holding m_i first.
+    fn predict(&self, m: &VecDeque<Tensor>, x: &Tensor, i: usize, order: usize) -> Result<Tensor> {
+        let step = self.step(m, x, i, i + 1, order)?;
+        let rhos = match order {
+            1 => return Ok(step.base),
+            // diffusers' simplified second order.
+            2 => vec![0.5],
+            _ => solve(&minor(&step.r, order - 1), &step.b[..order - 1]),
+        };
+        step.base - (weighted_sum(&rhos, &step.d1s)? * step.scale)?
+    }
+
+    /// UniC: redoes the step i − 1 → i from `x_last` with m_i (`m_t`) known; `m` holds the
+    /// outputs up to step i − 1, newest first.
+    fn correct(
+        &self,
+        m: &VecDeque<Tensor>,
+        m_t: &Tensor,
+        x_last: &Tensor,
+        i: usize,
+        order: usize,
+    ) -> Result<Tensor> {
+        let step = self.step(m, x_last, i - 1, i, order)?;
+        let rhos = match order {
+            // diffusers' simplified first order.
+            1 => vec![0.5],
+            _ => solve(&step.r, &step.b),
+        };
+        let d1_t = (m_t - &m[0])?;
+        let mut correction = (d1_t * rhos[order - 1])?;
+        if order > 1 {
+            correction = (correction + weighted_sum(&rhos[..order - 1], &step.d1s)?)?;
+        }
+        step.base - (correction * step.scale)?
+    }
+}
+
+/// The parts of one UniPC update (see [`UniPc::step`]).
+struct Step {
+    base: Tensor,
+    scale: f64,
+    d1s: Vec<Tensor>,
+    b: Vec<f64>,
+    r: Vec<Vec<f64>>,
+}
+
+/// Σ weights[k]·tensors[k].
+fn weighted_sum(weights: &[f64], tensors: &[Tensor]) -> Result<Tensor> {
+    let mut sum = (&tensors[0] * weights[0])?;
+    for (w, t) in weights.iter().zip(tensors).skip(1) {
+        sum = (sum + (t * *w)?)?;
+    }
+    Ok(sum)
+}
+
+/// The top-left `size` × `size` block of a square matrix.
+fn minor(matrix: &[Vec<f64>], size: usize) -> Vec<Vec<f64>> {
+    matrix[..size]
+        .iter()
+        .map(|row| row[..size].to_vec())
+        .collect()
+}
+
+/// Solves the small linear system A·x = b by Gaussian elimination with partial pivoting.
+fn solve(a: &[Vec<f64>], b: &[f64]) -> Vec<f64> {
+    let n = b.len();
+    let mut rows: Vec<Vec<f64>> = a
+        .iter()
+        .zip(b)
+        .map(|(row, &bi)| row.iter().copied().chain([bi]).collect())
+        .collect();
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&p, &q| rows[p][col].abs().total_cmp(&rows[q][col].abs()))
+            .unwrap_or(col);
+        rows.swap(col, pivot);
+        for row in col + 1..n {
+            let factor = rows[row][col] / rows[col][col];
+            for k in col..=n {
+                rows[row][k] -= factor * rows[col][k];
+            }
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let known: f64 = (row + 1..n).map(|k| rows[row][k] * x[k]).sum();
+        x[row] = (rows[row][n] - known) / rows[row][row];
+    }
+    x
 }
 
 /// Latent consistency sampling (Luo et al. 2023, diffusers' `LCMScheduler`): at each timestep
@@ -1085,6 +1277,13 @@ pub fn schedule_from(schedule: &SigmaSchedule, first_step: usize) -> SigmaSchedu
 /// Init latents noised to level σ for a k-diffusion sampler: x = x₀ + σ·n.
 pub fn noise_to_sigma(init: &Tensor, noise: &Tensor, sigma: f64) -> Result<Tensor> {
     init + (noise * sigma)?
+}
+
+/// Init latents noised to level σ in variance-preserving form, as UniPC's `add_noise`:
+/// x = α·x₀ + σ·α·n with α = 1/√(σ²+1) (for a training σ, √ᾱ_t·x₀ + √(1−ᾱ_t)·n).
+pub fn noise_to_vp_sigma(init: &Tensor, noise: &Tensor, sigma: f64) -> Result<Tensor> {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (init * alpha)? + (noise * (sigma * alpha))?
 }
 
 /// Init latents noised to training timestep t for a DDPM-family sampler, as diffusers'

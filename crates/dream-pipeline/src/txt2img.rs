@@ -1,32 +1,28 @@
 //! Text to image: encode the prompts, draw the seed's noise, sample, decode.
 
 use std::cell::Cell;
-use std::str::FromStr;
 
 use candle_core::{DType, Tensor};
-use dream_core::metadata::{
-    invokeai, python_float, A1111Parameters, GenerationInfo, MetadataFormat,
-};
+use dream_core::metadata::{invokeai, A1111Parameters, GenerationInfo, MetadataFormat};
 use dream_core::prompt::{PromptOptions, Syntax};
 use dream_core::rng::TorchGenerator;
 use dream_core::sampler::{Sampler, ScheduleKind};
 use dream_core::schedule::{
     ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule,
 };
-use dream_models::layers::PaddingMode;
 
 use crate::conditioning::{ConditioningOptions, Emphasis};
+#[cfg(doc)]
+use crate::guidance::rescale_guidance;
+use crate::guidance::LatentThreshold;
 use crate::image::RgbImage;
 use crate::img2img::{InitImage, Start};
-use crate::inpaint::Inpaint;
 use crate::model::StableDiffusion;
-use crate::resize::{size_init_image, InitSizing};
 use crate::sampling::{
-    noise_to_sigma, noise_to_timestep, sample_ddim, sample_ddpm, sample_k, sample_lcm, sample_plms,
-    sample_unipc, schedule_from, BrownianNoise, Denoiser, DiscreteModel, GeneratorNoise, Noise,
-    NoiseSource, Predictor, StepCallback, StepInfo,
+    noise_to_sigma, noise_to_timestep, noise_to_vp_sigma, sample_ddim, sample_ddpm, sample_k,
+    sample_lcm, sample_plms, sample_unipc, schedule_from, BrownianNoise, Denoiser, DiscreteModel,
+    GeneratorNoise, Noise, NoiseSource, Predictor, StepCallback, StepInfo,
 };
-use crate::variation::{initial_noise, Variation};
 use crate::DreamError;
 
 /// Everything that determines a txt2img image.
@@ -47,6 +43,15 @@ pub struct Txt2Img {
     pub eta: Option<f64>,
     /// Scale of that fresh noise (k-diffusion's `s_noise`), usually 1.
     pub s_noise: f64,
+    /// InvokeAI's `--threshold` for the k-diffusion samplers: clamp the guided x₀ estimate
+    /// towards [−t, t] (see [`LatentThreshold`]); `None` or 0 is off.
+    pub threshold: Option<f64>,
+    /// CFG rescale φ (`guidance_rescale`, see [`rescale_guidance`]), 0 to 1; 0 is off.
+    pub guidance_rescale: f64,
+    /// A1111's "discard penultimate sigma": the k-diffusion schedule is built for one step
+    /// more and loses its next-to-last σ. A1111 does it for DPM2, DPM2 a and DPM++ 3M SDE
+    /// (`SamplerChoice::discards_next_to_last_sigma`).
+    pub discard_penultimate_sigma: bool,
     /// How the prompts are read (A1111's syntax by default).
     pub syntax: Syntax,
     /// A1111's "Clip skip": 1 uses the text encoder's output, 2 the layer before, …
@@ -54,17 +59,6 @@ pub struct Txt2Img {
     pub emphasis: Emphasis,
     /// img2img: the image to start from instead of pure noise.
     pub init: Option<InitImage>,
-    /// Inpainting: which part of the init image to repaint, and how.
-    pub inpaint: Option<Inpaint>,
-    /// InvokeAI's variation chain (`-V seed:weight,…`): the seed's noise slerped towards each
-    /// variation seed's noise in turn. InvokeAI's `-v AMOUNT` appends a new random seed.
-    pub variations: Vec<Variation>,
-    /// A1111's "Variation seed" and "Variation seed strength".
-    pub subseed: Option<Variation>,
-    /// The share of the initial noise that is Perlin noise (InvokeAI's `--perlin`), 0 to 1.
-    pub perlin: f64,
-    /// The axes along which the image tiles with itself (`--seamless`, `--seamless_axes`).
-    pub seamless: Seamless,
 }
 
 impl Txt2Img {
@@ -82,27 +76,14 @@ impl Txt2Img {
             schedule: ScheduleKind::Normal,
             eta: None,
             s_noise: 1.0,
+            threshold: None,
+            guidance_rescale: 0.0,
+            discard_penultimate_sigma: false,
             syntax: Syntax::A1111,
             clip_skip: 1,
             emphasis: Emphasis::Original,
             init: None,
-            inpaint: None,
-            variations: Vec::new(),
-            subseed: None,
-            perlin: 0.0,
-            seamless: Seamless::NONE,
         }
-    }
-
-    /// Brings the init image to the size `sizing` gives it (Lanczos) and makes that the
-    /// request's size, as InvokeAI sizes img2img by its init image. Without an init image
-    /// nothing changes.
-    pub fn size_to_init(&mut self, sizing: InitSizing) -> Result<(), DreamError> {
-        if let Some(init) = &mut self.init {
-            init.image = size_init_image(&init.image, sizing)?;
-            (self.width, self.height) = (init.image.width, init.image.height);
-        }
-        Ok(())
     }
 
     fn conditioning_options(&self) -> ConditioningOptions {
@@ -145,81 +126,24 @@ impl Txt2Img {
                 self.s_noise
             ));
         }
-        for variation in self.variations.iter().chain(&self.subseed) {
-            variation.validate()?;
+        if let Some(threshold) = self.threshold {
+            if !(threshold.is_finite() && threshold >= 0.0) {
+                return invalid(format!(
+                    "threshold must be a number of at least 0, got {threshold}"
+                ));
+            }
         }
-        if !(0.0..=1.0).contains(&self.perlin) {
+        if !(0.0..=1.0).contains(&self.guidance_rescale) {
             return invalid(format!(
-                "perlin must be between 0 and 1, got {}",
-                self.perlin
+                "guidance rescale must be between 0 and 1, got {}",
+                self.guidance_rescale
             ));
         }
         if let Some(init) = &self.init {
             init.validate(self.width, self.height)?;
             init.steps(self.steps)?;
         }
-        if let Some(inpaint) = &self.inpaint {
-            match &self.init {
-                Some(init) => inpaint.validate(init)?,
-                None => return invalid("inpainting needs an init image".into()),
-            }
-        }
         Ok(())
-    }
-}
-
-/// The axes along which an image tiles with itself: every convolution of the UNet and the VAE
-/// pads circularly along them (InvokeAI's `--seamless` and `--seamless_axes`, A1111's
-/// "Tiling").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Seamless {
-    pub x: bool,
-    pub y: bool,
-}
-
-impl Seamless {
-    pub const NONE: Seamless = Seamless { x: false, y: false };
-    pub const BOTH: Seamless = Seamless { x: true, y: true };
-
-    pub fn is_none(self) -> bool {
-        self == Seamless::NONE
-    }
-
-    fn padding_mode(self) -> PaddingMode {
-        match self {
-            Seamless::NONE => PaddingMode::Zeros,
-            Seamless { x, y } => PaddingMode::Circular { x, y },
-        }
-    }
-
-    /// `--seamless_axes`' spelling: `x,y`, `x` or `y`.
-    fn axes(self) -> Option<String> {
-        let axes: Vec<&str> = [(self.x, "x"), (self.y, "y")]
-            .into_iter()
-            .filter_map(|(on, axis)| on.then_some(axis))
-            .collect();
-        (!axes.is_empty()).then(|| axes.join(","))
-    }
-}
-
-impl FromStr for Seamless {
-    type Err = DreamError;
-
-    /// InvokeAI's `--seamless_axes`: a comma-separated list of `x` and `y`.
-    fn from_str(text: &str) -> Result<Self, DreamError> {
-        let mut seamless = Seamless::NONE;
-        for axis in text.split(',') {
-            match axis.trim().to_ascii_lowercase().as_str() {
-                "x" => seamless.x = true,
-                "y" => seamless.y = true,
-                _ => {
-                    return Err(DreamError::InvalidRequest(format!(
-                        "seamless axes are x, y or x,y, got {text:?}"
-                    )))
-                }
-            }
-        }
-        Ok(seamless)
     }
 }
 
@@ -251,25 +175,6 @@ impl Generated {
         info.strength = r.init.as_ref().map(|init| init.strength);
         // A1111 writes clip skip only when it is not the default.
         info.clip_skip = (r.clip_skip > 1).then_some(r.clip_skip);
-        info.variations = r
-            .variations
-            .iter()
-            .map(|v| (u64::from(v.seed), v.weight))
-            .collect();
-        info.perlin = (r.perlin > 0.0).then_some(r.perlin);
-        info.seamless = r.seamless.axes();
-        if let Some(subseed) = &r.subseed {
-            info.extra.extend([
-                ("Variation seed".to_string(), subseed.seed.to_string()),
-                (
-                    "Variation seed strength".to_string(),
-                    python_float(subseed.weight),
-                ),
-            ]);
-        }
-        if r.seamless == Seamless::BOTH {
-            info.extra.push(("Tiling".to_string(), "True".to_string()));
-        }
         info.generator = Some(format!("{APP_ID} {}", env!("CARGO_PKG_VERSION")));
         info
     }
@@ -346,46 +251,16 @@ impl StableDiffusion {
         Ok(Tensor::from_vec(values, shape, &self.device)?)
     }
 
-    /// Switches every convolution of the UNet and the VAE to the padding `seamless` needs.
-    pub fn set_seamless(&self, seamless: Seamless) {
-        let mode = seamless.padding_mode();
-        self.unet.set_padding_mode(mode);
-        self.vae.set_padding_mode(mode);
-    }
-
-    /// The request's starting noise (see [`initial_noise`]), `[1, C, H/8, W/8]`.
-    fn request_noise(
-        &self,
-        request: &Txt2Img,
-        generator: &mut TorchGenerator,
-    ) -> Result<Tensor, DreamError> {
-        let shape = (
-            self.latent_channels(),
-            request.height / 8,
-            request.width / 8,
-        );
-        let noise = initial_noise(generator, shape, request)?;
-        Ok(Tensor::from_vec(
-            noise,
-            (1, shape.0, shape.1, shape.2),
-            &self.device,
-        )?)
-    }
-
     /// Generates one image, reporting each sampler step to `progress`.
     pub fn generate(
         &self,
         request: &Txt2Img,
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
-        if let Some(padding) = request.inpaint.as_ref().and_then(|i| i.only_masked_padding) {
-            return self.generate_only_masked(request, padding, progress);
-        }
         request.validate()?;
-        self.set_seamless(request.seamless);
-        if self.unet_in_channels != self.latent_channels() && request.inpaint.is_none() {
+        if self.unet_in_channels != self.latent_channels() {
             return Err(DreamError::NotSupported(format!(
-                "txt2img or img2img without a mask with a {}-channel (inpainting) UNet",
+                "txt2img with a {}-channel (inpainting) UNet",
                 self.unet_in_channels
             )));
         }
@@ -395,19 +270,15 @@ impl StableDiffusion {
             &request.conditioning_options(),
         )?;
         let mut generator = TorchGenerator::seeded(request.seed as u64);
-        let mut start = self.request_start(request, &mut generator)?;
-        let noise = self.request_noise(request, &mut generator)?;
-        let inpainting = self.inpainting(request, start.as_mut(), &noise, &mut generator)?;
-        let step = Cell::new(0);
-        let mut guided = self.guided(&conditioning, request.cfg_scale, &step);
-        let mut inpainted;
-        let model: &mut dyn Predictor = match &inpainting {
-            Some(inpainting) => {
-                inpainted = inpainting.predictor(&mut guided);
-                &mut inpainted
-            }
-            None => &mut guided,
+        let start = match &request.init {
+            Some(init) => Some(self.img2img_start(init, request.steps, &mut generator)?),
+            None => None,
         };
+        let noise = self.latent_noise(&mut generator, request.width, request.height)?;
+        let step = Cell::new(0);
+        let mut guided = self
+            .guided(&conditioning, request.cfg_scale, &step)
+            .with_rescale(request.guidance_rescale);
         let mut callback = |info: StepInfo<'_>| {
             step.set(info.step + 1);
             progress(info);
@@ -418,24 +289,14 @@ impl StableDiffusion {
             Some(start) if start.first_step == request.steps => start.latents,
             start => self.sample(
                 request,
-                model,
+                &mut guided,
                 noise,
                 generator,
                 start.as_ref(),
                 &mut callback,
             )?,
         };
-        let (latents, image) = match &inpainting {
-            Some(inpainting) => {
-                let latents = inpainting.final_latents(latents)?;
-                let image = inpainting.paste_back(&self.decode_to_image(&latents)?);
-                (latents, image)
-            }
-            None => {
-                let image = self.decode_to_image(&latents)?;
-                (latents, image)
-            }
-        };
+        let image = self.decode_to_image(&latents)?;
         Ok(Generated {
             image,
             request: request.clone(),
@@ -460,8 +321,14 @@ impl StableDiffusion {
         let prediction = config.prediction_type;
         let steps = request.steps;
         let mut image_noise = GeneratorNoise::new(generator);
+        let threshold = request.threshold.filter(|&t| t > 0.0);
         if request.sampler.is_k_diffusion() {
-            let mut schedule = sigma_schedule(&noise_schedule, request.schedule, steps)?;
+            let mut schedule = if request.discard_penultimate_sigma {
+                sigma_schedule(&noise_schedule, request.schedule, steps + 1)?
+                    .discard_next_to_last_sigma()
+            } else {
+                sigma_schedule(&noise_schedule, request.schedule, steps)?
+            };
             if let Some(start) = start {
                 schedule = schedule_from(&schedule, start.first_step);
             }
@@ -483,6 +350,10 @@ impl StableDiffusion {
                 None => (noise * sigma)?,
             };
             let mut denoiser = Denoiser::new(model, &noise_schedule, prediction);
+            if let Some(threshold) = threshold {
+                let steps_run = schedule.timesteps.len();
+                denoiser = denoiser.with_threshold(LatentThreshold::new(threshold, steps_run));
+            }
             return Ok(sample_k(
                 request.sampler,
                 &mut denoiser,
@@ -492,7 +363,25 @@ impl StableDiffusion {
                 callback,
             )?);
         }
-        if let (Some(_), Sampler::UniPc | Sampler::Lcm) = (start, request.sampler) {
+        // InvokeAI thresholds only in its k-diffusion wrapper; A1111 discards σ only there.
+        if threshold.is_some() {
+            return Err(DreamError::NotSupported(format!(
+                "threshold with the {} sampler",
+                request.sampler
+            )));
+        }
+        if request.discard_penultimate_sigma {
+            return Err(DreamError::NotSupported(format!(
+                "discarding the penultimate sigma with the {} sampler",
+                request.sampler
+            )));
+        }
+        if config.thresholding && request.sampler != Sampler::Plms {
+            return Err(DreamError::NotSupported(
+                "dynamic thresholding (thresholding in scheduler_config.json)".into(),
+            ));
+        }
+        if let (Some(_), Sampler::Lcm) = (start, request.sampler) {
             return Err(DreamError::NotSupported(format!(
                 "img2img with the {} sampler",
                 request.sampler
@@ -510,10 +399,16 @@ impl StableDiffusion {
                 None => (timesteps, noise.clone()),
             })
         };
+        let clip_sample = match request.sampler {
+            Sampler::Ddim | Sampler::Ddpm => config.clip_range(true),
+            Sampler::Lcm => config.clip_range(false),
+            _ => None,
+        };
         let mut model = DiscreteModel {
             model,
             schedule: &noise_schedule,
             prediction,
+            clip_sample,
         };
         let latents = match request.sampler {
             Sampler::Ddim => {
@@ -544,8 +439,23 @@ impl StableDiffusion {
                 sample_lcm(&mut model, &timesteps, noise, &mut image_noise, callback)?
             }
             Sampler::UniPc => {
-                let schedule = unipc_schedule(config, request.schedule, steps)?;
-                sample_unipc(&mut model, &schedule, noise, callback)?
+                let options = config.unipc_options()?;
+                if !options.lower_order_final {
+                    return Err(DreamError::NotSupported(
+                        "UniPC without lower_order_final".into(),
+                    ));
+                }
+                let mut schedule = unipc_schedule(config, request.schedule, steps)?;
+                // img2img: the tail of the schedule, from the init latents noised to its
+                // first σ in UniPC's variance-preserving form, as its `add_noise`.
+                let x = match start {
+                    Some(start) => {
+                        schedule = schedule_from(&schedule, start.first_step);
+                        noise_to_vp_sigma(&start.latents, &noise, schedule.sigmas[0] as f64)?
+                    }
+                    None => noise,
+                };
+                sample_unipc(&mut model, &schedule, &options, x, callback)?
             }
             other => return Err(DreamError::NotSupported(format!("the {other} sampler"))),
         };

@@ -12,7 +12,7 @@ use dream_core::rng::TorchGenerator;
 use dream_core::sampler::{Sampler, ScheduleKind};
 use dream_core::schedule::{
     ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule, PredictionType,
-    SchedulerConfig, SigmaSchedule,
+    SchedulerConfig, SigmaSchedule, UniPcOptions, UniPcVariant,
 };
 use dream_pipeline::conditioning::{ConditioningOptions, PromptConditioning};
 use dream_pipeline::sampling::{
@@ -20,7 +20,7 @@ use dream_pipeline::sampling::{
     strength_steps, Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, StepInfo,
     StrengthRule,
 };
-use dream_pipeline::{StableDiffusion, Txt2Img};
+use dream_pipeline::{DreamError, StableDiffusion, Txt2Img};
 use dream_test_support::{fixture, load_fixture, max_abs_diff};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -247,6 +247,7 @@ fn discrete_samplers_match_diffusers() {
             model: &mut guided,
             schedule: &setup.schedule,
             prediction: prediction_of(prediction),
+            clip_sample: None,
         };
         let reference_timesteps = |case: &str| -> Vec<f32> {
             f32s(&setup.reference[&format!("{prediction}.{case}.timesteps")])
@@ -333,8 +334,131 @@ fn discrete_samplers_match_diffusers() {
             let reference_sigmas = f32s(&setup.reference[&format!("{case}.sigmas")]);
             assert_close(&case, &schedule.sigmas, &reference_sigmas, 1e-6);
             let (_, noise) = seeded_noise(SEED);
-            let latents = sample_unipc(&mut model, &schedule, noise, &mut no_progress());
+            let options = UniPcOptions::default();
+            let latents = sample_unipc(&mut model, &schedule, &options, noise, &mut no_progress());
             setup.check(&case, &latents.unwrap(), &mut errors);
+        }
+
+        let (_, noise) = seeded_noise(SEED);
+        let clipping = SchedulerConfig {
+            clip_sample: Some(true),
+            ..config.clone()
+        };
+        model.clip_sample = clipping.clip_range(true);
+        assert_eq!(model.clip_sample, Some(1.0));
+        let case = format!("{prediction}.ddim_clip.normal");
+        let mut source = GeneratorNoise::new(TorchGenerator::seeded(0));
+        let latents = sample_ddim(
+            &mut model,
+            &timesteps,
+            STEPS,
+            noise,
+            &mut Noise {
+                eta: 0.0,
+                ..Noise::new(&mut source)
+            },
+            &mut no_progress(),
+        )
+        .unwrap();
+        // Clipping keeps these latents near 1 while the ε-model's ε (left unclipped, as
+        // diffusers does) reaches hundreds: the result is a difference of large terms. The
+        // reference itself moves by 1.1e-4 between f32 and f64 on the ε case.
+        let expected = &setup.reference[&format!("{case}.latents")];
+        let limit = match prediction {
+            "eps" => 4e-4,
+            _ => tolerance(expected),
+        };
+        errors.push((case, max_abs_diff(&latents, expected), limit));
+        model.clip_sample = None;
+
+        let original_30 = SchedulerConfig {
+            original_inference_steps: 30,
+            ..config.clone()
+        };
+        let timesteps_30 = dream_core::schedule::lcm_timesteps(&original_30, STEPS).unwrap();
+        assert_eq!(
+            as_f32(&timesteps_30),
+            reference_timesteps("lcm_original30.normal")
+        );
+        let (generator, noise) = seeded_noise(SEED);
+        let latents = sample_lcm(
+            &mut model,
+            &timesteps_30,
+            noise,
+            &mut GeneratorNoise::new(generator),
+            &mut no_progress(),
+        );
+        setup.check(
+            &format!("{prediction}.lcm_original30.normal"),
+            &latents.unwrap(),
+            &mut errors,
+        );
+    }
+    assert_all_within(&errors);
+}
+
+/// UniPC's orders and variants against diffusers' `UniPCMultistepScheduler` with the same
+/// options. diffusers ends bh1 and ε-prediction runs in NaN (its last step to σ = 0 multiplies
+/// infinities by zero); for those the latents before the last step are compared, and the last
+/// step must land on the x₀ estimate, the limit of its update.
+#[test]
+fn unipc_orders_and_variants_match_diffusers() {
+    let setup = Setup::new();
+    let schedule = unipc_schedule(&setup.config, ScheduleKind::Normal, STEPS).unwrap();
+    let options = |order, variant, predict_x0| UniPcOptions {
+        order,
+        variant,
+        predict_x0,
+        lower_order_final: true,
+    };
+    let cases = [
+        ("unipc.normal", options(2, UniPcVariant::Bh2, true)),
+        ("unipc_order1.normal", options(1, UniPcVariant::Bh2, true)),
+        ("unipc_order3.normal", options(3, UniPcVariant::Bh2, true)),
+        ("unipc_bh1.normal", options(2, UniPcVariant::Bh1, true)),
+        ("unipc_bh1_order3.normal", options(3, UniPcVariant::Bh1, true)),
+        ("unipc_noise.normal", options(2, UniPcVariant::Bh2, false)),
+    ];
+    let mut errors = Vec::new();
+    for prediction in ["eps", "v"] {
+        let step = Cell::new(0);
+        let mut guided = setup.model.guided(&setup.conditioning, CFG, &step);
+        let mut model = DiscreteModel {
+            model: &mut guided,
+            schedule: &setup.schedule,
+            prediction: prediction_of(prediction),
+            clip_sample: None,
+        };
+        for (name, options) in cases {
+            let case = format!("{prediction}.{name}");
+            let (_, noise) = seeded_noise(SEED);
+            let mut before_last = None;
+            let mut last_estimate = None;
+            let latents = sample_unipc(&mut model, &schedule, &options, noise, &mut |info| {
+                if info.step == STEPS - 2 {
+                    before_last = Some(info.latents.clone());
+                }
+                last_estimate = info.denoised.cloned();
+                Ok(())
+            })
+            .unwrap();
+            let expected = &setup.reference[&format!("{case}.latents_before_last")];
+            errors.push((
+                format!("{case} before the last step"),
+                max_abs_diff(&before_last.unwrap(), expected),
+                tolerance(expected),
+            ));
+            let reference_final = &setup.reference[&format!("{case}.latents")];
+            let reference_is_nan = f32s(&reference_final.flatten_all().unwrap())[0].is_nan();
+            if reference_is_nan {
+                assert_eq!(
+                    max_abs_diff(&latents, &last_estimate.unwrap()),
+                    0.0,
+                    "{case}"
+                );
+            } else {
+                setup.check(&case, &latents, &mut errors);
+            }
         }
     }
     assert_all_within(&errors);
@@ -407,6 +531,98 @@ fn generate_runs_every_sampler_like_its_reference() {
         setup.check(&case, &generated.latents, &mut errors);
     }
     assert_all_within(&errors);
+}
+
+/// CFG rescale, InvokeAI's `--threshold` and A1111's discarded penultimate σ, set on the
+/// request, against references that apply them to the same runs: diffusers'
+/// `rescale_noise_cfg` (φ 0.7) with k-diffusion Euler and diffusers' DDIM, InvokeAI 2.3's
+/// thresholding `CFGDenoiser` (threshold 1.5) with Euler and Heun, and A1111's
+/// `get_sigmas(steps + 1)` less its next-to-last σ with DPM2.
+#[test]
+fn guidance_extras_match_their_references() {
+    let setup = Setup::new();
+    let with = |sampler, kind, change: &dyn Fn(&mut Txt2Img)| {
+        let mut request = request(sampler, kind, SEED);
+        change(&mut request);
+        request
+    };
+    let rescale = |r: &mut Txt2Img| r.guidance_rescale = 0.7;
+    let threshold = |r: &mut Txt2Img| r.threshold = Some(1.5);
+    let discard = |r: &mut Txt2Img| r.discard_penultimate_sigma = true;
+    let cases = [
+        (
+            "eps.rescale.euler.normal",
+            with(Sampler::Euler, ScheduleKind::Normal, &rescale),
+        ),
+        (
+            "eps.rescale.ddim.normal",
+            with(Sampler::Ddim, ScheduleKind::Normal, &rescale),
+        ),
+        (
+            "eps.threshold.euler.karras",
+            with(Sampler::Euler, ScheduleKind::Karras, &threshold),
+        ),
+        (
+            "eps.threshold.heun.normal",
+            with(Sampler::Heun, ScheduleKind::Normal, &threshold),
+        ),
+        (
+            "eps.discard.dpm_2.karras",
+            with(Sampler::Dpm2, ScheduleKind::Karras, &discard),
+        ),
+    ];
+    let mut errors = Vec::new();
+    for (case, request) in cases {
+        let generated = setup.model.generate(&request, &mut |_| {}).unwrap();
+        setup.check(case, &generated.latents, &mut errors);
+    }
+    // The extras change the image: none of these equals the plain run.
+    for (case, plain) in [
+        ("eps.rescale.euler.normal", "eps.euler.normal"),
+        ("eps.threshold.euler.karras", "eps.euler.karras"),
+        ("eps.discard.dpm_2.karras", "eps.dpm_2.karras"),
+    ] {
+        let difference = max_abs_diff(
+            &setup.reference[&format!("{case}.latents")],
+            &setup.reference[&format!("{plain}.latents")],
+        );
+        assert!(difference > 0.1, "{case} vs {plain}: {difference}");
+    }
+    let discarded = sigma_schedule(&setup.schedule, ScheduleKind::Karras, STEPS + 1)
+        .unwrap()
+        .discard_next_to_last_sigma();
+    let reference = f32s(&setup.reference["eps.discard.dpm_2.karras.sigmas"]);
+    assert_close("discarded sigmas", &discarded.sigmas, &reference, 1e-6);
+    assert_all_within(&errors);
+
+    // Threshold is InvokeAI's, for its k-diffusion samplers only; A1111 discards σ only there.
+    for change in [&threshold as &dyn Fn(&mut Txt2Img), &discard] {
+        match setup
+            .model
+            .generate(&with(Sampler::Ddim, ScheduleKind::Normal, change), &mut |_| {})
+        {
+            Err(DreamError::NotSupported(message)) => assert!(message.contains("ddim")),
+            other => panic!("{other:?}"),
+        }
+    }
+    for (change, field) in [
+        (
+            &(|r: &mut Txt2Img| r.guidance_rescale = 1.5) as &dyn Fn(&mut Txt2Img),
+            "rescale",
+        ),
+        (&|r: &mut Txt2Img| r.threshold = Some(-1.0), "threshold"),
+        (&|r: &mut Txt2Img| r.threshold = Some(f64::NAN), "threshold"),
+    ] {
+        match setup
+            .model
+            .generate(&with(Sampler::Euler, ScheduleKind::Normal, change), &mut |_| {})
+        {
+            Err(DreamError::InvalidRequest(message)) => {
+                assert!(message.contains(field), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 /// The SDE samplers draw from a Brownian motion seeded with the image's seed: the same seed
