@@ -1,15 +1,19 @@
 //! Text to image: encode the prompts, draw the seed's noise, sample, decode.
 
 use std::cell::Cell;
+use std::str::FromStr;
 
 use candle_core::{DType, Tensor};
-use dream_core::metadata::{invokeai, A1111Parameters, GenerationInfo, MetadataFormat};
+use dream_core::metadata::{
+    invokeai, python_float, A1111Parameters, GenerationInfo, MetadataFormat,
+};
 use dream_core::prompt::{PromptOptions, Syntax};
 use dream_core::rng::TorchGenerator;
 use dream_core::sampler::{Sampler, ScheduleKind};
 use dream_core::schedule::{
     ddim_timesteps, lcm_timesteps, sigma_schedule, unipc_schedule, NoiseSchedule,
 };
+use dream_models::layers::PaddingMode;
 
 use crate::conditioning::{ConditioningOptions, Emphasis};
 #[cfg(doc)]
@@ -17,12 +21,15 @@ use crate::guidance::rescale_guidance;
 use crate::guidance::LatentThreshold;
 use crate::image::RgbImage;
 use crate::img2img::{InitImage, Start};
+use crate::inpaint::Inpaint;
 use crate::model::StableDiffusion;
+use crate::resize::{size_init_image, InitSizing};
 use crate::sampling::{
     noise_to_sigma, noise_to_timestep, noise_to_vp_sigma, sample_ddim, sample_ddpm, sample_k,
     sample_lcm, sample_plms, sample_unipc, schedule_from, BrownianNoise, Denoiser, DiscreteModel,
     GeneratorNoise, Noise, NoiseSource, Predictor, StepCallback, StepInfo,
 };
+use crate::variation::{initial_noise, Variation};
 use crate::DreamError;
 
 /// Everything that determines a txt2img image.
@@ -59,6 +66,17 @@ pub struct Txt2Img {
     pub emphasis: Emphasis,
     /// img2img: the image to start from instead of pure noise.
     pub init: Option<InitImage>,
+    /// Inpainting: which part of the init image to repaint, and how.
+    pub inpaint: Option<Inpaint>,
+    /// InvokeAI's variation chain (`-V seed:weight,…`): the seed's noise slerped towards each
+    /// variation seed's noise in turn. InvokeAI's `-v AMOUNT` appends a new random seed.
+    pub variations: Vec<Variation>,
+    /// A1111's "Variation seed" and "Variation seed strength".
+    pub subseed: Option<Variation>,
+    /// The share of the initial noise that is Perlin noise (InvokeAI's `--perlin`), 0 to 1.
+    pub perlin: f64,
+    /// The axes along which the image tiles with itself (`--seamless`, `--seamless_axes`).
+    pub seamless: Seamless,
 }
 
 impl Txt2Img {
@@ -83,7 +101,23 @@ impl Txt2Img {
             clip_skip: 1,
             emphasis: Emphasis::Original,
             init: None,
+            inpaint: None,
+            variations: Vec::new(),
+            subseed: None,
+            perlin: 0.0,
+            seamless: Seamless::NONE,
         }
+    }
+
+    /// Brings the init image to the size `sizing` gives it (Lanczos) and makes that the
+    /// request's size, as InvokeAI sizes img2img by its init image. Without an init image
+    /// nothing changes.
+    pub fn size_to_init(&mut self, sizing: InitSizing) -> Result<(), DreamError> {
+        if let Some(init) = &mut self.init {
+            init.image = size_init_image(&init.image, sizing)?;
+            (self.width, self.height) = (init.image.width, init.image.height);
+        }
+        Ok(())
     }
 
     fn conditioning_options(&self) -> ConditioningOptions {
@@ -126,6 +160,15 @@ impl Txt2Img {
                 self.s_noise
             ));
         }
+        for variation in self.variations.iter().chain(&self.subseed) {
+            variation.validate()?;
+        }
+        if !(0.0..=1.0).contains(&self.perlin) {
+            return invalid(format!(
+                "perlin must be between 0 and 1, got {}",
+                self.perlin
+            ));
+        }
         if let Some(threshold) = self.threshold {
             if !(threshold.is_finite() && threshold >= 0.0) {
                 return invalid(format!(
@@ -143,7 +186,68 @@ impl Txt2Img {
             init.validate(self.width, self.height)?;
             init.steps(self.steps)?;
         }
+        if let Some(inpaint) = &self.inpaint {
+            match &self.init {
+                Some(init) => inpaint.validate(init)?,
+                None => return invalid("inpainting needs an init image".into()),
+            }
+        }
         Ok(())
+    }
+}
+
+/// The axes along which an image tiles with itself: every convolution of the UNet and the VAE
+/// pads circularly along them (InvokeAI's `--seamless` and `--seamless_axes`, A1111's
+/// "Tiling").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Seamless {
+    pub x: bool,
+    pub y: bool,
+}
+
+impl Seamless {
+    pub const NONE: Seamless = Seamless { x: false, y: false };
+    pub const BOTH: Seamless = Seamless { x: true, y: true };
+
+    pub fn is_none(self) -> bool {
+        self == Seamless::NONE
+    }
+
+    fn padding_mode(self) -> PaddingMode {
+        match self {
+            Seamless::NONE => PaddingMode::Zeros,
+            Seamless { x, y } => PaddingMode::Circular { x, y },
+        }
+    }
+
+    /// `--seamless_axes`' spelling: `x,y`, `x` or `y`.
+    fn axes(self) -> Option<String> {
+        let axes: Vec<&str> = [(self.x, "x"), (self.y, "y")]
+            .into_iter()
+            .filter_map(|(on, axis)| on.then_some(axis))
+            .collect();
+        (!axes.is_empty()).then(|| axes.join(","))
+    }
+}
+
+impl FromStr for Seamless {
+    type Err = DreamError;
+
+    /// InvokeAI's `--seamless_axes`: a comma-separated list of `x` and `y`.
+    fn from_str(text: &str) -> Result<Self, DreamError> {
+        let mut seamless = Seamless::NONE;
+        for axis in text.split(',') {
+            match axis.trim().to_ascii_lowercase().as_str() {
+                "x" => seamless.x = true,
+                "y" => seamless.y = true,
+                _ => {
+                    return Err(DreamError::InvalidRequest(format!(
+                        "seamless axes are x, y or x,y, got {text:?}"
+                    )))
+                }
+            }
+        }
+        Ok(seamless)
     }
 }
 
@@ -175,6 +279,25 @@ impl Generated {
         info.strength = r.init.as_ref().map(|init| init.strength);
         // A1111 writes clip skip only when it is not the default.
         info.clip_skip = (r.clip_skip > 1).then_some(r.clip_skip);
+        info.variations = r
+            .variations
+            .iter()
+            .map(|v| (u64::from(v.seed), v.weight))
+            .collect();
+        info.perlin = (r.perlin > 0.0).then_some(r.perlin);
+        info.seamless = r.seamless.axes();
+        if let Some(subseed) = &r.subseed {
+            info.extra.extend([
+                ("Variation seed".to_string(), subseed.seed.to_string()),
+                (
+                    "Variation seed strength".to_string(),
+                    python_float(subseed.weight),
+                ),
+            ]);
+        }
+        if r.seamless == Seamless::BOTH {
+            info.extra.push(("Tiling".to_string(), "True".to_string()));
+        }
         info.generator = Some(format!("{APP_ID} {}", env!("CARGO_PKG_VERSION")));
         info
     }
@@ -251,16 +374,46 @@ impl StableDiffusion {
         Ok(Tensor::from_vec(values, shape, &self.device)?)
     }
 
+    /// Switches every convolution of the UNet and the VAE to the padding `seamless` needs.
+    pub fn set_seamless(&self, seamless: Seamless) {
+        let mode = seamless.padding_mode();
+        self.unet.set_padding_mode(mode);
+        self.vae.set_padding_mode(mode);
+    }
+
+    /// The request's starting noise (see [`initial_noise`]), `[1, C, H/8, W/8]`.
+    fn request_noise(
+        &self,
+        request: &Txt2Img,
+        generator: &mut TorchGenerator,
+    ) -> Result<Tensor, DreamError> {
+        let shape = (
+            self.latent_channels(),
+            request.height / 8,
+            request.width / 8,
+        );
+        let noise = initial_noise(generator, shape, request)?;
+        Ok(Tensor::from_vec(
+            noise,
+            (1, shape.0, shape.1, shape.2),
+            &self.device,
+        )?)
+    }
+
     /// Generates one image, reporting each sampler step to `progress`.
     pub fn generate(
         &self,
         request: &Txt2Img,
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
+        if let Some(padding) = request.inpaint.as_ref().and_then(|i| i.only_masked_padding) {
+            return self.generate_only_masked(request, padding, progress);
+        }
         request.validate()?;
-        if self.unet_in_channels != self.latent_channels() {
+        self.set_seamless(request.seamless);
+        if self.unet_in_channels != self.latent_channels() && request.inpaint.is_none() {
             return Err(DreamError::NotSupported(format!(
-                "txt2img with a {}-channel (inpainting) UNet",
+                "txt2img or img2img without a mask with a {}-channel (inpainting) UNet",
                 self.unet_in_channels
             )));
         }
@@ -270,15 +423,21 @@ impl StableDiffusion {
             &request.conditioning_options(),
         )?;
         let mut generator = TorchGenerator::seeded(request.seed as u64);
-        let start = match &request.init {
-            Some(init) => Some(self.img2img_start(init, request.steps, &mut generator)?),
-            None => None,
-        };
-        let noise = self.latent_noise(&mut generator, request.width, request.height)?;
+        let mut start = self.request_start(request, &mut generator)?;
+        let noise = self.request_noise(request, &mut generator)?;
+        let inpainting = self.inpainting(request, start.as_mut(), &noise, &mut generator)?;
         let step = Cell::new(0);
         let mut guided = self
             .guided(&conditioning, request.cfg_scale, &step)
             .with_rescale(request.guidance_rescale);
+        let mut inpainted;
+        let model: &mut dyn Predictor = match &inpainting {
+            Some(inpainting) => {
+                inpainted = inpainting.predictor(&mut guided);
+                &mut inpainted
+            }
+            None => &mut guided,
+        };
         let mut callback = |info: StepInfo<'_>| {
             step.set(info.step + 1);
             progress(info);
@@ -289,14 +448,24 @@ impl StableDiffusion {
             Some(start) if start.first_step == request.steps => start.latents,
             start => self.sample(
                 request,
-                &mut guided,
+                model,
                 noise,
                 generator,
                 start.as_ref(),
                 &mut callback,
             )?,
         };
-        let image = self.decode_to_image(&latents)?;
+        let (latents, image) = match &inpainting {
+            Some(inpainting) => {
+                let latents = inpainting.final_latents(latents)?;
+                let image = inpainting.paste_back(&self.decode_to_image(&latents)?);
+                (latents, image)
+            }
+            None => {
+                let image = self.decode_to_image(&latents)?;
+                (latents, image)
+            }
+        };
         Ok(Generated {
             image,
             request: request.clone(),
