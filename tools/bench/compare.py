@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Dream against diffusers on the same CPU, one after the other: `dream bench` next to
+../shared/parity/bench_unet.py for the same shapes (plus diffusers' VAE encode, which that script
+does not time), then the peak memory of one whole generation in each.
+
+  tools/bench/compare.py MODEL_DIR [--sizes 512] [--iters 3] [--threads 2] [--steps 4]
+                         [--dream target/release/dream] [--skip-generate]
+
+MODEL_DIR is a diffusers SD 1.5 folder (random weights are fine: `make_model.py --size sd15`);
+`dream bench` builds the same architecture with random weights of its own. Both sides run with
+--threads threads (RAYON_NUM_THREADS for Dream, torch.set_num_threads for PyTorch). The whole
+generation is 512x512, --steps steps of Euler (k_euler), CFG 7.5, f32, measured as the peak
+resident set size of each process. Other processes distort the timings: run it on a quiet machine.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def run_measured(cmd, env=None):
+    """Runs cmd and returns its peak RSS in bytes (Linux reports ru_maxrss in KiB)."""
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
+    return usage.ru_maxrss * 1024
+
+
+def diffusers_encode_median(model, size, iters, threads):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.set_num_threads(threads)
+    vae = AutoencoderKL.from_pretrained(os.path.join(model, "vae"), torch_dtype=torch.float32).eval()
+    image = torch.rand([1, 3, size, size], generator=torch.Generator().manual_seed(0)) * 2 - 1
+    runs = []
+    with torch.inference_mode():
+        vae.encode(image)
+        for _ in range(iters):
+            start = time.perf_counter()
+            vae.encode(image)
+            runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--sizes", default="512")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--dream", default=os.path.join(ROOT, "target", "release", "dream"))
+    ap.add_argument("--bench-unet", default=os.path.join(ROOT, "..", "shared", "parity", "bench_unet.py"))
+    ap.add_argument("--skip-generate", action="store_true")
+    a = ap.parse_args()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    tmp = tempfile.mkdtemp()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+
+    dream_json = os.path.join(tmp, "dream.json")
+    subprocess.run([a.dream, "bench", "--sizes", a.sizes, "--iters", str(a.iters), "--json", dream_json],
+                   check=True, env=env)
+    with open(dream_json) as f:
+        dream = json.load(f)
+
+    theirs = {}  # (component, batch, size) -> median seconds
+    for size in sizes:
+        for batch in (1, 2):
+            out = os.path.join(tmp, f"torch_{size}_{batch}.json")
+            # The VAE and text encoder once per size, with the batch-2 (CFG) run.
+            skips = ["--skip-vae", "--skip-text"] if batch == 1 else []
+            subprocess.run([sys.executable, a.bench_unet, "--model", a.model, "--size", str(size),
+                            "--batch", str(batch), "--iters", str(a.iters), "--threads", str(a.threads),
+                            "--dtypes", "fp32", "--json", out] + skips, check=True)
+            with open(out) as f:
+                for r in json.load(f)["rows"]:
+                    if "median_s" in r:
+                        key_batch = batch if r["component"] in ("unet", "text_encoder") else 1
+                        theirs[(r["component"], key_batch, size)] = r["median_s"]
+        theirs[("vae_encode", 1, size)] = diffusers_encode_median(a.model, size, a.iters, a.threads)
+
+    lines = [f"| component | input | Dream median (s) | diffusers median (s) | Dream / diffusers |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in dream["timings"]:
+        comp, dims = row["component"], row["input"]
+        if comp == "text_encoder":
+            size = sizes[0]
+        elif comp == "vae_encode":
+            size = dims[-1]
+        else:
+            size = dims[-1] * 8
+        t = theirs.get((comp, dims[0], size))
+        ratio = f"{row['median_s'] / t:.2f}" if t else "-"
+        t_s = f"{t:.3f}" if t else "-"
+        lines.append(f"| {comp} | {dims} | {row['median_s']:.3f} | {t_s} | {ratio} |")
+    print()
+    print("\n".join(lines))
+    print(f"\n`dream bench` peak RSS: {dream['peak_rss_bytes'] / 2**30:.2f} GiB")
+
+    if not a.skip_generate:
+        out_dir = os.path.join(tmp, "images")
+        ours = run_measured([a.dream, "a cat", "--model", a.model, "-s", str(a.steps), "-A", "k_euler",
+                             "-S", "1", "-o", out_dir], env=env)
+        reference = run_measured([sys.executable, os.path.join(HERE, "diffusers_generate.py"), a.model,
+                                  "--steps", str(a.steps), "--threads", str(a.threads)])
+        print(f"\nWhole 512x512 generation ({a.steps} k_euler steps, f32), peak RSS: "
+              f"Dream {ours / 2**30:.2f} GiB, diffusers {reference / 2**30:.2f} GiB "
+              f"(ratio {ours / reference:.2f})")
+
+
+if __name__ == "__main__":
+    main()
