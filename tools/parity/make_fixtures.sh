@@ -66,6 +66,7 @@ else
     echo "WEBUI not set: fixtures/prompt left as they are" >&2
 fi
 "$PY" "$TOOLS/compel_fixtures.py" --model $FX/tiny --out $FX/prompt
+"$PY" "$TOOLS/pad_fixtures.py" --model $FX/tiny --out $FX/prompt
 
 # 11. Variations (InvokeAI's and A1111's slerps), Perlin noise, torch.rand, Pillow's Lanczos.
 "$PY" "$TOOLS/variation_fixtures.py" $FX/variations $FX/images/init_64x64.png

@@ -52,6 +52,8 @@ pub struct ClipTokenizer {
     bpe: WordBpe,
     bos: u32,
     eos: u32,
+    /// What fills a prompt's positions after end-of-text.
+    pad: u32,
     vocab_size: usize,
     whitespace: Regex,
     special: Regex,
@@ -179,6 +181,7 @@ impl ClipTokenizer {
             bpe,
             bos,
             eos,
+            pad: eos,
             vocab_size,
             whitespace: regex(r"\s+"),
             special: regex(&special),
@@ -227,9 +230,44 @@ impl ClipTokenizer {
         self.eos
     }
 
-    /// SD 1.x pads with end-of-text, as its `tokenizer_config.json` says.
+    /// The padding id: end-of-text unless [`Self::with_pad_token`] said otherwise.
     pub fn pad_id(&self) -> u32 {
-        self.eos
+        self.pad
+    }
+
+    /// The tokenizer padding with `token`, a vocabulary entry as a tokenizer folder's
+    /// `special_tokens_map.json` names it: SD 1.x pads with `<|endoftext|>`, SD 2.x's OpenCLIP
+    /// vocabulary with `!` (id 0).
+    pub fn with_pad_token(mut self, token: &str) -> Result<Self, TokenizerError> {
+        self.pad = self
+            .token_id(token)
+            .ok_or_else(|| TokenizerError::MissingToken(token.to_string()))?;
+        Ok(self)
+    }
+
+    /// The id of a vocabulary entry written as in `vocab.json`.
+    fn token_id(&self, token: &str) -> Option<u32> {
+        match (token, &self.bpe) {
+            (START_OF_TEXT, _) => Some(self.bos),
+            (END_OF_TEXT, _) => Some(self.eos),
+            (_, WordBpe::Merges(bpe)) => {
+                let (stem, end) = match token.strip_suffix(END_OF_WORD) {
+                    Some(stem) => (stem, END_OF_WORD),
+                    None => (token, ""),
+                };
+                let chars = bytes_to_unicode();
+                let mut bytes = stem
+                    .chars()
+                    .map(|c| chars.iter().position(|&b| b == c).map(|b| b as u8))
+                    .collect::<Option<Vec<u8>>>()?;
+                bytes.extend_from_slice(end.as_bytes());
+                bpe.token_bytes
+                    .iter()
+                    .find(|(_, token_bytes)| **token_bytes == bytes)
+                    .map(|(&id, _)| id)
+            }
+            (_, WordBpe::Bundled(_)) => None,
+        }
     }
 
     /// One more than the largest id: the rows a token embedding needs.

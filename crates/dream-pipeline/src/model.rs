@@ -194,12 +194,41 @@ fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer, DreamError> {
     if !vocab.exists() || !merges.exists() {
         return Ok(ClipTokenizer::bundled());
     }
-    ClipTokenizer::from_vocab_and_merges(&read_text(&vocab)?, &read_text(&merges)?).map_err(|e| {
-        DreamError::InvalidModelFile {
-            path: vocab,
+    let tokenizer = ClipTokenizer::from_vocab_and_merges(&read_text(&vocab)?, &read_text(&merges)?)
+        .map_err(|e| DreamError::InvalidModelFile {
+            path: vocab.clone(),
             message: e.to_string(),
+        })?;
+    match folder_pad_token(dir)? {
+        Some(pad) => tokenizer
+            .with_pad_token(&pad)
+            .map_err(|e| DreamError::InvalidModelFile {
+                path: vocab,
+                message: e.to_string(),
+            }),
+        None => Ok(tokenizer),
+    }
+}
+
+/// The `pad_token` of the folder's `tokenizer/special_tokens_map.json`, else of its
+/// `tokenizer_config.json` (a string, or an object with its `content`): `!` for SD 2.x.
+fn folder_pad_token(dir: &Path) -> Result<Option<String>, DreamError> {
+    for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let path = dir.join("tokenizer").join(name);
+        if !path.exists() {
+            continue;
         }
-    })
+        let config: serde_json::Value =
+            serde_json::from_str(&read_text(&path)?).map_err(|e| DreamError::InvalidModelFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let pad = &config["pad_token"];
+        if let Some(token) = pad.as_str().or_else(|| pad["content"].as_str()) {
+            return Ok(Some(token.to_string()));
+        }
+    }
+    Ok(None)
 }
 
 /// The folder's `scheduler/scheduler_config.json`, or SD 1.x's schedule when it has none.

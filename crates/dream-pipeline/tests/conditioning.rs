@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use dream_core::prompt::{self, PromptOptions, Syntax};
+use dream_core::prompt::chunking::Chunker;
+use dream_core::prompt::{self, Fragment, PromptOptions, Syntax};
 use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::ClipTextTransformer;
 use dream_models::config::ClipTextConfig;
@@ -369,4 +370,72 @@ fn textual_inversion_vectors_stand_in_for_their_names() {
         embeddings.insert(&tokenizer, &text_encoder, "wide", &wide),
         Err(DreamError::InvalidRequest(_))
     ));
+}
+
+/// A copy of the tiny model whose tokenizer pads with `!` as SD 2.x's does.
+fn tiny_with_sd2_padding() -> PathBuf {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let folder = std::env::temp_dir().join(format!("dream-sd2-padding-{}", std::process::id()));
+    copy(&fixture("tiny"), &folder);
+    copy(&fixture("prompt/sd2_tokenizer"), &folder.join("tokenizer"));
+    folder
+}
+
+#[test]
+fn sd2_tokenizers_pad_with_their_pad_token() {
+    // fixtures/prompt/sd2_pad.safetensors: transformers' ids and diffusers' embeddings with the
+    // tokenizer padding with "!" (id 0), and compel's conditioning with it
+    // (tools/parity/pad_fixtures.py).
+    let reference =
+        candle_core::safetensors::load(fixture("prompt/sd2_pad.safetensors"), &Device::Cpu)
+            .unwrap();
+    let prompt = "a photograph of an astronaut riding a horse";
+    let tokenizer = ClipTokenizer::from_vocab_and_merges(
+        &read(fixture("tiny/tokenizer/vocab.json")),
+        &read(fixture("tiny/tokenizer/merges.txt")),
+    )
+    .unwrap()
+    .with_pad_token("!")
+    .unwrap();
+    let chunks = Chunker::new(&tokenizer).chunks(&[Fragment::text(prompt, 1.0)]);
+    let ids: Vec<i64> = chunks[0].ids.iter().map(|&id| i64::from(id)).collect();
+    assert_eq!(ids, reference["ids"].to_vec1::<i64>().unwrap());
+
+    let folder = tiny_with_sd2_padding();
+    let model = StableDiffusion::load(&folder);
+    std::fs::remove_dir_all(&folder).unwrap();
+    let model = model.unwrap();
+    let context = model
+        .condition(prompt, "", &ConditioningOptions::new(20))
+        .unwrap()
+        .context_at(0)
+        .unwrap();
+    let diff = max_abs_diff(&context.get(1).unwrap(), &reference["diffusers"]);
+    assert!(diff < 1e-5, "A1111 syntax: {diff}");
+
+    let mut options = ConditioningOptions::new(20);
+    options.prompt.syntax = Syntax::InvokeAi;
+    let context = model
+        .condition("a (cat)1.3 on a mat-", "", &options)
+        .unwrap()
+        .context_at(0)
+        .unwrap();
+    let expected = Tensor::stack(
+        &[&reference["compel.negative"], &reference["compel.positive"]],
+        0,
+    )
+    .unwrap();
+    let diff = max_abs_diff(&context, &expected);
+    assert!(diff < 1e-5, "InvokeAI syntax: {diff}");
 }
