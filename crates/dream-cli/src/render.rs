@@ -5,10 +5,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
 use dream_pipeline::grid::{grid_shape, make_grid};
+use dream_pipeline::hires::HiresFix;
 use dream_pipeline::image::RgbaImage;
+use dream_pipeline::preview::save_intermediate;
+use dream_pipeline::resize::InitSizing;
+use dream_pipeline::variation::{format_variations, parse_variations};
 use dream_pipeline::{interrupt, Generated};
 use dream_pipeline::{
-    InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, StableDiffusion, Txt2Img,
+    InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, Seamless, StableDiffusion, Txt2Img,
+    Variation,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -20,6 +25,8 @@ use crate::switches::Switches;
 pub const DEFAULT_SAMPLER: &str = "k_lms";
 pub const DEFAULT_STRENGTH: f64 = 0.75;
 pub const DEFAULT_OUTDIR: &str = "outputs/img-samples";
+/// The side of the square SD 1.x was trained on, for the hires fix's first pass.
+const MODEL_RESOLUTION: usize = 512;
 
 /// An image this session made.
 #[derive(Debug, Clone)]
@@ -43,6 +50,12 @@ pub struct Plan {
     fnformat: String,
     /// InvokeAI's `-g`: the images of the command in one grid picture.
     grid: bool,
+    /// InvokeAI's `-v`: each image moves this far towards a new random seed's noise.
+    variation_amount: f64,
+    /// `--save_intermediates N`: every Nth step's preview under `outdir/intermediates/`.
+    save_intermediates: usize,
+    /// Switches that shape every image (`-T`, `--seamless`, …), for its command.
+    shaping_switches: String,
 }
 
 impl Plan {
@@ -96,8 +109,47 @@ impl Plan {
             clip_skip: switches.clip_skip.unwrap_or(base.clip_skip),
             init,
             inpaint: painting.as_ref().and_then(|p| p.inpaint.clone()),
+            variations: match &switches.with_variations {
+                Some(chain) => parse_variations(chain)?,
+                None => Vec::new(),
+            },
+            perlin: switches.perlin.unwrap_or(0.0),
+            seamless: match (switches.seamless, &switches.seamless_axes) {
+                (true, Some(axes)) => axes.parse()?,
+                (true, None) => Seamless::BOTH,
+                (false, Some(_)) => return Err(anyhow!("--seamless_axes needs --seamless")),
+                (false, None) => Seamless::NONE,
+            },
             ..base
         };
+        let mut first = first;
+        // InvokeAI sizes img2img by the init image: scaled into W×H with -T, else its own
+        // size, floored to multiples of 64. (Masks keep the init image's size.)
+        if first.init.is_some() && first.inpaint.is_none() {
+            let sizing = match switches.fit {
+                true => InitSizing::Fit {
+                    width: first.width,
+                    height: first.height,
+                },
+                false => InitSizing::Own,
+            };
+            first.size_to_init(sizing)?;
+        }
+        // InvokeAI's --hires_fix, for images larger than the model's square.
+        if switches.hires_fix && first.width * first.height > MODEL_RESOLUTION * MODEL_RESOLUTION {
+            first.hires = Some(HiresFix::invokeai(
+                first.width,
+                first.height,
+                MODEL_RESOLUTION,
+                strength,
+            ));
+        }
+        let variation_amount = switches.variation_amount.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&variation_amount) {
+            return Err(anyhow!(
+                "-v must be between 0 and 1, got {variation_amount}"
+            ));
+        }
         let fnformat = switches
             .fnformat
             .clone()
@@ -106,6 +158,9 @@ impl Plan {
         Ok(Plan {
             fnformat,
             grid: switches.grid,
+            variation_amount,
+            save_intermediates: switches.save_intermediates.unwrap_or(0),
+            shaping_switches: shaping_switches(switches),
             first,
             iterations: switches.iterations.unwrap_or(1),
             sampler_name: sampler_name.to_string(),
@@ -130,22 +185,30 @@ impl Plan {
         let mut made = Vec::new();
         let mut grid = Vec::new();
         for k in 0..self.iterations {
-            let request = Txt2Img {
-                seed: self.first.seed.wrapping_add(k),
-                ..self.first.clone()
-            };
+            let request = self.request(k);
             let steps_run = match &request.init {
                 Some(init) => init.steps(request.steps)?.steps_run(),
                 None => request.steps,
             };
             let bar = progress_bar(steps_run);
-            let mut progress =
-                |step: dream_pipeline::StepInfo<'_>| bar.set_position(step.step as u64 + 1);
+            let intermediates = self.intermediates_dir(&request)?;
+            let mut preview_error = None;
+            let mut progress = |step: dream_pipeline::StepInfo<'_>| {
+                bar.set_position(step.step as u64 + 1);
+                if let Some(dir) = &intermediates {
+                    if let Err(error) = save_intermediate(&step, self.save_intermediates, dir) {
+                        preview_error.get_or_insert(error);
+                    }
+                }
+            };
             let rendered = match &self.outpaint {
                 Some((canvas, seam)) => model.outpaint(&request, canvas, seam, &mut progress),
                 None => model.generate(&request, &mut progress),
             };
             bar.finish_and_clear();
+            if let Some(error) = preview_error {
+                return Err(error.into());
+            }
             let generated = match rendered {
                 Ok(generated) => generated,
                 // Ctrl-C: the images made so far stay (in a grid too).
@@ -185,6 +248,41 @@ impl Plan {
         Ok(made)
     }
 
+    /// The request of image `k`: seed + k, or with `-v` the same seed moved towards a new
+    /// random seed's noise, appended to its variation chain as InvokeAI records it.
+    fn request(&self, k: u32) -> Txt2Img {
+        if self.variation_amount > 0.0 {
+            let mut variations = self.first.variations.clone();
+            variations.push(Variation {
+                seed: random_seed(),
+                weight: self.variation_amount,
+            });
+            return Txt2Img {
+                variations,
+                ..self.first.clone()
+            };
+        }
+        Txt2Img {
+            seed: self.first.seed.wrapping_add(k),
+            ..self.first.clone()
+        }
+    }
+
+    /// InvokeAI's `outdir/intermediates/<the image's number>/` for `--save_intermediates`.
+    fn intermediates_dir(&self, request: &Txt2Img) -> Result<Option<PathBuf>> {
+        if self.save_intermediates == 0 {
+            return Ok(None);
+        }
+        let next = dream_pipeline::image::next_output_path(&self.outdir, request.seed)?;
+        let number = next
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.split('.').next())
+            .unwrap_or_default()
+            .to_string();
+        Ok(Some(self.outdir.join("intermediates").join(number)))
+    }
+
     /// Saves an image under the next free name, logs it and prints its command (with
     /// `extra` switches).
     fn save(&self, generated: &Generated, model: &StableDiffusion, extra: &str) -> Result<PathBuf> {
@@ -209,6 +307,10 @@ impl Plan {
             shell_quote(&self.sampler_name),
             r.seed
         );
+        let mut command = command + &self.shaping_switches;
+        if !r.variations.is_empty() {
+            command += &format!(" -V {}", format_variations(&r.variations));
+        }
         match (&r.init, &self.init_path) {
             (Some(init), Some(path)) => format!(
                 "{command} -I{} -f{}{}",
@@ -281,6 +383,31 @@ impl Painting {
             },
         })
     }
+}
+
+/// The switches that shape every image of the command, as given, for the command that remakes
+/// an image (`-v` is recorded as the image's last `-V` pair instead).
+fn shaping_switches(s: &Switches) -> String {
+    let mut line = String::new();
+    if let Some(perlin) = s.perlin.filter(|&p| p != 0.0) {
+        line += &format!(" --perlin {perlin}");
+    }
+    if s.seamless {
+        line += " --seamless";
+    }
+    if let Some(axes) = &s.seamless_axes {
+        line += &format!(" --seamless_axes {}", shell_quote(axes));
+    }
+    if s.hires_fix {
+        line += " --hires_fix";
+    }
+    if s.fit {
+        line += " -T";
+    }
+    if let Some(n) = s.save_intermediates.filter(|&n| n > 0) {
+        line += &format!(" --save_intermediates {n}");
+    }
+    line
 }
 
 fn has_inpaint_switches(s: &Switches) -> bool {

@@ -163,7 +163,7 @@ pub struct Switches {
     /// Tileable images: circular convolutions.
     #[arg(long)]
     pub seamless: bool,
-    /// The axes --seamless wraps around: x, y or xy [default: xy].
+    /// The axes --seamless wraps around: x, y or x,y [default: x,y].
     #[arg(long = "seamless_axes")]
     pub seamless_axes: Option<String>,
     /// Variations of the seed's image, 0 to 1.
@@ -229,11 +229,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         asked: |s| nonzero(s.threshold),
     },
     Unsupported {
-        switch: "--perlin",
-        example: &["--perlin", "0.2"],
-        asked: |s| nonzero(s.perlin),
-    },
-    Unsupported {
         switch: "-x/--skip_normalize",
         example: &["-x"],
         asked: |s| s.skip_normalize,
@@ -244,24 +239,9 @@ const UNSUPPORTED: &[Unsupported] = &[
         asked: |s| s.log_tokenization,
     },
     Unsupported {
-        switch: "--hires_fix",
-        example: &["--hires_fix"],
-        asked: |s| s.hires_fix,
-    },
-    Unsupported {
-        switch: "--save_intermediates",
-        example: &["--save_intermediates", "5"],
-        asked: |s| s.save_intermediates.is_some_and(|n| n > 0),
-    },
-    Unsupported {
         switch: "-z/--png_compression",
         example: &["-z", "9"],
         asked: |s| s.png_compression.is_some(),
-    },
-    Unsupported {
-        switch: "-T/--fit",
-        example: &["-T"],
-        asked: |s| s.fit,
     },
     Unsupported {
         switch: "--init_color",
@@ -323,26 +303,6 @@ const UNSUPPORTED: &[Unsupported] = &[
         switch: "--embiggen_strength",
         example: &["--embiggen_strength", "0.4"],
         asked: |s| s.embiggen_strength.is_some(),
-    },
-    Unsupported {
-        switch: "--seamless",
-        example: &["--seamless"],
-        asked: |s| s.seamless,
-    },
-    Unsupported {
-        switch: "--seamless_axes",
-        example: &["--seamless_axes", "x"],
-        asked: |s| s.seamless_axes.is_some(),
-    },
-    Unsupported {
-        switch: "-v/--variation_amount",
-        example: &["-v", "0.2"],
-        asked: |s| nonzero(s.variation_amount),
-    },
-    Unsupported {
-        switch: "-V/--with_variations",
-        example: &["-V", "12:0.1"],
-        asked: |s| s.with_variations.is_some(),
     },
 ];
 

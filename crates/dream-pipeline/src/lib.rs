@@ -10,6 +10,7 @@
 pub mod conditioning;
 pub mod grid;
 pub mod guidance;
+pub mod hires;
 pub mod image;
 pub mod img2img;
 pub mod inpaint;

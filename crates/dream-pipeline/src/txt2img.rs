@@ -19,6 +19,7 @@ use crate::conditioning::{ConditioningOptions, Emphasis};
 #[cfg(doc)]
 use crate::guidance::rescale_guidance;
 use crate::guidance::LatentThreshold;
+use crate::hires::HiresFix;
 use crate::image::RgbImage;
 use crate::img2img::{InitImage, Start};
 use crate::inpaint::Inpaint;
@@ -77,6 +78,8 @@ pub struct Txt2Img {
     pub perlin: f64,
     /// The axes along which the image tiles with itself (`--seamless`, `--seamless_axes`).
     pub seamless: Seamless,
+    /// Render smaller first, enlarge and refine (`--hires_fix`, A1111's "Hires. fix").
+    pub hires: Option<HiresFix>,
 }
 
 impl Txt2Img {
@@ -106,6 +109,7 @@ impl Txt2Img {
             subseed: None,
             perlin: 0.0,
             seamless: Seamless::NONE,
+            hires: None,
         }
     }
 
@@ -120,7 +124,7 @@ impl Txt2Img {
         Ok(())
     }
 
-    fn conditioning_options(&self) -> ConditioningOptions {
+    pub(crate) fn conditioning_options(&self) -> ConditioningOptions {
         ConditioningOptions {
             prompt: PromptOptions::new(self.syntax, self.steps),
             clip_skip: self.clip_skip,
@@ -233,19 +237,24 @@ impl Seamless {
 impl FromStr for Seamless {
     type Err = DreamError;
 
-    /// InvokeAI's `--seamless_axes`: a comma-separated list of `x` and `y`.
+    /// InvokeAI's `--seamless_axes`: `x`, `y`, `x,y` (or `xy`).
     fn from_str(text: &str) -> Result<Self, DreamError> {
         let mut seamless = Seamless::NONE;
-        for axis in text.split(',') {
-            match axis.trim().to_ascii_lowercase().as_str() {
-                "x" => seamless.x = true,
-                "y" => seamless.y = true,
+        for axis in text.chars().filter(|c| *c != ',' && !c.is_whitespace()) {
+            match axis.to_ascii_lowercase() {
+                'x' => seamless.x = true,
+                'y' => seamless.y = true,
                 _ => {
                     return Err(DreamError::InvalidRequest(format!(
                         "seamless axes are x, y or x,y, got {text:?}"
                     )))
                 }
             }
+        }
+        if seamless.is_none() {
+            return Err(DreamError::InvalidRequest(
+                "seamless axes are x, y or x,y, got none".into(),
+            ));
         }
         Ok(seamless)
     }
@@ -298,6 +307,19 @@ impl Generated {
         if r.seamless == Seamless::BOTH {
             info.extra.push(("Tiling".to_string(), "True".to_string()));
         }
+        if let Some(hires) = &r.hires {
+            // A1111's layout: Size is the first pass, the final size is "Hires resize".
+            info.width = Some(hires.first_width);
+            info.height = Some(hires.first_height);
+            info.strength = Some(hires.strength);
+            info.hires_fix = true;
+            let mut field = |key: &str, value: String| info.extra.push((key.to_string(), value));
+            field("Hires resize", format!("{}x{}", r.width, r.height));
+            if let Some(steps) = hires.steps {
+                field("Hires steps", steps.to_string());
+            }
+            field("Hires upscaler", hires.upscaler.a1111_name().to_string());
+        }
         info.generator = Some(format!("{APP_ID} {}", env!("CARGO_PKG_VERSION")));
         info
     }
@@ -316,6 +338,10 @@ impl Generated {
             sampler: Some(r.sampler.invokeai_name().to_string()),
             schedule: Some(r.schedule.name().to_string()),
             clip_skip: Some(r.clip_skip),
+            // InvokeAI records the final size, and a strength only for img2img.
+            width: Some(r.width),
+            height: Some(r.height),
+            strength: r.init.as_ref().map(|init| init.strength),
             ..self.generation_info(model_name)
         };
         let app = invokeai::App {
@@ -382,7 +408,7 @@ impl StableDiffusion {
     }
 
     /// The request's starting noise (see [`initial_noise`]), `[1, C, H/8, W/8]`.
-    fn request_noise(
+    pub(crate) fn request_noise(
         &self,
         request: &Txt2Img,
         generator: &mut TorchGenerator,
@@ -410,6 +436,9 @@ impl StableDiffusion {
             return self.generate_only_masked(request, padding, progress);
         }
         request.validate()?;
+        if let Some(hires) = &request.hires {
+            return self.generate_hires(request, hires, progress);
+        }
         self.set_seamless(request.seamless);
         if self.unet_in_channels != self.latent_channels() && request.inpaint.is_none() {
             return Err(DreamError::NotSupported(format!(
@@ -476,7 +505,7 @@ impl StableDiffusion {
     /// Runs the request's sampler from the seed's noise, or for img2img from the init latents
     /// noised to `start`'s first step. Step noise continues the seed's generator; the SDE
     /// samplers' Brownian motion is seeded with the seed.
-    fn sample(
+    pub(crate) fn sample(
         &self,
         request: &Txt2Img,
         model: &mut dyn Predictor,
