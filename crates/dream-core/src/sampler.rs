@@ -298,6 +298,19 @@ impl Sampler {
         )
     }
 
+    /// Has an η: how much fresh noise a step adds (the ancestral and SDE samplers, DDIM).
+    pub fn takes_eta(self) -> bool {
+        self.is_ancestral() || self.is_sde() || self == Sampler::Ddim
+    }
+
+    /// The η used when none is given: 0 for DDIM (deterministic), 1 for the others.
+    pub fn default_eta(self) -> f64 {
+        match self {
+            Sampler::Ddim => 0.0,
+            _ => 1.0,
+        }
+    }
+
     /// Draws random noise during sampling, not only at the start: the result depends on the
     /// noise source as well as the seed's initial noise.
     pub fn needs_noise(self) -> bool {

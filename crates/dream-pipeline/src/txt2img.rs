@@ -288,6 +288,18 @@ impl Generated {
         info.strength = r.init.as_ref().map(|init| init.strength);
         // A1111 writes clip skip only when it is not the default.
         info.clip_skip = (r.clip_skip > 1).then_some(r.clip_skip);
+        info.threshold = r.threshold.filter(|&t| t > 0.0);
+        info.guidance_rescale = (r.guidance_rescale > 0.0).then_some(r.guidance_rescale);
+        // Like A1111: η and s_noise only where the sampler uses them and they are not its
+        // defaults, the discarded σ only where A1111 would not discard it by itself.
+        info.eta = r
+            .eta
+            .filter(|&eta| r.sampler.takes_eta() && eta != r.sampler.default_eta());
+        info.s_noise = (r.sampler.needs_noise() && r.s_noise != 1.0).then_some(r.s_noise);
+        if r.discard_penultimate_sigma && !r.sampler.a1111_discards_next_to_last_sigma() {
+            let field = ("Discard penultimate sigma".to_string(), "True".to_string());
+            info.extra.push(field);
+        }
         info.variations = r
             .variations
             .iter()
@@ -539,7 +551,7 @@ impl StableDiffusion {
             };
             let mut noise_options = Noise {
                 source,
-                eta: request.eta.unwrap_or(1.0),
+                eta: request.eta.unwrap_or(request.sampler.default_eta()),
                 s_noise: request.s_noise,
             };
             let sigma = schedule.sigmas[0] as f64;
@@ -612,7 +624,7 @@ impl StableDiffusion {
             Sampler::Ddim => {
                 let (timesteps, noise) = walked(ddim_timesteps(config, steps)?)?;
                 let mut noise_options = Noise {
-                    eta: request.eta.unwrap_or(0.0),
+                    eta: request.eta.unwrap_or(request.sampler.default_eta()),
                     ..Noise::new(&mut image_noise)
                 };
                 sample_ddim(

@@ -625,6 +625,68 @@ fn guidance_extras_match_their_references() {
     }
 }
 
+/// The sampler options go into the image's metadata as A1111 and InvokeAI record them:
+/// A1111's `Eta`/`Eta DDIM`, `Sigma noise`, `Discard penultimate sigma` (only where A1111
+/// would not discard by itself) and the CFG Rescale extension's key; InvokeAI's `--threshold`
+/// and `threshold`. Defaults are not written.
+#[test]
+fn sampler_options_are_recorded_as_a1111_and_invokeai_do() {
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let generate = |change: &dyn Fn(&mut Txt2Img)| {
+        let mut request = request(Sampler::EulerAncestral, ScheduleKind::Karras, SEED);
+        request.steps = 2;
+        change(&mut request);
+        model.generate(&request, &mut |_| {}).unwrap()
+    };
+    let plain = generate(&|_| {});
+    let a1111 = plain.a1111_parameters("tiny");
+    for key in ["Eta", "Sigma noise", "Discard", "CFG Rescale"] {
+        assert!(!a1111.contains(key), "{a1111}");
+    }
+    let (dream, sd_metadata) = plain.invokeai_metadata("tiny");
+    assert!(!dream.contains("--threshold"), "{dream}");
+    assert!(sd_metadata.contains(r#""threshold":0.0"#), "{sd_metadata}");
+
+    let extras = generate(&|r| {
+        r.eta = Some(0.5);
+        r.s_noise = 1.003;
+        r.threshold = Some(1.5);
+        r.guidance_rescale = 0.7;
+        r.discard_penultimate_sigma = true;
+    });
+    let a1111 = extras.a1111_parameters("tiny");
+    assert!(
+        a1111.contains(
+            "Eta: 0.5, Sigma noise: 1.003, CFG Rescale: 0.7, Discard penultimate sigma: True"
+        ),
+        "{a1111}"
+    );
+    let (dream, sd_metadata) = extras.invokeai_metadata("tiny");
+    assert!(dream.contains(" --threshold 1.5 -A k_euler_a"), "{dream}");
+    assert!(sd_metadata.contains(r#""threshold":1.5"#), "{sd_metadata}");
+    assert!(
+        sd_metadata.contains(r#""cfg_rescale_multiplier":0.7,"eta":0.5,"s_noise":1.003"#),
+        "{sd_metadata}"
+    );
+
+    // DDIM's default η is 0 and A1111 calls it `Eta DDIM`; A1111 discards by itself for DPM2.
+    let ddim = generate(&|r| {
+        r.sampler = Sampler::Ddim;
+        r.eta = Some(0.5);
+    });
+    assert!(ddim.a1111_parameters("tiny").contains("Eta DDIM: 0.5"));
+    let ddim_default = generate(&|r| {
+        r.sampler = Sampler::Ddim;
+        r.eta = Some(0.0);
+    });
+    assert!(!ddim_default.a1111_parameters("tiny").contains("Eta"));
+    let dpm_2 = generate(&|r| {
+        r.sampler = Sampler::Dpm2;
+        r.discard_penultimate_sigma = true;
+    });
+    assert!(!dpm_2.a1111_parameters("tiny").contains("Discard"));
+}
+
 /// The SDE samplers draw from a Brownian motion seeded with the image's seed: the same seed
 /// gives the same image, another seed another one.
 #[test]

@@ -138,6 +138,14 @@ impl A1111Parameters {
         field("Model", info.model.clone());
         field("Denoising strength", info.strength.map(python_float));
         field("Clip skip", info.clip_skip.map(|v| v.to_string()));
+        // A1111's `extra_generation_params`, written only when not the default.
+        let eta_key = match info.sampler.as_deref() {
+            Some("DDIM" | "PLMS" | "UniPC") => "Eta DDIM",
+            _ => "Eta",
+        };
+        field(eta_key, info.eta.map(python_float));
+        field("Sigma noise", info.s_noise.map(python_float));
+        field("CFG Rescale", info.guidance_rescale.map(python_float));
         for (key, value) in &info.extra {
             field(key, Some(value.clone()));
         }
@@ -169,6 +177,12 @@ impl A1111Parameters {
                 "Model" => set_text(&mut info.model, value),
                 "Denoising strength" if !hires => parse_into(&mut info.strength, value),
                 "Clip skip" => parse_into(&mut info.clip_skip, value),
+                "Eta" | "Eta DDIM" => parse_into(&mut info.eta, value),
+                "Sigma noise" => parse_into(&mut info.s_noise, value),
+                // The CFG Rescale extension's key, and its older spellings.
+                "CFG Rescale" | "CFG Rescale φ" | "CFG Rescale phi" => {
+                    parse_into(&mut info.guidance_rescale, value)
+                }
                 "Version" => set_text(&mut info.generator, value),
                 _ => false,
             };
@@ -337,5 +351,40 @@ mod tests {
             proptest::prop_assume!(!value.trim().is_empty() && !prompt.trim().is_empty());
             proptest::prop_assert_eq!(A1111Parameters::parse(&p.to_text()), p);
         }
+    }
+
+    /// A1111's `extra_generation_params` keys for the sampler options: `Eta` (k-diffusion
+    /// samplers, `sd_samplers_kdiffusion.py`) or `Eta DDIM` (its timestep samplers, DDIM,
+    /// PLMS and UniPC), `Sigma noise`, and the CFG Rescale extension's `CFG Rescale` (its
+    /// older `CFG Rescale φ` read too).
+    #[test]
+    fn sampler_options_use_a1111_keys() {
+        let info = GenerationInfo {
+            steps: Some(20),
+            sampler: Some("Euler a".into()),
+            eta: Some(0.5),
+            s_noise: Some(1.003),
+            guidance_rescale: Some(0.7),
+            generator: Some("dream 0.1.0".into()),
+            ..GenerationInfo::new(MetadataFormat::A1111)
+        };
+        let text = A1111Parameters::from_info(&info).to_text();
+        assert!(
+            text.ends_with(
+                "Steps: 20, Sampler: Euler a, Eta: 0.5, Sigma noise: 1.003, CFG Rescale: 0.7, \
+                 Version: dream 0.1.0"
+            ),
+            "{text}"
+        );
+        assert_eq!(A1111Parameters::parse(&text).to_info(), info);
+        let ddim = GenerationInfo {
+            sampler: Some("DDIM".into()),
+            ..info
+        };
+        let text = A1111Parameters::from_info(&ddim).to_text();
+        assert!(text.contains("Sampler: DDIM, Eta DDIM: 0.5,"), "{text}");
+        assert_eq!(A1111Parameters::parse(&text).to_info().eta, Some(0.5));
+        let old = A1111Parameters::parse("a\nSteps: 20, Seed: 1, CFG Rescale φ: 0.7").to_info();
+        assert_eq!((old.guidance_rescale, old.extra.len()), (Some(0.7), 0));
     }
 }

@@ -56,6 +56,13 @@ struct SdImage<'a> {
     schedule: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     clip_skip: Option<usize>,
+    /// InvokeAI 3's name for CFG rescale φ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cfg_rescale_multiplier: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s_noise: Option<f64>,
 }
 
 /// One `-V` pair as `metadata_dumps` writes it.
@@ -96,7 +103,7 @@ pub fn sd_metadata(info: &GenerationInfo, app: App<'_>) -> String {
             }],
             steps: info.steps,
             cfg_scale: info.cfg_scale,
-            threshold: 0.0,
+            threshold: info.threshold.unwrap_or(0.0),
             perlin: info.perlin.unwrap_or(0.0),
             height: info.height,
             width: info.width,
@@ -119,14 +126,18 @@ pub fn sd_metadata(info: &GenerationInfo, app: App<'_>) -> String {
             negative_prompt: &info.negative_prompt,
             schedule: info.schedule.as_deref(),
             clip_skip: info.clip_skip,
+            cfg_rescale_multiplier: info.guidance_rescale,
+            eta: info.eta,
+            s_noise: info.s_noise,
         },
     };
     serde_json::to_string(&metadata).expect("plain data always serialises")
 }
 
 /// The `Dream` chunk for `info`: `"prompt" -s 50 -S 42 -W 512 -H 512 -C 7.5 -A k_lms`, with
-/// `--perlin`, `--seamless` and `--hires_fix` before the sampler, `-f` after it for img2img and
-/// the variation chain `-V seed:weight,…` last, as `dream_prompt_str` orders them.
+/// `--perlin`, `--threshold`, `--seamless` and `--hires_fix` before the sampler, `-f` after it
+/// for img2img and the variation chain `-V seed:weight,…` last, as `dream_prompt_str` orders
+/// them.
 pub fn dream_command(info: &GenerationInfo) -> String {
     let prompt = invokeai_prompt(info)
         .replace('\\', "\\\\")
@@ -143,6 +154,7 @@ pub fn dream_command(info: &GenerationInfo) -> String {
     switch("-H", info.height.map(|v| v.to_string()));
     switch("-C", info.cfg_scale.map(python_float));
     switch("--perlin", info.perlin.map(python_float));
+    switch("--threshold", info.threshold.map(python_float));
     if let Some(axes) = &info.seamless {
         command.push_str(" --seamless");
         if axes != "x,y" {
@@ -206,6 +218,14 @@ pub fn read_sd_metadata(text: &str) -> Option<GenerationInfo> {
         .get("perlin")
         .and_then(Value::as_f64)
         .filter(|&p| p > 0.0);
+    info.threshold = image
+        .get("threshold")
+        .and_then(Value::as_f64)
+        .filter(|&t| t > 0.0);
+    let number = |key: &str| image.get(key).and_then(Value::as_f64);
+    info.guidance_rescale = number("cfg_rescale_multiplier");
+    info.eta = number("eta");
+    info.s_noise = number("s_noise");
     let flag = |key: &str| image.get(key).and_then(Value::as_bool) == Some(true);
     info.seamless = flag("seamless").then(|| "x,y".to_string());
     info.hires_fix = flag("hires_fix");
@@ -323,7 +343,7 @@ pub fn read_dream_command(command: &str) -> Option<GenerationInfo> {
             }
             _ => {}
         }
-        const RECORDED: [&str; 20] = [
+        const RECORDED: [&str; 21] = [
             "-s",
             "--steps",
             "-S",
@@ -342,6 +362,7 @@ pub fn read_dream_command(command: &str) -> Option<GenerationInfo> {
             "-V",
             "--with_variations",
             "--perlin",
+            "--threshold",
             "--seamless_axes",
             "--seamless-axes",
         ];
@@ -359,6 +380,7 @@ pub fn read_dream_command(command: &str) -> Option<GenerationInfo> {
             "-C" | "--cfg_scale" => parse_into(&mut info.cfg_scale, value),
             "-f" | "--strength" => parse_into(&mut info.strength, value),
             "--perlin" => parse_into(&mut info.perlin, value),
+            "--threshold" => parse_into(&mut info.threshold, value),
             "--seamless_axes" | "--seamless-axes" => {
                 info.seamless = Some(value.to_string());
                 true
@@ -598,6 +620,44 @@ mod tests {
             ..info
         };
         assert_eq!(read_dream_command(&command).unwrap(), expected);
+    }
+
+    /// `--threshold` as InvokeAI 2.3 writes it (`dream_prompt_str`: after `--perlin`;
+    /// `metadata_dumps`: the `threshold` key), and the sampler options InvokeAI 2.x has no key
+    /// for under Dream's own keys (InvokeAI 3's `cfg_rescale_multiplier`), read back.
+    #[test]
+    fn threshold_and_sampler_options_round_trip() {
+        let info = GenerationInfo {
+            threshold: Some(1.5),
+            perlin: Some(0.3),
+            guidance_rescale: Some(0.7),
+            eta: Some(0.5),
+            s_noise: Some(1.003),
+            ..dream_info()
+        };
+        let command = dream_command(&info);
+        assert!(
+            command.ends_with(" -C 7.0 --perlin 0.3 --threshold 1.5 -A k_euler"),
+            "{command}"
+        );
+        assert_eq!(read_dream_command(&command).unwrap().threshold, Some(1.5));
+        let app = App {
+            id: "dream",
+            version: "0.1.0",
+        };
+        let json = sd_metadata(&info, app);
+        assert!(json.contains(r#""threshold":1.5,"perlin":0.3"#), "{json}");
+        assert!(
+            json.contains(r#""cfg_rescale_multiplier":0.7,"eta":0.5,"s_noise":1.003"#),
+            "{json}"
+        );
+        let read = read_sd_metadata(&json).unwrap();
+        assert_eq!(
+            (read.threshold, read.guidance_rescale, read.eta, read.s_noise),
+            (Some(1.5), Some(0.7), Some(0.5), Some(1.003))
+        );
+        // InvokeAI's own `"threshold": 0` is off.
+        assert_eq!(read_sd_metadata(INVOKEAI_23_JSON).unwrap().threshold, None);
     }
 
     /// Variations, Perlin noise, seamless tiling and the hires fix, written as InvokeAI 2.3's

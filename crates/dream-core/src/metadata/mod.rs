@@ -58,6 +58,16 @@ pub struct GenerationInfo {
     pub seamless: Option<String>,
     /// InvokeAI's `--hires_fix`.
     pub hires_fix: bool,
+    /// InvokeAI's `--threshold` (latent thresholding of its k_* samplers); `None` when off.
+    pub threshold: Option<f64>,
+    /// CFG rescale φ (diffusers' `guidance_rescale`, A1111's CFG Rescale extension); `None`
+    /// when off.
+    pub guidance_rescale: Option<f64>,
+    /// The sampler's η where it is not the sampler's default (A1111's `Eta`, or `Eta DDIM`
+    /// for DDIM, PLMS and UniPC).
+    pub eta: Option<f64>,
+    /// The step noise scale s_noise where it is not 1 (A1111's `Sigma noise`).
+    pub s_noise: Option<f64>,
     /// Fields this struct has no place for (A1111's `Hires upscale`, `Lora hashes`, …), in the
     /// order they were found.
     pub extra: Vec<(String, String)>,
@@ -86,6 +96,10 @@ impl GenerationInfo {
             perlin: None,
             seamless: None,
             hires_fix: false,
+            threshold: None,
+            guidance_rescale: None,
+            eta: None,
+            s_noise: None,
             extra: Vec::new(),
         }
     }
