@@ -6,9 +6,10 @@
 //! `text_model.`.
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use crate::config::{Activation, ClipTextConfig};
+use crate::layers::{linear, Linear};
 
 /// What the text transformer computes for a batch of prompts.
 #[derive(Debug, Clone)]
@@ -156,10 +157,10 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let x = (x + self
+        let x = self
             .self_attn
-            .forward(&self.layer_norm1.forward(x)?, mask)?)?;
-        &x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?
+            .forward_add(&self.layer_norm1.forward(x)?, mask, x)?;
+        self.mlp.forward_add(&self.layer_norm2.forward(&x)?, &x)
     }
 }
 
@@ -190,7 +191,8 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `attention(x) + residual`, the residual added by the output projection.
+    fn forward_add(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (batch, seq_len, hidden) = x.dims3()?;
         let heads = |t: Tensor| -> Result<Tensor> {
             t.reshape((batch, seq_len, self.num_heads, self.head_dim))?
@@ -206,7 +208,7 @@ impl Attention {
         let merged = attended
             .transpose(1, 2)?
             .reshape((batch, seq_len, hidden))?;
-        self.out_proj.forward(&merged)
+        self.out_proj.forward_add(&merged, residual)
     }
 }
 
@@ -226,12 +228,13 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `mlp(x) + residual`, the residual added by the second projection.
+    fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let x = self.fc1.forward(x)?;
         let x = match self.activation {
             Activation::QuickGelu => (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?,
             Activation::Gelu => x.gelu_erf()?,
         };
-        self.fc2.forward(&x)
+        self.fc2.forward_add(&x, residual)
     }
 }
