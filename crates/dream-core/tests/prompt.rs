@@ -8,8 +8,9 @@ use dream_core::prompt::invokeai::{
     self, parse_conjunction, split_negative, weighted_subprompts, Parsed,
 };
 use dream_core::prompt::{
-    self, extract_network_tags, BlendPart, Fragment, NetworkTag, PromptError, PromptOptions,
-    PromptText, Syntax,
+    self, extract_network_tags, tokenization_log, BlendPart, Fragment, MatrixDelimiter,
+    MatrixOptions, NetworkTag, PromptError, PromptMatrix, PromptOptions, PromptText, Syntax,
+    TokenTable,
 };
 use dream_core::tokenizer::ClipTokenizer;
 use serde_json::Value;
@@ -562,6 +563,92 @@ fn invokeai_plan_collects_loras_and_refuses_swap() {
         &plan.positive[0].texts[0],
         PromptText::Blend { normalize: false, parts } if parts[1].weight == 3.0
     ));
+}
+
+#[test]
+fn prompt_matrix_makes_every_combination_as_a1111() {
+    // A1111's wiki example: the first part always, each later part optional.
+    let matrix = PromptMatrix::new(
+        "a busy city street in a modern city|illustration|cinematic lighting",
+        &MatrixOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        matrix.prompts,
+        [
+            "a busy city street in a modern city",
+            "a busy city street in a modern city, illustration",
+            "a busy city street in a modern city, cinematic lighting",
+            "a busy city street in a modern city, illustration, cinematic lighting",
+        ]
+    );
+    assert_eq!((matrix.rows(), matrix.columns()), (2, 2));
+    assert_eq!(matrix.column_labels(1), [("illustration", true)]);
+    assert_eq!(matrix.row_labels(0), [("cinematic lighting", false)]);
+
+    // The optional parts lose surrounding whitespace, then commas (Python's
+    // `text.strip().strip(',')`); the fixed part stays as written.
+    let options = MatrixOptions {
+        delimiter: MatrixDelimiter::Space,
+        optional_first: true,
+    };
+    let matrix = PromptMatrix::new("a cat |, red,| blue |x", &options).unwrap();
+    assert_eq!(matrix.prompts.len(), 8);
+    assert_eq!(matrix.prompts[3], " red blue a cat ");
+    assert_eq!((matrix.rows(), matrix.columns()), (2, 4));
+    assert_eq!(
+        matrix.row_labels(1),
+        [("x", true)],
+        "columns take the first half of the parts, rounded up"
+    );
+    let plain = PromptMatrix::new("no bars", &MatrixOptions::default()).unwrap();
+    assert_eq!(plain.prompts, ["no bars"]);
+    assert!(matches!(
+        PromptMatrix::new(&"a|".repeat(17), &MatrixOptions::default()),
+        Err(PromptError::TooManyMatrixParts { parts: 17 })
+    ));
+}
+
+#[test]
+fn tokenization_log_shows_chunks_weights_and_what_was_taken_out() {
+    let log = |prompt: &str, negative: &str, options: &PromptOptions| {
+        let plan = prompt::plan(prompt, negative, options).unwrap();
+        tokenization_log(&plan, &Chunker::new(tokenizer()))
+    };
+    let a1111 = PromptOptions::new(Syntax::A1111, 10);
+    assert_eq!(
+        log("a (cat:1.5) [dog] <lora:x:0.5>", "blurry", &a1111),
+        "prompt:\n  chunk 1 (3 tokens): a (cat:1.5) (dog:0.9091)\n\
+         negative prompt:\n  chunk 1 (1 tokens): blurry\n\
+         extra networks: <lora:x:0.5>\n"
+    );
+    assert_eq!(
+        log("[cat:dog:0.5]", "", &a1111),
+        "prompt, steps 0 to 5:\n  chunk 1 (1 tokens): cat\n\
+         prompt, from step 6:\n  chunk 1 (1 tokens): dog\n\
+         negative prompt:\n  chunk 1 (0 tokens): \n"
+    );
+    let long = log(&"word ".repeat(80), "", &a1111);
+    assert!(long.contains("chunk 1 (75 tokens)") && long.contains("chunk 2 (5 tokens)"));
+
+    let mut invokeai = PromptOptions::new(Syntax::InvokeAi, 10);
+    assert_eq!(
+        log("a cat++ [ugly] withLora(x, 0.5)", "", &invokeai),
+        "prompt:\n  chunk 1 (2 tokens): a (cat:1.21)\n\
+         negative prompt:\n  chunk 1 (1 tokens): ugly\n\
+         extra networks: <lora:x:0.5>\n"
+    );
+    invokeai.skip_normalize = true;
+    assert!(log("cat:2 dog", "", &invokeai)
+        .starts_with("prompt:\n  blend part 1 (weight 2):\n    chunk 1 (1 tokens): cat\n"));
+
+    // Embeddings show by name.
+    let mut table = TokenTable::new(tokenizer());
+    table.insert(tokenizer(), "mystyle", 2).unwrap();
+    let plan = prompt::plan("a mystyle cat", "", &a1111).unwrap();
+    let chunker = Chunker::new(tokenizer()).with_token_table(&table);
+    assert!(tokenization_log(&plan, &chunker)
+        .starts_with("prompt:\n  chunk 1 (4 tokens): a <mystyle> cat\n"));
 }
 
 mod never_panics {

@@ -135,6 +135,35 @@ impl<'a> Chunker<'a> {
         chunks
     }
 
+    /// A chunk's prompt tokens (between start-of-text and the first end-of-text) with their
+    /// weights.
+    pub fn prompt_tokens<'c>(&self, chunk: &'c Chunk) -> impl Iterator<Item = (u32, f64)> + 'c {
+        let eos = self.tokenizer.eos();
+        chunk
+            .ids
+            .iter()
+            .zip(&chunk.weights)
+            .skip(1)
+            .take_while(move |(&id, _)| id != eos)
+            .map(|(&id, &weight)| (id, weight))
+    }
+
+    /// A token as text: a word's last token ends in a space, an embedding's first vector is
+    /// `<name> ` and its other vectors nothing.
+    pub fn token_text(&self, id: u32) -> String {
+        let embedding = self
+            .table
+            .and_then(|table| table.entries().iter().find(|e| e.ids.contains(&id)));
+        match embedding {
+            Some(entry) if entry.ids.start == id => format!("<{}> ", entry.name),
+            Some(_) => String::new(),
+            None => self
+                .tokenizer
+                .decode_token(id)
+                .unwrap_or_else(|| format!("<{id}> ")),
+        }
+    }
+
     /// The chunk of an empty prompt: start-of-text, then end-of-text to the end.
     pub fn empty_chunk(&self) -> Chunk {
         self.frame(&mut Vec::new(), &mut Vec::new())

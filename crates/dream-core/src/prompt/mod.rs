@@ -15,15 +15,19 @@
 pub mod a1111;
 pub mod chunking;
 pub mod invokeai;
+pub mod matrix;
 pub mod plan;
 pub mod token_table;
+pub mod tokens_log;
 
 use std::sync::OnceLock;
 
 use regex::Regex;
 
+pub use matrix::{MatrixDelimiter, MatrixOptions, PromptMatrix};
 pub use plan::{BlendPart, ConditioningPlan, PromptText, ScheduleEntry, SubPrompt};
 pub use token_table::TokenTable;
+pub use tokens_log::tokenization_log;
 
 /// One run of prompt text with its emphasis weight, or the end of a chunk (`BREAK`).
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +81,8 @@ pub enum PromptError {
     WeightNotFinite { text: String, weight: f64 },
     #[error("cannot read the InvokeAI prompt {prompt:?}: {problem}")]
     InvokeAi { prompt: String, problem: String },
+    #[error("the prompt matrix has {parts} optional parts (2^{parts} images); at most {max} can be combined", max = matrix::MAX_OPTIONAL_PARTS)]
+    TooManyMatrixParts { parts: usize },
 }
 
 /// An extra-network tag such as `<lora:name:0.8>` or `<hypernet:name>`, as A1111 reads it:
