@@ -69,6 +69,10 @@ struct Cli {
     /// diffusers' enable_vae_tiling(); without it only images over 1024 pixels are tiled.
     #[arg(long = "vae_tiling")]
     vae_tiling: bool,
+    /// Decode with TAESD (a taesd_decoder.safetensors, or a diffusers AutoencoderTiny folder)
+    /// instead of the VAE: many times faster, lower quality; for drafts.
+    #[arg(long = "fast_decode", value_name = "TAESD")]
+    fast_decode: Option<PathBuf>,
     #[command(flatten)]
     switches: Switches,
 }
@@ -182,6 +186,7 @@ fn models(cli: &Cli) -> Result<Models> {
         } else {
             LoadOptions::default().vae_tiling
         },
+        taesd: cli.fast_decode.clone(),
         ..LoadOptions::default()
     };
     Models::new(

@@ -8,6 +8,7 @@ use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::ClipTextTransformer;
 use dream_models::config::VaeConfig;
 use dream_models::detect::Prediction;
+use dream_models::taesd::TinyDecoder;
 use dream_models::unet::UNet2DConditionModel;
 use dream_models::vae::{AutoencoderKL, DiagonalGaussian};
 use dream_models::weights;
@@ -29,6 +30,9 @@ pub struct LoadOptions {
     /// When the VAE decodes in tiles (`None`: never). The default tiles only images over
     /// 1024 pixels on a side; [`VaeTiling::always`] is InvokeAI's/diffusers' `--vae_tiling`.
     pub vae_tiling: Option<VaeTiling>,
+    /// TAESD weights (`taesd_decoder.safetensors` or a diffusers `AutoencoderTiny` folder) to
+    /// decode with instead of the VAE: many times faster, lower quality (`--fast_decode`).
+    pub taesd: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +42,7 @@ impl Default for LoadOptions {
             config_dir: None,
             device: default_device(),
             vae_tiling: Some(VaeTiling::default()),
+            taesd: None,
         }
     }
 }
@@ -65,6 +70,7 @@ pub struct StableDiffusion {
     pub(crate) scheduler: SchedulerConfig,
     pub(crate) device: Device,
     vae_tiling: Option<VaeTiling>,
+    taesd: Option<TinyDecoder>,
     name: String,
     pub(crate) embeddings: TextualInversions,
 }
@@ -105,6 +111,19 @@ impl StableDiffusion {
             path: path.to_path_buf(),
             source,
         };
+        let taesd = match &options.taesd {
+            Some(taesd_path) => {
+                let taesd = dream_models::taesd::open(taesd_path)?;
+                let vb = taesd.weights.var_builder(dtype, device);
+                let decoder =
+                    TinyDecoder::new(vb, &taesd.config).map_err(|source| DreamError::BadModel {
+                        path: taesd_path.clone(),
+                        source,
+                    })?;
+                Some(decoder)
+            }
+            None => None,
+        };
         let unet_config = &components.unet.config;
         let text_encoder = &components.text_encoder;
         Ok(StableDiffusion {
@@ -126,6 +145,7 @@ impl StableDiffusion {
             scheduler,
             device: device.clone(),
             vae_tiling: options.vae_tiling,
+            taesd,
             embeddings: TextualInversions::default(),
             name: model_name(path),
         })
@@ -146,6 +166,9 @@ impl StableDiffusion {
 
     /// The VAE's image for latents, unclamped, `[B, 3, H, W]` in about [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, DreamError> {
+        if let Some(taesd) = &self.taesd {
+            return Ok(taesd.decode(&(latents / taesd.config().scaling_factor)?)?);
+        }
         let z = (latents / self.vae_config.scaling_factor)?;
         let (_, _, height, width) = z.dims4()?;
         let factor = self.vae_factor();

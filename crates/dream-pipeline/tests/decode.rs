@@ -1,5 +1,6 @@
-//! VAE tiling against diffusers' `enable_tiling()` on the tiny VAE with 32-pixel tiles
-//! (fixtures/vae_tiling, made by tools/parity/vae_tiling_fixtures.py).
+//! The decoder choices against diffusers: VAE tiling as `enable_tiling()` does it on the tiny
+//! VAE with 32-pixel tiles (fixtures/vae_tiling, made by tools/parity/vae_tiling_fixtures.py),
+//! and TAESD (`--fast_decode`) as `AutoencoderTiny` (fixtures/taesd, taesd_fixtures.py).
 
 use dream_pipeline::{LoadOptions, StableDiffusion, VaeTiling};
 use dream_test_support::{fixture, load_fixture, max_abs_diff};
@@ -16,6 +17,23 @@ fn tiny_model(vae_tiling: Option<VaeTiling>) -> StableDiffusion {
         ..LoadOptions::default()
     };
     StableDiffusion::load_with(fixture("tiny"), &options).unwrap()
+}
+
+#[test]
+fn fast_decode_decodes_with_taesd() {
+    let reference = load_fixture("taesd/decode.safetensors");
+    let options = LoadOptions {
+        taesd: Some(fixture("taesd/tiny")),
+        ..LoadOptions::default()
+    };
+    let model = StableDiffusion::load_with(fixture("tiny"), &options).unwrap();
+    // TAESD decodes the UNet's latents as they are (its scaling factor is 1).
+    let image = model.decode(&reference["latents"]).unwrap();
+    let diff = max_abs_diff(&image, &reference["image"]);
+    assert!(
+        diff < 1e-5,
+        "TAESD decode differs from diffusers' by {diff}"
+    );
 }
 
 #[test]
