@@ -332,6 +332,15 @@ impl Generated {
             }
             field("Hires upscaler", hires.upscaler.a1111_name().to_string());
         }
+        if let Some(inpaint) = &r.inpaint {
+            // A1111 records these for every inpainting.
+            let mut field = |key: &str, value: String| info.extra.push((key.to_string(), value));
+            field("Mask blur", inpaint.mask_blur.to_string());
+            if let Some(padding) = inpaint.only_masked_padding {
+                field("Inpaint area", "Only masked".to_string());
+                field("Masked area padding", padding.to_string());
+            }
+        }
         info.generator = Some(format!("{APP_ID} {}", env!("CARGO_PKG_VERSION")));
         info
     }

@@ -249,6 +249,12 @@ fn only_masked_renders_the_crop_and_pastes_it_back() {
         }
     }
     assert!(changed > 50, "{changed}");
+    let parameters = generated.a1111_parameters("tiny");
+    assert!(
+        parameters.contains("Mask blur: 4, ")
+            && parameters.contains("Inpaint area: Only masked, Masked area padding: 8"),
+        "{parameters}"
+    );
 }
 
 #[test]
