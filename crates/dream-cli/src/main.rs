@@ -2,6 +2,7 @@
 
 mod bench;
 mod fetch;
+mod hashes;
 mod info;
 mod models;
 mod output;
@@ -100,6 +101,7 @@ impl Cli {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    stop_on_ctrl_c();
     // `dream info FILE…` prints what made each image, `dream bench` times the networks;
     // anything else is a prompt to render.
     let mut argv = std::env::args().skip(1);
@@ -119,6 +121,26 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Ctrl-C stops the image being made (the images before it are kept) and returns to the
+/// `invoke>` prompt; a second Ctrl-C before the sampler has stopped ends dream.
+fn stop_on_ctrl_c() {
+    extern "C" fn on_sigint(_: libc::c_int) {
+        if dream_pipeline::interrupt::is_requested() {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(130) };
+        }
+        dream_pipeline::interrupt::request();
+    }
+    #[cfg(unix)]
+    // SAFETY: the handler only touches an atomic flag and calls _exit.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }
 

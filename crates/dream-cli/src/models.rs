@@ -8,6 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use dream_pipeline::registry::{ModelEntry, ModelRegistry};
 use dream_pipeline::{LoadOptions, StableDiffusion};
 
+use crate::hashes::HashCache;
+
 /// InvokeAI's default `--max_loaded_models`.
 pub const DEFAULT_MAX_LOADED: usize = 2;
 
@@ -32,6 +34,7 @@ pub struct Models {
     /// Loaded models, the most recently used last.
     loaded: Vec<(ModelRef, Rc<StableDiffusion>)>,
     max_loaded: usize,
+    hashes: HashCache,
 }
 
 impl Models {
@@ -47,6 +50,7 @@ impl Models {
             current: None,
             loaded: Vec::new(),
             max_loaded: max_loaded.max(1),
+            hashes: HashCache::open_default(),
         };
         models.current = match current {
             Some(given) => Some(models.find(given)?),
@@ -92,6 +96,18 @@ impl Models {
                 .map_or((None, None), |e| (e.width, e.height)),
             _ => (None, None),
         }
+    }
+
+    /// The SHA-256 of the current model's weights file (`None` for a diffusers folder).
+    pub fn current_sha256(&mut self) -> Result<Option<String>> {
+        let Some(current) = self.current.clone() else {
+            return Ok(None);
+        };
+        let (path, _) = self.load_options(&current)?;
+        if !path.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(self.hashes.sha256(&path)?))
     }
 
     /// Makes `given` the current model, loading it now.

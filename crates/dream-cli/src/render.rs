@@ -107,6 +107,9 @@ impl Plan {
             schedule: choice
                 .schedule_for(steps, switches.karras_max.unwrap_or(INVOKEAI_KARRAS_MAX)),
             clip_skip: switches.clip_skip.unwrap_or(base.clip_skip),
+            threshold: switches.threshold,
+            guidance_rescale: switches.guidance_rescale.unwrap_or(base.guidance_rescale),
+            discard_penultimate_sigma: choice.discards_next_to_last_sigma(),
             init,
             inpaint: painting.as_ref().and_then(|p| p.inpaint.clone()),
             variations: match &switches.with_variations {
@@ -391,6 +394,12 @@ fn shaping_switches(s: &Switches) -> String {
     let mut line = String::new();
     if let Some(perlin) = s.perlin.filter(|&p| p != 0.0) {
         line += &format!(" --perlin {perlin}");
+    }
+    if let Some(threshold) = s.threshold.filter(|&t| t != 0.0) {
+        line += &format!(" --threshold {threshold}");
+    }
+    if let Some(phi) = s.guidance_rescale.filter(|&phi| phi != 0.0) {
+        line += &format!(" --guidance_rescale {phi}");
     }
     if s.seamless {
         line += " --seamless";

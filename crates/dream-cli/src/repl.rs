@@ -71,7 +71,8 @@ impl Session {
         // Everything is checked before a (slow) model load.
         let plan = Plan::new(prompt, switches, &self.previous, self.models.default_size())?;
         let model = self.models.model()?;
-        let made = plan.run(&model)?;
+        let sha256 = self.models.current_sha256()?;
+        let made = plan.run(&model, sha256.as_deref())?;
         self.previous = made;
         Ok(())
     }

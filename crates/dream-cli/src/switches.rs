@@ -46,9 +46,14 @@ pub struct Switches {
     /// A1111's "Clip skip": 2 conditions on the text encoder's next-to-last layer [default: 1].
     #[arg(long = "clip_skip")]
     pub clip_skip: Option<usize>,
-    /// Latent threshold for classifier-free guidance; 0 disables [default: 0].
+    /// InvokeAI's latent threshold for the k_* samplers: the guided x0 estimate is clamped
+    /// towards ±this; 0 disables [default: 0].
     #[arg(long)]
     pub threshold: Option<f64>,
+    /// CFG rescale φ, 0 to 1 (diffusers' guidance_rescale): keeps high CFG scales from
+    /// over-exposing [default: 0].
+    #[arg(long = "guidance_rescale")]
+    pub guidance_rescale: Option<f64>,
     /// Perlin noise mixed into the initial noise, 0 to 1 [default: 0].
     #[arg(long)]
     pub perlin: Option<f64>,
@@ -105,6 +110,17 @@ pub struct Switches {
     /// Inpainting: how strongly the masked part is replaced, 0 to 1 [default: 0].
     #[arg(short = 'r', long = "inpaint_replace")]
     pub inpaint_replace: Option<f64>,
+    /// Inpainting: A1111's "Mask blur", the mask edge's Gaussian radius in pixels [default: 4].
+    #[arg(long = "mask_blur")]
+    pub mask_blur: Option<f64>,
+    /// Inpainting: A1111's "Masked content": fill, original, latent_noise or latent_nothing
+    /// [default: original, fill for transparent pixels].
+    #[arg(long = "masked_content")]
+    pub masked_content: Option<String>,
+    /// Inpainting: A1111's "Only masked": render the area around the mask, grown by this
+    /// padding in pixels, at -W x -H and paste it back.
+    #[arg(long = "only_masked")]
+    pub only_masked: Option<usize>,
 
     /// Outcropping: direction/pixels pairs, e.g. -c top 64 left 32.
     #[arg(short = 'c', long, num_args = 1..)]
@@ -223,11 +239,6 @@ fn nonzero(value: Option<f64>) -> bool {
 }
 
 const UNSUPPORTED: &[Unsupported] = &[
-    Unsupported {
-        switch: "--threshold",
-        example: &["--threshold", "2"],
-        asked: |s| nonzero(s.threshold),
-    },
     Unsupported {
         switch: "-x/--skip_normalize",
         example: &["-x"],
@@ -431,6 +442,13 @@ mod tests {
     #[test]
     fn values_that_change_nothing_are_accepted() {
         let (_, s) = parse("x --threshold 0 --perlin 0 -G 0 -v 0 --save_intermediates 0");
+        assert!(s.refuse_unsupported().is_ok());
+    }
+
+    #[test]
+    fn threshold_and_guidance_rescale_are_taken() {
+        let (_, s) = parse("x --threshold 1.5 --guidance_rescale 0.7");
+        assert_eq!((s.threshold, s.guidance_rescale), (Some(1.5), Some(0.7)));
         assert!(s.refuse_unsupported().is_ok());
     }
 

@@ -284,10 +284,6 @@ fn bad_input_gets_a_clear_error() {
             &["x", "--model", model, "-I", &init, "-f", "1.5", "-s", "1"],
             "strength must be between 0 and 1, got 1.5",
         ),
-        (
-            &["x", "--model", model, "-I", &init, "-W", "128", "-s", "1"],
-            "resizing init images",
-        ),
     ];
     for (args, needle) in cases {
         let output = dream(args);
@@ -668,4 +664,92 @@ fn grids_file_name_templates_and_the_prompt_log() {
     );
     let log = std::fs::read_to_string(out.join("invoke_log.txt")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
+}
+
+#[test]
+fn ctrl_c_stops_the_image_being_made_and_keeps_the_finished_ones() {
+    use std::io::Write;
+    let out = temp_dir("interrupt");
+    let model = fixture("tiny");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dream"))
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(["-W", "64", "-H", "64", "-A", "ddim"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"x -s 20 -S 100 -n 500\n").unwrap();
+    stdin.flush().unwrap();
+    let first = out.join("000001.100.png");
+    let started = std::time::Instant::now();
+    while !first.exists() {
+        assert!(started.elapsed().as_secs() < 120, "no image came");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill only sends a signal to our child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    // The prompt is back: the next line runs.
+    stdin.write_all(b"y -s 1 -S 7\n").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("interrupted after "), "{stderr}");
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let batch = names
+        .iter()
+        .filter(|n| n.ends_with(".png") && !n.ends_with(".7.png"))
+        .count();
+    assert!((1..500).contains(&batch), "{batch} images of the batch");
+    assert!(names.iter().any(|n| n.ends_with(".7.png")), "{names:?}");
+}
+
+#[test]
+fn images_record_the_sha256_of_the_weights() {
+    use sha2::{Digest, Sha256};
+    let out = temp_dir("hash");
+    let weights = fixture("tiny.safetensors");
+    let sha256: String = Sha256::digest(std::fs::read(&weights).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let config = fixture("tiny");
+    let output = Command::new(env!("CARGO_BIN_EXE_dream"))
+        .args(["x", "--model", weights.to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap()])
+        .args(["-s", "1", "-S", "1", "-W", "64", "-H", "64"])
+        .args(["-o", out.to_str().unwrap()])
+        .env("XDG_CACHE_HOME", out.join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let image = out.join("000001.1.png");
+    // A1111: the first 10 hex digits, before the model name; InvokeAI: all of them.
+    let parameters = png_text(&image, "parameters").unwrap();
+    assert!(
+        parameters.contains(&format!("Model hash: {}, Model: tiny,", &sha256[..10])),
+        "{parameters}"
+    );
+    let sd_metadata = png_text(&image, "sd-metadata").unwrap();
+    assert!(
+        sd_metadata.contains(&format!("\"model_hash\":\"{sha256}\"")),
+        "{sd_metadata}"
+    );
+    // The hash is remembered for the next run.
+    let cache = std::fs::read_to_string(out.join("cache/dream/model_hashes.json")).unwrap();
+    assert!(cache.contains(&sha256), "{cache}");
 }

@@ -13,6 +13,7 @@ pub mod guidance;
 pub mod hires;
 pub mod image;
 pub mod img2img;
+pub mod interrupt;
 pub mod inpaint;
 pub mod mask;
 pub mod model;
@@ -38,7 +39,7 @@ pub use model::{LoadOptions, StableDiffusion};
 pub use outpaint::{Outcrop, Seam};
 pub use sampling::StepInfo;
 pub use tiling::VaeTiling;
-pub use txt2img::{Generated, Seamless, Txt2Img};
+pub use txt2img::{Generated, ModelStamp, Seamless, Txt2Img};
 pub use variation::Variation;
 
 #[derive(Debug, thiserror::Error)]

@@ -271,7 +271,7 @@ pub struct Generated {
 
 impl Generated {
     /// What made this image, with the sampler and schedule named as A1111 names them.
-    fn generation_info(&self, model_name: &str) -> GenerationInfo {
+    fn generation_info(&self, model: ModelStamp<'_>) -> GenerationInfo {
         let r = &self.request;
         let mut info = GenerationInfo::new(MetadataFormat::A1111);
         info.prompt = r.prompt.clone();
@@ -284,7 +284,9 @@ impl Generated {
         info.seed = Some(u64::from(r.seed));
         info.width = Some(r.width);
         info.height = Some(r.height);
-        info.model = Some(model_name.to_string());
+        info.model = Some(model.name.to_string());
+        // A1111's short hash: the first 10 hex digits.
+        info.model_hash = model.sha256.map(|h| h.chars().take(10).collect());
         info.strength = r.init.as_ref().map(|init| init.strength);
         // A1111 writes clip skip only when it is not the default.
         info.clip_skip = (r.clip_skip > 1).then_some(r.clip_skip);
@@ -346,13 +348,14 @@ impl Generated {
     }
 
     /// A1111's `parameters` text for this image.
-    pub fn a1111_parameters(&self, model_name: &str) -> String {
-        A1111Parameters::from_info(&self.generation_info(model_name)).to_text()
+    pub fn a1111_parameters<'a>(&self, model: impl Into<ModelStamp<'a>>) -> String {
+        A1111Parameters::from_info(&self.generation_info(model.into())).to_text()
     }
 
     /// InvokeAI 2.x's `Dream` command and `sd-metadata` JSON for this image, with InvokeAI's
     /// sampler names; `sd-metadata` also records the schedule and clip skip.
-    pub fn invokeai_metadata(&self, model_name: &str) -> (String, String) {
+    pub fn invokeai_metadata<'a>(&self, model: impl Into<ModelStamp<'a>>) -> (String, String) {
+        let model = model.into();
         let r = &self.request;
         let info = GenerationInfo {
             format: MetadataFormat::InvokeAiJson,
@@ -363,7 +366,9 @@ impl Generated {
             width: Some(r.width),
             height: Some(r.height),
             strength: r.init.as_ref().map(|init| init.strength),
-            ..self.generation_info(model_name)
+            // InvokeAI's hash is the whole SHA-256.
+            model_hash: model.sha256.map(str::to_string),
+            ..self.generation_info(model)
         };
         let app = invokeai::App {
             id: APP_ID,
@@ -376,21 +381,39 @@ impl Generated {
     }
 
     /// Writes the image as a PNG carrying A1111's `parameters` and InvokeAI's `Dream` and
-    /// `sd-metadata` chunks. The model hash is not recorded yet.
-    pub fn save(
+    /// `sd-metadata` chunks, naming `model` (its name, or a [`ModelStamp`] with its hash).
+    pub fn save<'a>(
         &self,
         path: impl AsRef<std::path::Path>,
-        model_name: &str,
+        model: impl Into<ModelStamp<'a>>,
     ) -> Result<(), DreamError> {
-        let (dream, sd_metadata) = self.invokeai_metadata(model_name);
+        let model = model.into();
+        let (dream, sd_metadata) = self.invokeai_metadata(model);
         self.image.save_png(
             path.as_ref(),
             &[
-                ("parameters", &self.a1111_parameters(model_name)),
+                ("parameters", &self.a1111_parameters(model)),
                 ("Dream", &dream),
                 ("sd-metadata", &sd_metadata),
             ],
         )
+    }
+}
+
+/// The model as image metadata records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelStamp<'a> {
+    /// Its file or folder name.
+    pub name: &'a str,
+    /// The SHA-256 of its weights file in hex: A1111's "Model hash" is its first 10 digits,
+    /// InvokeAI's `model_hash` all of it.
+    pub sha256: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for ModelStamp<'a> {
+    /// A model known by name only.
+    fn from(name: &'a str) -> Self {
+        ModelStamp { name, sha256: None }
     }
 }
 
@@ -491,7 +514,7 @@ impl StableDiffusion {
         let mut callback = |info: StepInfo<'_>| {
             step.set(info.step + 1);
             progress(info);
-            Ok(())
+            crate::interrupt::check()
         };
         let latents = match start {
             // Strength 0: no step runs, the image comes back through the VAE.
