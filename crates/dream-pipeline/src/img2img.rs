@@ -90,7 +90,7 @@ impl StableDiffusion {
         generator: &mut TorchGenerator,
     ) -> Result<Tensor, DreamError> {
         let (_, _, height, width) = pixels.dims4()?;
-        let posterior = self.vae.encode(pixels)?;
+        let posterior = self.encode(pixels)?;
         let noise = self.latent_noise(generator, width, height)?;
         Ok((posterior.sample(&noise)? * self.vae_config.scaling_factor)?)
     }
