@@ -10,7 +10,7 @@ use dream_pipeline::image::RgbaImage;
 use dream_pipeline::preview::save_intermediate;
 use dream_pipeline::resize::InitSizing;
 use dream_pipeline::variation::{format_variations, parse_variations};
-use dream_pipeline::{interrupt, Generated};
+use dream_pipeline::{interrupt, Generated, ModelStamp};
 use dream_pipeline::{
     InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, Seamless, StableDiffusion, Txt2Img,
     Variation,
@@ -179,8 +179,13 @@ impl Plan {
         })
     }
 
-    /// Renders every image, printing each one's path and command as it is saved.
-    pub fn run(&self, model: &StableDiffusion) -> Result<Vec<Made>> {
+    /// Renders every image, printing each one's path and command as it is saved;
+    /// `sha256` is the model's weights' hash, for the metadata.
+    pub fn run(&self, model: &StableDiffusion, sha256: Option<&str>) -> Result<Vec<Made>> {
+        let stamp = ModelStamp {
+            name: model.name(),
+            sha256,
+        };
         std::fs::create_dir_all(&self.outdir)
             .with_context(|| format!("cannot create {}", self.outdir.display()))?;
         // A Ctrl-C from before this command is not for it.
@@ -225,7 +230,7 @@ impl Plan {
                 grid.push(generated);
                 continue;
             }
-            let path = self.save(&generated, model, "")?;
+            let path = self.save(&generated, stamp, "")?;
             made.push(Made {
                 path,
                 seed: request.seed,
@@ -239,7 +244,7 @@ impl Plan {
                 image: make_grid(&images, rows, cols)?,
                 ..first.clone()
             };
-            let path = self.save(&whole, model, &format!(" -g -n{}", images.len()))?;
+            let path = self.save(&whole, stamp, &format!(" -g -n{}", images.len()))?;
             made = grid
                 .iter()
                 .map(|g| Made {
@@ -288,10 +293,10 @@ impl Plan {
 
     /// Saves an image under the next free name, logs it and prints its command (with
     /// `extra` switches).
-    fn save(&self, generated: &Generated, model: &StableDiffusion, extra: &str) -> Result<PathBuf> {
+    fn save(&self, generated: &Generated, model: ModelStamp<'_>, extra: &str) -> Result<PathBuf> {
         let request = &generated.request;
         let path = output::image_path(&self.outdir, &self.fnformat, request, &self.sampler_name)?;
-        generated.save(&path, model.name())?;
+        generated.save(&path, model)?;
         let command = format!("{}{extra}", self.command(request));
         println!("{}: {command}", path.display());
         output::log(&self.outdir, &path, &command)?;
