@@ -566,6 +566,21 @@ fn invokeai_plan_collects_loras_and_refuses_swap() {
 }
 
 #[test]
+fn syntax_names() {
+    for (name, syntax) in [
+        ("a1111", Syntax::A1111),
+        ("WebUI", Syntax::A1111),
+        ("invokeai", Syntax::InvokeAi),
+        ("compel", Syntax::InvokeAi),
+    ] {
+        assert_eq!(name.parse::<Syntax>(), Ok(syntax));
+    }
+    assert_eq!(Syntax::InvokeAi.to_string().parse(), Ok(Syntax::InvokeAi));
+    assert!("comfyui".parse::<Syntax>().is_err());
+    assert_eq!(Syntax::default(), Syntax::A1111);
+}
+
+#[test]
 fn prompt_matrix_makes_every_combination_as_a1111() {
     // A1111's wiki example: the first part always, each later part optional.
     let matrix = PromptMatrix::new(
@@ -585,6 +600,10 @@ fn prompt_matrix_makes_every_combination_as_a1111() {
     assert_eq!((matrix.rows(), matrix.columns()), (2, 2));
     assert_eq!(matrix.column_labels(1), [("illustration", true)]);
     assert_eq!(matrix.row_labels(0), [("cinematic lighting", false)]);
+    assert_eq!(
+        matrix.describe(),
+        "columns: - | illustration\nrows: - | cinematic lighting"
+    );
 
     // The optional parts lose surrounding whitespace, then commas (Python's
     // `text.strip().strip(',')`); the fixed part stays as written.

@@ -96,4 +96,31 @@ impl PromptMatrix {
             .map(|(i, part)| (part.as_str(), row & (1 << i) != 0))
             .collect()
     }
+
+    /// The grid's labels as text, for a picture's metadata: each column's and each row's
+    /// optional parts, `-` where it has none.
+    pub fn describe(&self) -> String {
+        let label = |labels: Vec<(&str, bool)>| {
+            let active: Vec<&str> = labels
+                .into_iter()
+                .filter_map(|(part, active)| active.then_some(part.trim()))
+                .collect();
+            if active.is_empty() {
+                "-".to_string()
+            } else {
+                active.join(" + ")
+            }
+        };
+        let columns: Vec<String> = (0..self.columns())
+            .map(|c| label(self.column_labels(c)))
+            .collect();
+        let rows: Vec<String> = (0..self.rows())
+            .map(|r| label(self.row_labels(r)))
+            .collect();
+        format!(
+            "columns: {}\nrows: {}",
+            columns.join(" | "),
+            rows.join(" | ")
+        )
+    }
 }

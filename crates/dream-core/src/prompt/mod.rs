@@ -45,12 +45,38 @@ impl Fragment {
     }
 }
 
-/// Which prompt language the text is written in.
+/// Which prompt language the text is written in. A1111's is the default everywhere (the CLI
+/// included): it is what prompts pasted from Civitai and most model pages are written in, and
+/// plain prompts mean the same in both. InvokeAI's is chosen by name (`invokeai` or `compel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Syntax {
     #[default]
     A1111,
     InvokeAi,
+}
+
+impl std::str::FromStr for Syntax {
+    type Err = String;
+
+    /// `a1111` (also `automatic1111`, `webui`) or `invokeai` (also `compel`), any case.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.to_ascii_lowercase().as_str() {
+            "a1111" | "automatic1111" | "webui" => Ok(Syntax::A1111),
+            "invokeai" | "invoke" | "compel" => Ok(Syntax::InvokeAi),
+            _ => Err(format!(
+                "unknown prompt syntax {name:?}: choose a1111 or invokeai"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Syntax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Syntax::A1111 => "a1111",
+            Syntax::InvokeAi => "invokeai",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
