@@ -368,15 +368,21 @@ impl Painting {
             None if switches.invert_mask => transparent.as_ref().map(Mask::inverted),
             None => transparent.clone(),
         };
-        let inpaint = mask.map(|mask| Inpaint {
-            // Colours under transparent pixels may be erased: the hole takes its surroundings'.
-            masked_content: if transparent.is_some() {
-                MaskedContent::Fill
-            } else {
-                MaskedContent::Original
-            },
-            inpaint_replace: switches.inpaint_replace.unwrap_or(0.0),
-            ..Inpaint::new(mask)
+        // Colours under transparent pixels may be erased: the hole takes its surroundings'.
+        let masked_content = match &switches.masked_content {
+            Some(name) => name.parse()?,
+            None if transparent.is_some() => MaskedContent::Fill,
+            None => MaskedContent::Original,
+        };
+        let inpaint = mask.map(|mask| {
+            let defaults = Inpaint::new(mask);
+            Inpaint {
+                masked_content,
+                inpaint_replace: switches.inpaint_replace.unwrap_or(0.0),
+                mask_blur: switches.mask_blur.unwrap_or(defaults.mask_blur),
+                only_masked_padding: switches.only_masked,
+                ..defaults
+            }
         });
         let defaults = Seam::default();
         Ok(Painting {
@@ -425,7 +431,13 @@ fn shaping_switches(s: &Switches) -> String {
 }
 
 fn has_inpaint_switches(s: &Switches) -> bool {
-    s.init_mask.is_some() || s.invert_mask || !s.outcrop.is_empty() || s.force_outpaint
+    s.init_mask.is_some()
+        || s.invert_mask
+        || !s.outcrop.is_empty()
+        || s.force_outpaint
+        || s.mask_blur.is_some()
+        || s.masked_content.is_some()
+        || s.only_masked.is_some()
 }
 
 /// The inpainting and outpainting switches as given, for the command that remakes an image.
@@ -439,6 +451,15 @@ fn inpaint_switches(s: &Switches) -> String {
     }
     if let Some(r) = s.inpaint_replace {
         line += &format!(" -r{r}");
+    }
+    if let Some(blur) = s.mask_blur {
+        line += &format!(" --mask_blur {blur}");
+    }
+    if let Some(content) = &s.masked_content {
+        line += &format!(" --masked_content {}", shell_quote(content));
+    }
+    if let Some(padding) = s.only_masked {
+        line += &format!(" --only_masked {padding}");
     }
     if !s.outcrop.is_empty() {
         line += &format!(" -c {}", s.outcrop.join(" "));
