@@ -20,7 +20,11 @@ pub fn perlin_noise(
     height: usize,
     width: usize,
 ) -> Result<Vec<f32>, DreamError> {
-    if height % LATTICE != 0 || width % LATTICE != 0 || height == 0 || width == 0 {
+    if !height.is_multiple_of(LATTICE)
+        || !width.is_multiple_of(LATTICE)
+        || height == 0
+        || width == 0
+    {
         return Err(DreamError::InvalidRequest(format!(
             "Perlin noise needs latents whose sides are multiples of {LATTICE} (images in \
              multiples of {}), got {width}x{height}",

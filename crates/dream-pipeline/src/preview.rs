@@ -39,10 +39,16 @@ pub fn approx_cheap(latents: &Tensor) -> Result<RgbImage, DreamError> {
     let plane = height * width;
     let mut pixels = Vec::with_capacity(plane * 3);
     for i in 0..plane {
-        for rgb in 0..3 {
-            let value: f32 = (0..channels)
-                .map(|l| values[l * plane + i] * LATENT_RGB[l][rgb])
-                .sum();
+        let rgb = LATENT_RGB
+            .iter()
+            .enumerate()
+            .fold([0f32; 3], |mut rgb, (l, factors)| {
+                for (sum, factor) in rgb.iter_mut().zip(factors) {
+                    *sum += values[l * plane + i] * factor;
+                }
+                rgb
+            });
+        for value in rgb {
             pixels.push(((value * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0) as u8);
         }
     }
@@ -61,7 +67,7 @@ pub fn save_intermediate(
     every: usize,
     dir: &Path,
 ) -> Result<Option<PathBuf>, DreamError> {
-    let due = every > 0 && (info.step % every == 0 || info.step + 1 == info.total_steps);
+    let due = every > 0 && (info.step.is_multiple_of(every) || info.step + 1 == info.total_steps);
     if !due {
         return Ok(None);
     }

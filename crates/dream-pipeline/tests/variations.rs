@@ -48,6 +48,7 @@ fn invokeai_chain_matches_its_numpy_slerp() {
     )
     .unwrap();
     let diff = max_diff(&chain, &reference("invokeai_chain"));
+    println!("InvokeAI -V chain: max abs diff {diff:e}");
     assert!(diff < 2e-6, "chain: max abs diff {diff}");
     let varied = initial_noise(
         &mut TorchGenerator::seeded(42),
@@ -56,6 +57,7 @@ fn invokeai_chain_matches_its_numpy_slerp() {
     )
     .unwrap();
     let diff = max_diff(&varied, &reference("invokeai_variation"));
+    println!("InvokeAI -v step: max abs diff {diff:e}");
     assert!(diff < 2e-6, "variation: max abs diff {diff}");
 }
 
@@ -70,6 +72,7 @@ fn a1111_subseed_matches_its_slerp() {
     };
     let noise = initial_noise(&mut TorchGenerator::seeded(42), (4, 8, 12), &request).unwrap();
     let diff = max_diff(&noise, &reference("a1111_subseed"));
+    println!("A1111 subseed: max abs diff {diff:e}");
     assert!(diff < 2e-6, "max abs diff {diff}");
 }
 
@@ -77,6 +80,7 @@ fn a1111_subseed_matches_its_slerp() {
 fn perlin_noise_matches_invokeai() {
     let perlin = perlin_noise(&mut TorchGenerator::seeded(42), 4, 16, 24).unwrap();
     let diff = max_diff(&perlin, &reference("perlin_seed42_16x24"));
+    println!("Perlin field: max abs diff {diff:e}");
     assert!(diff < 1e-5, "perlin: max abs diff {diff}");
     let request = Txt2Img {
         perlin: 0.3,
@@ -84,6 +88,7 @@ fn perlin_noise_matches_invokeai() {
     };
     let noise = initial_noise(&mut TorchGenerator::seeded(42), (4, 16, 24), &request).unwrap();
     let diff = max_diff(&noise, &reference("noise_seed42_perlin0.3"));
+    println!("get_noise with --perlin 0.3: max abs diff {diff:e}");
     assert!(diff < 1e-5, "get_noise with perlin: max abs diff {diff}");
 }
 
