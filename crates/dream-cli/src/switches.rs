@@ -121,17 +121,6 @@ pub struct Switches {
     /// padding in pixels, at -W x -H and paste it back.
     #[arg(long = "only_masked")]
     pub only_masked: Option<usize>,
-    /// Inpainting: A1111's "Mask blur", the mask edge's Gaussian radius in pixels [default: 4].
-    #[arg(long = "mask_blur")]
-    pub mask_blur: Option<f64>,
-    /// Inpainting: A1111's "Masked content": fill, original, latent_noise or latent_nothing
-    /// [default: original, fill for transparent pixels].
-    #[arg(long = "masked_content")]
-    pub masked_content: Option<String>,
-    /// Inpainting: A1111's "Only masked": render the area around the mask, grown by this
-    /// padding in pixels, at -W x -H and paste it back.
-    #[arg(long = "only_masked")]
-    pub only_masked: Option<usize>,
 
     /// Outcropping: direction/pixels pairs, e.g. -c top 64 left 32.
     #[arg(short = 'c', long, num_args = 1..)]
