@@ -38,6 +38,9 @@ REF=("$PY" "$TOOLS/reference_torch_seed.py" --model "$WORK/tiny" --model-label "
 "${REF[@]}" --negative "blurry" --seed 42 --width 64 --height 64 --scheduler ddim \
     --init-image $FX/images/init_64x64.png --strength 0.6 \
     --out $FX/ref/img2img_ddim.safetensors --png "$WORK/img2img_ddim.png"
+"${REF[@]}" --negative "blurry" --seed 42 --width 64 --height 64 --scheduler unipc \
+    --init-image $FX/images/init_64x64.png --strength 0.6 \
+    --out $FX/ref/img2img_unipc.safetensors --png "$WORK/img2img_unipc.png"
 "${REF[@]}" --negative "" --seed 1234 --width 64 --height 48 --scheduler euler \
     --out $FX/ref/txt2img_euler_64x48.safetensors --png "$WORK/txt2img_euler_64x48.png"
 

@@ -20,7 +20,7 @@ use dream_pipeline::sampling::{
     strength_steps, Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, StepInfo,
     StrengthRule,
 };
-use dream_pipeline::{DreamError, StableDiffusion, Txt2Img};
+use dream_pipeline::{DreamError, InitImage, StableDiffusion, Txt2Img};
 use dream_test_support::{fixture, load_fixture, max_abs_diff};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -416,7 +416,10 @@ fn unipc_orders_and_variants_match_diffusers() {
         ("unipc_order1.normal", options(1, UniPcVariant::Bh2, true)),
         ("unipc_order3.normal", options(3, UniPcVariant::Bh2, true)),
         ("unipc_bh1.normal", options(2, UniPcVariant::Bh1, true)),
-        ("unipc_bh1_order3.normal", options(3, UniPcVariant::Bh1, true)),
+        (
+            "unipc_bh1_order3.normal",
+            options(3, UniPcVariant::Bh1, true),
+        ),
         ("unipc_noise.normal", options(2, UniPcVariant::Bh2, false)),
     ];
     let mut errors = Vec::new();
@@ -597,10 +600,10 @@ fn guidance_extras_match_their_references() {
 
     // Threshold is InvokeAI's, for its k-diffusion samplers only; A1111 discards σ only there.
     for change in [&threshold as &dyn Fn(&mut Txt2Img), &discard] {
-        match setup
-            .model
-            .generate(&with(Sampler::Ddim, ScheduleKind::Normal, change), &mut |_| {})
-        {
+        match setup.model.generate(
+            &with(Sampler::Ddim, ScheduleKind::Normal, change),
+            &mut |_| {},
+        ) {
             Err(DreamError::NotSupported(message)) => assert!(message.contains("ddim")),
             other => panic!("{other:?}"),
         }
@@ -613,16 +616,55 @@ fn guidance_extras_match_their_references() {
         (&|r: &mut Txt2Img| r.threshold = Some(-1.0), "threshold"),
         (&|r: &mut Txt2Img| r.threshold = Some(f64::NAN), "threshold"),
     ] {
-        match setup
-            .model
-            .generate(&with(Sampler::Euler, ScheduleKind::Normal, change), &mut |_| {})
-        {
+        match setup.model.generate(
+            &with(Sampler::Euler, ScheduleKind::Normal, change),
+            &mut |_| {},
+        ) {
             Err(DreamError::InvalidRequest(message)) => {
                 assert!(message.contains(field), "{message}")
             }
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// UniPC img2img against diffusers' img2img pipeline with `UniPCMultistepScheduler`
+/// (fixtures/ref/img2img_unipc.safetensors, strength 0.6 of 20 steps): the last 12 steps of the
+/// schedule from the VAE latents noised to its 9th σ, every step's latents compared.
+#[test]
+fn unipc_img2img_matches_diffusers() {
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let r = load_fixture("ref/img2img_unipc.safetensors");
+    let request = Txt2Img {
+        negative_prompt: NEGATIVE.into(),
+        steps: 20,
+        width: 64,
+        height: 64,
+        sampler: Sampler::UniPc,
+        schedule: ScheduleKind::Normal,
+        init: Some(InitImage::open(fixture("images/init_64x64.png"), 0.6).unwrap()),
+        ..Txt2Img::new(PROMPT, SEED)
+    };
+    let mut errors = Vec::new();
+    let generated = model
+        .generate(&request, &mut |step| {
+            let expected = &r[&format!("step.{:03}.latents", step.step)];
+            errors.push((
+                format!("step {}", step.step),
+                max_abs_diff(step.latents, expected),
+                tolerance(expected),
+            ));
+        })
+        .unwrap();
+    // int(20 × 0.6) = 12 steps.
+    assert_eq!(errors.len(), 12);
+    let expected = &r["final_latents"];
+    errors.push((
+        "final latents".into(),
+        max_abs_diff(&generated.latents, expected),
+        tolerance(expected),
+    ));
+    assert_all_within(&errors);
 }
 
 /// The sampler options go into the image's metadata as A1111 and InvokeAI record them:

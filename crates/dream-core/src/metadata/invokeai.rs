@@ -653,7 +653,12 @@ mod tests {
         );
         let read = read_sd_metadata(&json).unwrap();
         assert_eq!(
-            (read.threshold, read.guidance_rescale, read.eta, read.s_noise),
+            (
+                read.threshold,
+                read.guidance_rescale,
+                read.eta,
+                read.s_noise
+            ),
             (Some(1.5), Some(0.7), Some(0.5), Some(1.003))
         );
         // InvokeAI's own `"threshold": 0` is off.
