@@ -107,6 +107,14 @@ impl TextualInversions {
         Ok(())
     }
 
+    /// A chunker that puts these embeddings' vectors where their names are.
+    pub fn chunker<'a>(&'a self, tokenizer: &'a ClipTokenizer) -> Chunker<'a> {
+        match &self.table {
+            Some(table) => Chunker::new(tokenizer).with_token_table(table),
+            None => Chunker::new(tokenizer),
+        }
+    }
+
     /// The names and the ids of their vectors.
     pub fn table(&self) -> Option<&TokenTable> {
         self.table.as_ref()
@@ -175,14 +183,10 @@ impl PromptConditioning {
                     .into(),
             ));
         }
-        let chunker = match embeddings.table() {
-            Some(table) => Chunker::new(tokenizer).with_token_table(table),
-            None => Chunker::new(tokenizer),
-        };
         let encoder = TextEncoder {
             text_encoder,
             embeddings,
-            chunker,
+            chunker: embeddings.chunker(tokenizer),
             options,
         };
         let sub_prompt = |part: &SubPrompt| match plan.syntax {
@@ -289,6 +293,21 @@ impl StableDiffusion {
             plan,
             options,
         )
+    }
+
+    /// `-t`: how the text encoder sees the prompts (see [`prompt::tokenization_log`]).
+    pub fn tokenization_log(
+        &self,
+        prompt: &str,
+        negative_prompt: &str,
+        options: &PromptOptions,
+    ) -> Result<String, DreamError> {
+        let plan = prompt::plan(prompt, negative_prompt, options)
+            .map_err(|e| DreamError::InvalidRequest(e.to_string()))?;
+        Ok(prompt::tokenization_log(
+            &plan,
+            &self.embeddings.chunker(&self.tokenizer),
+        ))
     }
 
     /// Adds a textual-inversion embedding, `[vectors, hidden]`, that prompts can name: A1111

@@ -62,6 +62,8 @@ pub struct Txt2Img {
     pub discard_penultimate_sigma: bool,
     /// How the prompts are read (A1111's syntax by default).
     pub syntax: Syntax,
+    /// InvokeAI's `-x`: a legacy `a:0.25 b:0.75` blend uses its weights as written.
+    pub skip_normalize: bool,
     /// A1111's "Clip skip": 1 uses the text encoder's output, 2 the layer before, …
     pub clip_skip: usize,
     pub emphasis: Emphasis,
@@ -101,6 +103,7 @@ impl Txt2Img {
             guidance_rescale: 0.0,
             discard_penultimate_sigma: false,
             syntax: Syntax::A1111,
+            skip_normalize: false,
             clip_skip: 1,
             emphasis: Emphasis::Original,
             init: None,
@@ -126,7 +129,10 @@ impl Txt2Img {
 
     pub(crate) fn conditioning_options(&self) -> ConditioningOptions {
         ConditioningOptions {
-            prompt: PromptOptions::new(self.syntax, self.steps),
+            prompt: PromptOptions {
+                skip_normalize: self.skip_normalize,
+                ..PromptOptions::new(self.syntax, self.steps)
+            },
             clip_skip: self.clip_skip,
             emphasis: self.emphasis,
         }

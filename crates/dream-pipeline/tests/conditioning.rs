@@ -439,3 +439,24 @@ fn sd2_tokenizers_pad_with_their_pad_token() {
     let diff = max_abs_diff(&context, &expected);
     assert!(diff < 1e-5, "InvokeAI syntax: {diff}");
 }
+
+#[test]
+fn tokenization_log_uses_the_models_tokenizer_and_embeddings() {
+    let mut model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let cat = model
+        .tokenization_log("a (cat:1.5)", "", &PromptOptions::new(Syntax::A1111, 20))
+        .unwrap();
+    assert!(
+        cat.starts_with("prompt:\n  chunk 1 (2 tokens): a (cat:1.5)\n"),
+        "{cat}"
+    );
+    let vector = Tensor::zeros((1, 32), DType::F32, &Device::Cpu).unwrap();
+    model.add_embedding("mystyle", &vector).unwrap();
+    let named = model
+        .tokenization_log("a <mystyle>", "", &PromptOptions::new(Syntax::InvokeAi, 20))
+        .unwrap();
+    assert!(
+        named.starts_with("prompt:\n  chunk 1 (2 tokens): a <mystyle>\n"),
+        "{named}"
+    );
+}
