@@ -194,3 +194,30 @@ fn variations_on_the_tiny_model() {
         .unwrap();
     assert_eq!(diff, 0.0);
 }
+
+/// `-v` with img2img: the noise added to the init image's latents varies the same way.
+#[test]
+fn variations_apply_to_img2img() {
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let init = dream_pipeline::InitImage::open(fixture("images/init_64x64.png"), 0.6).unwrap();
+    let base = Txt2Img {
+        steps: 4,
+        width: 64,
+        height: 64,
+        sampler: Sampler::Euler,
+        init: Some(init),
+        ..Txt2Img::new("a red house", 42)
+    };
+    let generate = |variations: &str| {
+        let request = Txt2Img {
+            variations: parse_variations(variations).unwrap(),
+            ..base.clone()
+        };
+        model.generate(&request, &mut |_| {}).unwrap().image
+    };
+    let original = model.generate(&base, &mut |_| {}).unwrap().image;
+    assert_eq!(generate("5:0"), original);
+    let varied = generate("5:0.5");
+    assert_ne!(varied, original);
+    assert_eq!(generate("5:0.5"), varied);
+}
