@@ -1117,9 +1117,11 @@ fn solve(a: &[Vec<f64>], b: &[f64]) -> Vec<f64> {
             .unwrap_or(col);
         rows.swap(col, pivot);
         for row in col + 1..n {
-            let factor = rows[row][col] / rows[col][col];
-            for k in col..=n {
-                rows[row][k] -= factor * rows[col][k];
+            let (above, below) = rows.split_at_mut(row);
+            let (pivot_row, target) = (&above[col], &mut below[0]);
+            let factor = target[col] / pivot_row[col];
+            for (t, p) in target[col..].iter_mut().zip(&pivot_row[col..]) {
+                *t -= factor * p;
             }
         }
     }
