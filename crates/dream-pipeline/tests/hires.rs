@@ -3,7 +3,10 @@
 //! model.
 
 use candle_core::{Device, Tensor};
+use dream_core::rng::TorchGenerator;
 use dream_pipeline::hires::{upscale_bilinear, HiresFix, Upscaler};
+use dream_pipeline::resize::resize_lanczos;
+use dream_pipeline::sampling::StrengthRule;
 use dream_pipeline::{Sampler, StableDiffusion, Txt2Img};
 use dream_test_support::fixture;
 
@@ -130,4 +133,59 @@ fn hires_fix_with_an_init_image_is_refused() {
         err.contains("hires fix with an init image is not supported"),
         "{err}"
     );
+}
+
+/// A1111's Lanczos upscaler: the first pass's image enlarged with Lanczos and encoded again
+/// (strength 0 under InvokeAI's step rule shows it unrefined; A1111's rule always runs at least
+/// one step); A1111's step rule runs int(0.5 × 4) + 1 = 3 second steps.
+#[test]
+fn a1111_lanczos_upscaler_enlarges_the_image() {
+    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let (size, fix) = HiresFix::a1111(64, 48, 2.0, Upscaler::Lanczos, None, 0.5);
+    assert_eq!(size, (128, 96));
+    let request = Txt2Img {
+        steps: 4,
+        width: size.0,
+        height: size.1,
+        sampler: Sampler::Euler,
+        hires: Some(fix.clone()),
+        ..Txt2Img::new("a lighthouse", 9)
+    };
+    let mut second_pass_steps = 0;
+    model
+        .generate(&request, &mut |info| {
+            second_pass_steps += usize::from(info.latents.dims4().unwrap().2 == 12);
+        })
+        .unwrap();
+    assert_eq!(second_pass_steps, 3);
+
+    let first = model
+        .generate(
+            &Txt2Img {
+                width: 64,
+                height: 48,
+                hires: None,
+                ..request.clone()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+    let unrefined = model
+        .generate(
+            &Txt2Img {
+                hires: Some(HiresFix {
+                    strength: 0.0,
+                    rule: StrengthRule::InvokeAi,
+                    ..fix
+                }),
+                ..request
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+    let enlarged = resize_lanczos(&first.image, 128, 96).unwrap();
+    let latents = model
+        .encode_image(&enlarged, &mut TorchGenerator::seeded(9))
+        .unwrap();
+    assert_eq!(unrefined.image, model.decode_to_image(&latents).unwrap());
 }
