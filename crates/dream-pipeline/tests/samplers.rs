@@ -738,7 +738,12 @@ fn sde_samplers_are_seeded() {
         let latents = |seed| {
             let mut request = request(sampler, ScheduleKind::Karras, seed);
             request.steps = 4;
-            model.generate(&request, &mut |_| {}).unwrap().latents
+            let mut previews = 0;
+            let generated = model.generate(&request, &mut |step| {
+                previews += step.denoised.is_some() as usize;
+            });
+            assert_eq!(previews, 4, "{sampler}: every step has an x0 estimate");
+            generated.unwrap().latents
         };
         let first = latents(SEED);
         assert_eq!(max_abs_diff(&first, &latents(SEED)), 0.0, "{sampler}");
