@@ -74,7 +74,11 @@ impl Plan {
             Some(path) => Some(init_image_path(path, previous)?),
             None => None,
         };
-        let strength = switches.strength.unwrap_or(DEFAULT_STRENGTH);
+        let strength = switches.strength.unwrap_or(if switches.outcrop.is_empty() {
+            DEFAULT_STRENGTH
+        } else {
+            dream_pipeline::outpaint::OUTCROP_STRENGTH
+        });
         let painting = match &init_path {
             Some(path) => Some(Painting::new(&RgbaImage::open(path)?, switches)?),
             None if has_inpaint_switches(switches) => {
@@ -384,7 +388,11 @@ impl Painting {
                 ..defaults
             }
         });
-        let defaults = Seam::default();
+        let defaults = if outcrop {
+            Seam::OUTCROP
+        } else {
+            Seam::default()
+        };
         Ok(Painting {
             outpaint: transparent.is_some() && (outcrop || switches.force_outpaint),
             canvas,

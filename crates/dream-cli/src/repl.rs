@@ -173,19 +173,17 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    /// `!fix IMAGE -c top 64 …`: InvokeAI's outcrop of an image it made: the image's own
-    /// prompt and switches (from its metadata), the image as init image at strength 0.9, and
-    /// a seam pass of 96 pixels blurred by 16 in 20 steps, unless the line says otherwise.
+    /// `!fix IMAGE -c top 64 …`: InvokeAI's outcrop of an image it made, with the image's own
+    /// prompt and switches (from its metadata) and the outcrop's strength and seam pass
+    /// unless the line says otherwise.
     fn outcrop(&mut self, file: &str, tokens: &[&str]) -> Result<()> {
         let command = fetch::command_of(Path::new(file), self.karras_max())?;
         let (prompt, recorded) = split_command(&command)?;
         let mut switches = self.defaults.updated(recorded)?;
         switches.init_img = Some(file.to_string());
-        switches.strength = Some(0.9);
+        switches.strength = None;
         // The size is the grown canvas's.
         (switches.width, switches.height) = (None, None);
-        (switches.seam_size, switches.seam_blur, switches.seam_steps) =
-            (Some(96), Some(16), Some(20));
         let switches = switches.updated(tokens.iter().map(|t| t.to_string()).collect())?;
         self.render(&prompt, &switches)
     }

@@ -24,6 +24,9 @@ pub struct Outcrop {
 /// InvokeAI rounds every margin up to a multiple of this.
 const MARGIN_MULTIPLE: usize = 64;
 
+/// The img2img strength InvokeAI 2.x's outcrop paints the grown canvas with.
+pub const OUTCROP_STRENGTH: f64 = 0.9;
+
 impl Outcrop {
     /// InvokeAI's `-c` arguments: direction and pixels, in pairs (`top 64 left 32`); a
     /// direction given twice adds up.
@@ -114,6 +117,15 @@ impl Default for Seam {
 }
 
 impl Seam {
+    /// What InvokeAI 2.x's outcrop (`-c`, `!fix IMAGE -c`) uses unless told otherwise: a
+    /// 96-pixel band blurred by 16, strength 0.7, 20 steps.
+    pub const OUTCROP: Seam = Seam {
+        size: 96,
+        blur: 16,
+        strength: 0.7,
+        steps: 20,
+    };
+
     /// InvokeAI's `mask_edge` on the canvas's alpha: pixels on the border between opaque and
     /// not opaque (and partly transparent ones), grown by size/2 pixels each way, box-blurred.
     pub fn mask(&self, canvas: &RgbaImage) -> Mask {
