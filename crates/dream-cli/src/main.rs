@@ -3,6 +3,7 @@
 mod bench;
 mod fetch;
 mod hashes;
+mod hub;
 mod info;
 mod models;
 mod output;
@@ -102,12 +103,13 @@ impl Cli {
 fn main() -> ExitCode {
     keep_freed_memory();
     stop_on_ctrl_c();
-    // `dream info FILE…` prints what made each image, `dream bench` times the networks;
-    // anything else is a prompt to render.
+    // `dream info FILE…` prints what made each image, `dream bench` times the networks,
+    // `dream preload hf:ORG/REPO…` fetches models; anything else is a prompt to render.
     let mut argv = std::env::args().skip(1);
     let result = match argv.next().as_deref() {
         Some("info") => info::info(&argv.collect::<Vec<_>>()),
         Some("bench") => bench::bench(&argv.collect::<Vec<_>>()),
+        Some("preload") => hub::preload(&argv.collect::<Vec<_>>()),
         _ => {
             let argv = switches::normalize_tokens(std::env::args());
             Cli::try_parse_from(argv)

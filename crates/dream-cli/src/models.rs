@@ -9,6 +9,7 @@ use dream_pipeline::registry::{ModelEntry, ModelRegistry};
 use dream_pipeline::{LoadOptions, StableDiffusion};
 
 use crate::hashes::HashCache;
+use crate::hub;
 
 /// InvokeAI's default `--max_loaded_models`.
 pub const DEFAULT_MAX_LOADED: usize = 2;
@@ -62,8 +63,12 @@ impl Models {
         Ok(models)
     }
 
-    /// A registered name, else an existing file or folder.
+    /// A registered name, a hub repository (`hf:ORG/REPO`, fetched now if need be), else an
+    /// existing file or folder.
     pub fn find(&self, given: &str) -> Result<ModelRef> {
+        if let Some(repo) = hub::Repo::parse(given) {
+            return Ok(ModelRef::Path(hub::fetch(&repo?)?));
+        }
         if self.registry.get(given).is_some() {
             return Ok(ModelRef::Named(given.to_string()));
         }

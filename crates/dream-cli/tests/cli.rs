@@ -753,3 +753,127 @@ fn images_record_the_sha256_of_the_weights() {
     let cache = std::fs::read_to_string(out.join("cache/dream/model_hashes.json")).unwrap();
     assert!(cache.contains(&sha256), "{cache}");
 }
+
+/// A stand-in for the Hugging Face hub serving `fixtures/tiny` as the repository `test/tiny`
+/// (with a `.bin` listed that it cannot serve: Dream must not ask for it). Returns its address
+/// and the paths it was asked for.
+fn fake_hub() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let root = fixture("tiny");
+    let mut files = Vec::new();
+    for component in std::fs::read_dir(&root).unwrap() {
+        let path = component.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            for file in std::fs::read_dir(&path).unwrap() {
+                let file = file.unwrap().file_name().to_string_lossy().to_string();
+                files.push(format!("{name}/{file}"));
+            }
+        } else {
+            files.push(name);
+        }
+    }
+    files.push("unet/diffusion_pytorch_model.bin".into());
+    let siblings: Vec<String> = files
+        .iter()
+        .map(|f| format!("{{\"rfilename\":\"{f}\"}}"))
+        .collect();
+    let info = format!("{{\"siblings\":[{}]}}", siblings.join(","));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut request = String::new();
+            BufReader::new(&stream).read_line(&mut request).unwrap();
+            let path = request.split(' ').nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(path.clone());
+            let body = if path == "/api/models/test/tiny/revision/main" {
+                Some(info.clone().into_bytes())
+            } else {
+                path.strip_prefix("/test/tiny/resolve/main/")
+                    .and_then(|file| std::fs::read(root.join(file)).ok())
+            };
+            let (status, body) = match body {
+                Some(body) => ("200 OK", body),
+                None => ("404 Not Found", b"not found".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (address, asked)
+}
+
+#[test]
+fn hub_models_are_fetched_once_and_render_as_the_local_folder() {
+    let root = temp_dir("hub");
+    let (endpoint, asked) = fake_hub();
+    let dream_env = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dream"))
+            .args(args)
+            .env("HF_ENDPOINT", &endpoint)
+            .env("XDG_CACHE_HOME", root.join("cache"))
+            .output()
+            .unwrap()
+    };
+    let output = dream_env(&["preload", "hf:test/tiny"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fetched = asked.lock().unwrap().clone();
+    assert!(
+        fetched
+            .contains(&"/test/tiny/resolve/main/unet/diffusion_pytorch_model.safetensors".into())
+            && !fetched.iter().any(|p| p.ends_with(".bin")),
+        "{fetched:?}"
+    );
+    // Rendering from the fetched copy asks the hub nothing and equals the local folder's image.
+    let render = |model: &str, out: &str| {
+        let out = root.join(out);
+        let output = dream_env(&[
+            "a red apple",
+            "--model",
+            model,
+            "-s",
+            "2",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "-S",
+            "3",
+            "-A",
+            "ddim",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        pixels(&out.join("000001.3.png"))
+    };
+    let local = fixture("tiny");
+    assert_eq!(
+        render("hf:test/tiny", "hub"),
+        render(local.to_str().unwrap(), "local")
+    );
+    assert_eq!(asked.lock().unwrap().len(), fetched.len());
+    // A repository the hub does not have: a clear error.
+    let output = dream_env(&["x", "--model", "hf:test/nonesuch"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("/api/models/test/nonesuch/revision/main"),
+        "{stderr}"
+    );
+}
