@@ -9,7 +9,6 @@
 //! latent's rows (its `slerp` normalises along dim 1 of a `[C, H, W]` tensor).
 
 use std::fmt;
-use std::str::FromStr;
 
 use dream_core::rng::TorchGenerator;
 
@@ -70,19 +69,6 @@ pub fn format_variations(chain: &[Variation]) -> String {
         .map(Variation::to_string)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-impl FromStr for Variation {
-    type Err = DreamError;
-
-    fn from_str(text: &str) -> Result<Self, DreamError> {
-        match parse_variations(text)?.as_slice() {
-            [one] => Ok(*one),
-            _ => Err(DreamError::InvalidRequest(format!(
-                "expected one seed:weight pair, got {text:?}"
-            ))),
-        }
-    }
 }
 
 /// A request's starting noise, `[channels, height, width]` latents flattened: `generator`'s next
