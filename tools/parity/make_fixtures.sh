@@ -41,6 +41,9 @@ REF=("$PY" "$TOOLS/reference_torch_seed.py" --model "$WORK/tiny" --model-label "
 "${REF[@]}" --negative "blurry" --seed 42 --width 64 --height 64 --scheduler unipc \
     --init-image $FX/images/init_64x64.png --strength 0.6 \
     --out $FX/ref/img2img_unipc.safetensors --png "$WORK/img2img_unipc.png"
+"${REF[@]}" --negative "blurry" --seed 42 --width 64 --height 64 --scheduler lcm \
+    --init-image $FX/images/init_64x64.png --strength 0.6 \
+    --out $FX/ref/img2img_lcm.safetensors --png "$WORK/img2img_lcm.png"
 "${REF[@]}" --negative "" --seed 1234 --width 64 --height 48 --scheduler euler \
     --out $FX/ref/txt2img_euler_64x48.safetensors --png "$WORK/txt2img_euler_64x48.png"
 

@@ -629,14 +629,9 @@ impl StableDiffusion {
                 "dynamic thresholding (thresholding in scheduler_config.json)".into(),
             ));
         }
-        if let (Some(_), Sampler::Lcm) = (start, request.sampler) {
-            return Err(DreamError::NotSupported(format!(
-                "img2img with the {} sampler",
-                request.sampler
-            )));
-        }
         // img2img: the DDPM-family samplers walk the tail of their timesteps from the init
-        // latents noised to its first timestep, as diffusers' `add_noise`.
+        // latents noised to its first timestep, as diffusers' img2img pipeline and `add_noise`
+        // (LCM too: its own img2img pipeline picks other timesteps).
         let walked = |timesteps: Vec<usize>| -> Result<(Vec<usize>, Tensor), DreamError> {
             Ok(match start {
                 Some(start) => {
@@ -683,7 +678,7 @@ impl StableDiffusion {
                 sample_ddpm(&mut model, &timesteps, noise, &mut image_noise, callback)?
             }
             Sampler::Lcm => {
-                let timesteps = lcm_timesteps(config, steps)?;
+                let (timesteps, noise) = walked(lcm_timesteps(config, steps)?)?;
                 sample_lcm(&mut model, &timesteps, noise, &mut image_noise, callback)?
             }
             Sampler::UniPc => {

@@ -628,42 +628,47 @@ fn guidance_extras_match_their_references() {
     }
 }
 
-/// UniPC img2img against diffusers' img2img pipeline with `UniPCMultistepScheduler`
-/// (fixtures/ref/img2img_unipc.safetensors, strength 0.6 of 20 steps): the last 12 steps of the
-/// schedule from the VAE latents noised to its 9th σ, every step's latents compared.
+/// UniPC and LCM img2img against diffusers' img2img pipeline with `UniPCMultistepScheduler`
+/// and `LCMScheduler` (fixtures/ref/img2img_{unipc,lcm}.safetensors, strength 0.6 of 20 steps):
+/// the last 12 steps of the schedule from the VAE latents noised to its 9th step, LCM's step
+/// noise continuing the seed's generator; every step's latents compared.
 #[test]
-fn unipc_img2img_matches_diffusers() {
+fn unipc_and_lcm_img2img_match_diffusers() {
     let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    let r = load_fixture("ref/img2img_unipc.safetensors");
-    let request = Txt2Img {
-        negative_prompt: NEGATIVE.into(),
-        steps: 20,
-        width: 64,
-        height: 64,
-        sampler: Sampler::UniPc,
-        schedule: ScheduleKind::Normal,
-        init: Some(InitImage::open(fixture("images/init_64x64.png"), 0.6).unwrap()),
-        ..Txt2Img::new(PROMPT, SEED)
-    };
     let mut errors = Vec::new();
-    let generated = model
-        .generate(&request, &mut |step| {
-            let expected = &r[&format!("step.{:03}.latents", step.step)];
-            errors.push((
-                format!("step {}", step.step),
-                max_abs_diff(step.latents, expected),
-                tolerance(expected),
-            ));
-        })
-        .unwrap();
-    // int(20 × 0.6) = 12 steps.
-    assert_eq!(errors.len(), 12);
-    let expected = &r["final_latents"];
-    errors.push((
-        "final latents".into(),
-        max_abs_diff(&generated.latents, expected),
-        tolerance(expected),
-    ));
+    for (sampler, name) in [(Sampler::UniPc, "unipc"), (Sampler::Lcm, "lcm")] {
+        let r = load_fixture(&format!("ref/img2img_{name}.safetensors"));
+        let request = Txt2Img {
+            negative_prompt: NEGATIVE.into(),
+            steps: 20,
+            width: 64,
+            height: 64,
+            sampler,
+            schedule: ScheduleKind::Normal,
+            init: Some(InitImage::open(fixture("images/init_64x64.png"), 0.6).unwrap()),
+            ..Txt2Img::new(PROMPT, SEED)
+        };
+        let mut steps = 0;
+        let generated = model
+            .generate(&request, &mut |step| {
+                let expected = &r[&format!("step.{:03}.latents", step.step)];
+                errors.push((
+                    format!("{name} step {}", step.step),
+                    max_abs_diff(step.latents, expected),
+                    tolerance(expected),
+                ));
+                steps += 1;
+            })
+            .unwrap();
+        // int(20 × 0.6) = 12 steps.
+        assert_eq!(steps, 12, "{name}");
+        let expected = &r["final_latents"];
+        errors.push((
+            format!("{name} final latents"),
+            max_abs_diff(&generated.latents, expected),
+            tolerance(expected),
+        ));
+    }
     assert_all_within(&errors);
 }
 
