@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
+use dream_core::prompt::{MatrixOptions, PromptMatrix, PromptOptions};
 use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
 use dream_pipeline::grid::{grid_shape, make_grid};
 use dream_pipeline::hires::HiresFix;
@@ -12,8 +13,8 @@ use dream_pipeline::resize::InitSizing;
 use dream_pipeline::variation::{format_variations, parse_variations};
 use dream_pipeline::{interrupt, Generated, ModelStamp};
 use dream_pipeline::{
-    InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, Seamless, StableDiffusion, Txt2Img,
-    Variation,
+    InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, Seamless, StableDiffusion, Syntax,
+    Txt2Img, Variation,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -50,6 +51,11 @@ pub struct Plan {
     fnformat: String,
     /// InvokeAI's `-g`: the images of the command in one grid picture.
     grid: bool,
+    /// `-t`: print how the text encoder sees the prompts.
+    log_tokenization: bool,
+    /// `--prompt_matrix`: the prompt as written and the combinations it makes, one image each
+    /// (all with the first image's seed), in one grid.
+    matrix: Option<(String, PromptMatrix)>,
     /// InvokeAI's `-v`: each image moves this far towards a new random seed's noise.
     variation_amount: f64,
     /// `--save_intermediates N`: every Nth step's preview under `outdir/intermediates/`.
@@ -92,7 +98,16 @@ impl Plan {
             image: p.canvas.to_rgb(),
             strength,
         });
-        let base = Txt2Img::new(prompt, 0);
+        if switches.skip_normalize && switches.syntax != Some(Syntax::InvokeAi) {
+            return Err(anyhow!(
+                "-x/--skip_normalize is for InvokeAI's `a:0.25 b:0.75` blends: add --syntax invokeai"
+            ));
+        }
+        let matrix = switches
+            .prompt_matrix
+            .then(|| PromptMatrix::new(prompt, &MatrixOptions::default()))
+            .transpose()?;
+        let base = Txt2Img::new(matrix.as_ref().map_or(prompt, |m| m.prompts[0].as_str()), 0);
         // InvokeAI's default size is the init image's, else the model's.
         let init_size = init.as_ref().map(|i| (i.image.width, i.image.height));
         let default_width = init_size.map(|s| s.0).or(model_size.0);
@@ -121,6 +136,9 @@ impl Plan {
                 None => Vec::new(),
             },
             perlin: switches.perlin.unwrap_or(0.0),
+            negative_prompt: switches.negative_prompt.clone().unwrap_or_default(),
+            syntax: switches.syntax.unwrap_or_default(),
+            skip_normalize: switches.skip_normalize,
             seamless: match (switches.seamless, &switches.seamless_axes) {
                 (true, Some(axes)) => axes.parse()?,
                 (true, None) => Seamless::BOTH,
@@ -162,14 +180,26 @@ impl Plan {
             .clone()
             .unwrap_or_else(|| output::DEFAULT_FNFORMAT.to_string());
         output::check_fnformat(&fnformat, &first, sampler_name)?;
+        let iterations = match &matrix {
+            Some(matrix) if switches.iterations.is_some_and(|n| n != 1) => {
+                return Err(anyhow!(
+                "--prompt_matrix makes one image per combination ({}); -n cannot be used with it",
+                matrix.prompts.len()
+            ))
+            }
+            Some(matrix) => matrix.prompts.len() as u32,
+            None => switches.iterations.unwrap_or(1),
+        };
         Ok(Plan {
             fnformat,
             grid: switches.grid,
+            log_tokenization: switches.log_tokenization,
+            matrix: matrix.map(|matrix| (prompt.to_string(), matrix)),
             variation_amount,
             save_intermediates: switches.save_intermediates.unwrap_or(0),
             shaping_switches: shaping_switches(switches),
             first,
-            iterations: switches.iterations.unwrap_or(1),
+            iterations,
             sampler_name: sampler_name.to_string(),
             init_path,
             outpaint: painting
@@ -198,6 +228,17 @@ impl Plan {
         let mut grid = Vec::new();
         for k in 0..self.iterations {
             let request = self.request(k);
+            // Every image of a command has the same prompts, except in a prompt matrix.
+            if self.log_tokenization && (k == 0 || self.matrix.is_some()) {
+                let options = PromptOptions {
+                    skip_normalize: request.skip_normalize,
+                    ..PromptOptions::new(request.syntax, request.steps)
+                };
+                print!(
+                    "{}",
+                    model.tokenization_log(&request.prompt, &request.negative_prompt, &options)?
+                );
+            }
             let steps_run = match &request.init {
                 Some(init) => init.steps(request.steps)?.steps_run(),
                 None => request.steps,
@@ -230,7 +271,7 @@ impl Plan {
                 }
                 Err(error) => return Err(error.into()),
             };
-            if self.grid {
+            if self.grid || self.matrix.is_some() {
                 grid.push(generated);
                 continue;
             }
@@ -242,13 +283,34 @@ impl Plan {
         }
         if let Some(first) = grid.first() {
             let images: Vec<_> = grid.iter().map(|g| g.image.clone()).collect();
-            let (rows, cols) = grid_shape(images.len());
-            // The grid carries the first image's parameters; -g -n N makes it again.
-            let whole = Generated {
-                image: make_grid(&images, rows, cols)?,
-                ..first.clone()
+            let (whole, extra) = match &self.matrix {
+                // A1111's layout; the grid's parameters are the first image's with the prompt
+                // as written, and --prompt_matrix makes it again.
+                Some((prompt, matrix)) => {
+                    println!("{}", matrix.describe());
+                    let image = make_grid(&images, matrix.rows(), matrix.columns())?;
+                    let request = Txt2Img {
+                        prompt: prompt.clone(),
+                        ..first.request.clone()
+                    };
+                    let whole = Generated {
+                        image,
+                        request,
+                        ..first.clone()
+                    };
+                    (whole, " --prompt_matrix".to_string())
+                }
+                // The grid carries the first image's parameters; -g -n N makes it again.
+                None => {
+                    let (rows, cols) = grid_shape(images.len());
+                    let whole = Generated {
+                        image: make_grid(&images, rows, cols)?,
+                        ..first.clone()
+                    };
+                    (whole, format!(" -g -n{}", images.len()))
+                }
             };
-            let path = self.save(&whole, stamp, &format!(" -g -n{}", images.len()))?;
+            let path = self.save(&whole, stamp, &extra)?;
             made = grid
                 .iter()
                 .map(|g| Made {
@@ -263,6 +325,12 @@ impl Plan {
     /// The request of image `k`: seed + k, or with `-v` the same seed moved towards a new
     /// random seed's noise, appended to its variation chain as InvokeAI records it.
     fn request(&self, k: u32) -> Txt2Img {
+        if let Some((_, matrix)) = &self.matrix {
+            return Txt2Img {
+                prompt: matrix.prompts[k as usize].clone(),
+                ..self.first.clone()
+            };
+        }
         if self.variation_amount > 0.0 {
             let mut variations = self.first.variations.clone();
             variations.push(Variation {
@@ -411,6 +479,15 @@ impl Painting {
 /// an image (`-v` is recorded as the image's last `-V` pair instead).
 fn shaping_switches(s: &Switches) -> String {
     let mut line = String::new();
+    if let Some(syntax) = s.syntax {
+        line += &format!(" --syntax {syntax}");
+    }
+    if let Some(negative) = s.negative_prompt.as_deref().filter(|n| !n.is_empty()) {
+        line += &format!(" --negative_prompt {}", shell_quote(negative));
+    }
+    if s.skip_normalize {
+        line += " -x";
+    }
     if let Some(perlin) = s.perlin.filter(|&p| p != 0.0) {
         line += &format!(" --perlin {perlin}");
     }

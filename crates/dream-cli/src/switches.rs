@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use dream_pipeline::DreamError;
+use dream_pipeline::{DreamError, Syntax};
 
 /// The switches of one prompt. Every value is optional so that a line's switches can be laid
 /// over the session's (the startup command line's); each field's doc says its default.
@@ -72,6 +72,18 @@ pub struct Switches {
     /// Print the tokens as CLIP sees them, and what was cut.
     #[arg(short = 't', long = "log_tokenization")]
     pub log_tokenization: bool,
+    /// Prompt syntax: a1111 (`(word:1.2)`, `[from:to:when]`, `AND`, `BREAK`) or invokeai
+    /// (`word+`, `(words)1.3`, `.blend()`, `.and()`, `[negative words]`, `a:0.25 b:0.75`)
+    /// [default: a1111].
+    #[arg(long)]
+    pub syntax: Option<Syntax>,
+    /// The negative prompt, in the prompt's syntax.
+    #[arg(long = "negative_prompt", visible_alias = "negative")]
+    pub negative_prompt: Option<String>,
+    /// A1111's prompt matrix: `a|b|c` renders `a` with every combination of the later parts
+    /// (one seed for all) into one grid, columns for the first half of the parts.
+    #[arg(long = "prompt_matrix")]
+    pub prompt_matrix: bool,
     /// Output folder [default: outputs/img-samples].
     #[arg(short = 'o', long)]
     pub outdir: Option<PathBuf>,
@@ -239,16 +251,6 @@ fn nonzero(value: Option<f64>) -> bool {
 }
 
 const UNSUPPORTED: &[Unsupported] = &[
-    Unsupported {
-        switch: "-x/--skip_normalize",
-        example: &["-x"],
-        asked: |s| s.skip_normalize,
-    },
-    Unsupported {
-        switch: "-t/--log_tokenization",
-        example: &["-t"],
-        asked: |s| s.log_tokenization,
-    },
     Unsupported {
         switch: "-z/--png_compression",
         example: &["-z", "9"],
