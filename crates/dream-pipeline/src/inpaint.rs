@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 use candle_core::Tensor;
 use dream_core::rng::TorchGenerator;
-use dream_core::schedule::NoiseSchedule;
+use dream_core::schedule::{NoiseSchedule, PredictionType};
 use image::imageops::{self, FilterType};
 
 use crate::image::RgbImage;
@@ -199,6 +199,12 @@ impl StableDiffusion {
             let masked = self.masked_image_latents(&init.image, &mask, generator)?;
             ModelInput::Conditioning(Tensor::cat(&[&latent_mask, &masked], 1)?)
         } else {
+            if self.scheduler.prediction_type != PredictionType::Epsilon {
+                // The blend reads the network's output as ε.
+                return Err(DreamError::NotSupported(
+                    "inpainting with a v-prediction model".into(),
+                ));
+            }
             let Some(start) = &start else {
                 return Err(DreamError::InvalidRequest(
                     "inpainting needs the init image's latents".into(),
