@@ -373,8 +373,9 @@ impl Completer for LineHelper {
             // `-I./img.png`: a file name glued to its switch.
             _ => match ["-I", "-M"].iter().find(|s| word.starts_with(**s)) {
                 Some(_) if word.len() > 2 => {
-                    let (at, found) = self.files.complete(line, pos, ctx)?;
-                    Ok((at.max(start + 2), found))
+                    let path = &word[2..];
+                    let (at, found) = self.files.complete(path, path.len(), ctx)?;
+                    Ok((start + 2 + at, found))
                 }
                 _ => Ok((pos, Vec::new())),
             },
@@ -388,3 +389,43 @@ impl Hinter for LineHelper {
 impl Highlighter for LineHelper {}
 impl Validator for LineHelper {}
 impl Helper for LineHelper {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(helper: &LineHelper, line: &str) -> (usize, Vec<String>) {
+        let history = DefaultHistory::new();
+        let ctx = rustyline::Context::new(&history);
+        let (at, pairs) = helper.complete(line, line.len(), &ctx).unwrap();
+        (at, pairs.into_iter().map(|p| p.replacement).collect())
+    }
+
+    #[test]
+    fn tab_completes_commands_models_and_files() {
+        let helper = LineHelper {
+            models: vec!["sd15".into(), "sd15-inpainting".into(), "anything".into()],
+            ..LineHelper::default()
+        };
+        assert_eq!(
+            complete(&helper, "!im"),
+            (0, vec!["!import_model".to_string()])
+        );
+        assert_eq!(
+            complete(&helper, "!switch sd"),
+            (8, vec!["sd15".to_string(), "sd15-inpainting".to_string()])
+        );
+        // A file name after -I (and glued to it), nothing after other switches.
+        let dir = std::env::temp_dir().join(format!("dream-complete-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("init_image.png"), "").unwrap();
+        let prefix = format!("{}/init_", dir.display());
+        let expected = format!("{}/init_image.png", dir.display());
+        let (_, found) = complete(&helper, &format!("a cat -I {prefix}"));
+        assert_eq!(found, [expected.clone()]);
+        let (at, found) = complete(&helper, &format!("a cat -I{prefix}"));
+        assert_eq!((at, found), ("a cat -I".len(), vec![expected]));
+        assert_eq!(complete(&helper, "a cat -s 2").1, Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

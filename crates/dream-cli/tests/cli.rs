@@ -877,3 +877,46 @@ fn hub_models_are_fetched_once_and_render_as_the_local_folder() {
         "{stderr}"
     );
 }
+
+#[test]
+fn prompts_come_from_a_file_or_standard_input_until_q() {
+    let out = temp_dir("from-file");
+    let model = fixture("tiny");
+    let model = model.to_str().unwrap();
+    let commands = out.join("commands.txt");
+    std::fs::write(
+        &commands,
+        "# a comment\na red apple -S 1\n\n\"a green pear\" -S 2\nq\na plum -S 3\n",
+    )
+    .unwrap();
+    let common = ["--model", model, "-s", "1", "-W", "64", "-H", "64"];
+    let file_out = out.join("file");
+    let mut args = common.to_vec();
+    args.extend(["-o", file_out.to_str().unwrap(), "--from_file"]);
+    args.push(commands.to_str().unwrap());
+    let output = dream(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("\"a green pear\" -s1"), "{stdout}");
+    assert!(file_out.join("000002.2.png").exists());
+    assert!(
+        !file_out.join("000003.3.png").exists(),
+        "q ends the commands"
+    );
+    // `dream -` reads standard input.
+    let stdin_out = out.join("stdin");
+    let mut args = vec!["-"];
+    args.extend(common);
+    args.extend(["-o", stdin_out.to_str().unwrap()]);
+    let output = dream_with_input(&args, "a plum -S 3\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdin_out.join("000001.3.png").exists());
+}
