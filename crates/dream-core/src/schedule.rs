@@ -1200,6 +1200,67 @@ mod tests {
         ));
     }
 
+    /// The sampler options a `scheduler_config.json` may carry, read as diffusers'
+    /// `from_config` reads them (`UniPCMultistepScheduler.__init__` maps DPM-Solver's
+    /// `solver_type` names to bh2; DDIM and DDPM clip by default, LCM does not).
+    #[test]
+    fn sampler_options_come_from_the_config() {
+        let config = |json: &str| SchedulerConfig::from_json_str(json).unwrap();
+        assert_eq!(
+            config("{}").unipc_options().unwrap(),
+            UniPcOptions::default()
+        );
+        let bh1 = config(r#"{"solver_type": "bh1", "solver_order": 3, "predict_x0": false}"#);
+        assert_eq!(
+            bh1.unipc_options().unwrap(),
+            UniPcOptions {
+                order: 3,
+                variant: UniPcVariant::Bh1,
+                predict_x0: false,
+                lower_order_final: true,
+            }
+        );
+        let dpm = config(r#"{"solver_type": "midpoint", "lower_order_final": false}"#);
+        let options = dpm.unipc_options().unwrap();
+        assert_eq!(
+            (options.variant, options.lower_order_final),
+            (UniPcVariant::Bh2, false)
+        );
+        let err = config(r#"{"solver_type": "bh3"}"#)
+            .unipc_options()
+            .unwrap_err();
+        assert!(err.to_string().contains("bh3"), "{err}");
+        let err = config(r#"{"solver_order": 4}"#)
+            .unipc_options()
+            .unwrap_err();
+        assert!(err.to_string().contains("solver_order"), "{err}");
+
+        let unsaid = config("{}");
+        assert_eq!(
+            (unsaid.clip_range(true), unsaid.clip_range(false)),
+            (Some(1.0), None)
+        );
+        let clipped = config(r#"{"clip_sample": true, "clip_sample_range": 2.0}"#);
+        assert_eq!(clipped.clip_range(false), Some(2.0));
+        assert_eq!(SchedulerConfig::sd1().clip_range(true), None);
+        assert!(config(r#"{"thresholding": true}"#).thresholding);
+
+        // LCMScheduler.set_timesteps(4) with original_inference_steps 20: every 5th of the
+        // timesteps 50·k − 1, k = 20…1.
+        let lcm = SchedulerConfig {
+            original_inference_steps: 20,
+            ..SchedulerConfig::sd1()
+        };
+        assert_eq!(lcm_timesteps(&lcm, 4).unwrap(), [999, 749, 499, 249]);
+        assert!(matches!(
+            lcm_timesteps(&lcm, 21),
+            Err(ScheduleError::TooManyLcmSteps {
+                steps: 21,
+                original: 20
+            })
+        ));
+    }
+
     /// fixtures/schedules/sigmas.json (tools/parity/sigma_fixtures.py): k-diffusion's, ComfyUI's
     /// and A1111's schedules over SD 1.x's sigmas.
     fn sigma_fixture() -> Value {
