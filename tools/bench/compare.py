@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Dream against diffusers on the same CPU, one after the other: `dream bench` next to
-../shared/parity/bench_unet.py for the same shapes (plus diffusers' VAE encode, which that script
-does not time), then the peak memory of one whole generation in each.
+../shared/parity/bench_unet.py for the same shapes (plus diffusers' VAE encode and TAESD decode,
+which that script does not time), then the peak memory of one whole generation in each.
 
   tools/bench/compare.py MODEL_DIR [--sizes 512] [--iters 3] [--threads 2] [--steps 4]
                          [--dream target/release/dream] [--skip-generate]
@@ -52,6 +52,25 @@ def diffusers_encode_median(model, size, iters, threads):
     return statistics.median(runs)
 
 
+def diffusers_taesd_median(size, iters, threads):
+    """AutoencoderTiny's decoder with its default (TAESD) config and random weights."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    taesd = AutoencoderTiny().eval()
+    latents = torch.randn([1, 4, size // 8, size // 8], generator=torch.Generator().manual_seed(0))
+    runs = []
+    with torch.inference_mode():
+        taesd.decode(latents)
+        for _ in range(iters):
+            start = time.perf_counter()
+            taesd.decode(latents)
+            runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model")
@@ -88,6 +107,7 @@ def main():
                         key_batch = batch if r["component"] in ("unet", "text_encoder") else 1
                         theirs[(r["component"], key_batch, size)] = r["median_s"]
         theirs[("vae_encode", 1, size)] = diffusers_encode_median(a.model, size, a.iters, a.threads)
+        theirs[("taesd_decode", 1, size)] = diffusers_taesd_median(size, a.iters, a.threads)
 
     lines = [f"| component | input | Dream median (s) | diffusers median (s) | Dream / diffusers |",
              "| --- | --- | --- | --- | --- |"]
@@ -97,7 +117,7 @@ def main():
             size = sizes[0]
         elif comp == "vae_encode":
             size = dims[-1]
-        else:
+        else:  # unet, vae_decode, taesd_decode: latents
             size = dims[-1] * 8
         t = theirs.get((comp, dims[0], size))
         ratio = f"{row['median_s'] / t:.2f}" if t else "-"

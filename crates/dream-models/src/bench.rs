@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::clip::ClipTextTransformer;
 use crate::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use crate::taesd::{TinyDecoder, TinyDecoderConfig};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
 
@@ -135,7 +136,8 @@ impl Default for BenchOptions {
 /// One measured operation.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// `text_encoder`, `unet`, `vae_decode` or `vae_encode` (bench_unet.py's names).
+    /// `text_encoder`, `unet`, `vae_decode`, `vae_encode` (bench_unet.py's names) or
+    /// `taesd_decode`.
     pub component: &'static str,
     pub input: Vec<usize>,
     /// Wall-clock seconds of each timed run, in order.
@@ -191,8 +193,8 @@ fn measure(
 }
 
 /// Builds SD 1.5's networks on random weights, one at a time, and times the text encoder (the
-/// CFG batch of two prompts), the UNet at batch 1 and 2, and the VAE decoder and encoder, at
-/// every size. `report` sees each timing as soon as it is measured.
+/// CFG batch of two prompts), the UNet at batch 1 and 2, the VAE decoder and encoder and TAESD's
+/// decoder, at every size. `report` sees each timing as soon as it is measured.
 pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Vec<Timing>> {
     let device = Device::Cpu;
     let (text_config, unet_config, vae_config) = sd15_configs();
@@ -245,6 +247,14 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
         let image = random("image", &[1, vae_config.in_channels, size, size])?;
         record(measure("vae_encode", &image, options.iters, || {
             Ok(vae.encode(&image)?.mean)
+        })?);
+    }
+    let taesd = TinyDecoder::new(weights.var_builder(&device), &TinyDecoderConfig::default())?;
+    for &size in &options.sizes {
+        let latent = size / 8;
+        let latents = random("latents", &[1, vae_config.latent_channels, latent, latent])?;
+        record(measure("taesd_decode", &latents, options.iters, || {
+            taesd.decode(&latents)
         })?);
     }
     Ok(timings)
