@@ -40,6 +40,10 @@ pub fn command(info: &GenerationInfo, karras_max: usize) -> String {
             words.push(format!("{flag} {value}"));
         }
     };
+    switch(
+        "--negative_prompt",
+        (!info.negative_prompt.is_empty()).then(|| shell_quote(&info.negative_prompt)),
+    );
     switch("-s", info.steps.map(|v| v.to_string()));
     switch("-S", info.seed.map(|v| v.to_string()));
     switch("-W", info.width.map(|v| v.to_string()));
@@ -119,6 +123,18 @@ pub fn quote(word: &str) -> String {
 mod tests {
     use super::*;
     use dream_core::metadata::{A1111Parameters, MetadataFormat};
+
+    #[test]
+    fn the_negative_prompt_comes_back() {
+        let info = A1111Parameters::parse(
+            "cat\nNegative prompt: ugly, blurry\nSteps: 8, Seed: 1, CFG scale: 5",
+        )
+        .to_info();
+        assert_eq!(
+            command(&info, 30),
+            r#""cat" --negative_prompt "ugly, blurry" -s 8 -S 1 -C 5"#
+        );
+    }
 
     #[test]
     fn the_recorded_schedule_survives() {
