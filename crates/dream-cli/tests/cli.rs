@@ -920,3 +920,39 @@ fn prompts_come_from_a_file_or_standard_input_until_q() {
     );
     assert!(stdin_out.join("000001.3.png").exists());
 }
+
+#[test]
+fn switching_back_to_a_cached_model_does_not_load_it_again() {
+    let root = temp_dir("lru");
+    let registry = root.join("models.yaml");
+    let registry = registry.to_str().unwrap();
+    let model = fixture("tiny");
+    let setup = format!(
+        "!import_model {0} a\n!import_model {0} b\n",
+        model.display()
+    );
+    let output = dream_with_input(&["--config", registry], &setup);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let loads = |max: &str| {
+        let output = dream_with_input(
+            &["--config", registry, "--max_loaded_models", max],
+            "!switch a\n!switch b\n!switch a\n!models\n",
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        (stderr.matches(">> loading").count(), stdout)
+    };
+    let (two, listing) = loads("2");
+    assert_eq!(two, 2);
+    assert!(
+        listing.contains("a                        active")
+            && listing.contains("b                        cached"),
+        "{listing}"
+    );
+    assert_eq!(loads("1").0, 3);
+}
