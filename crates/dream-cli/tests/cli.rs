@@ -428,7 +428,11 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
                  x --bogus\n\
                  \"a red apple\" -A ddim -S -1\n\
                  !history\n\
-                 !nonesuch\n";
+                 !nonesuch\n\
+                 !search bogus\n\
+                 !3\n\
+                 !clear\n\
+                 !history\n";
     let output = dream_with_input(&args, input);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -447,8 +451,13 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
     let (first, again) = (out.join("000001.42.png"), out.join("000002.42.png"));
     assert!(first.exists() && again.exists(), "{stdout}\n{stderr}");
     assert_eq!(pixels(&first), pixels(&again));
+    // !history, then !search, then !3 (printed: no terminal to edit it in); after !clear
+    // the last !history prints nothing.
     assert!(
-        stdout.contains("[1] a red apple -S 42 -A ddim\n[2] x --bogus\n"),
+        stdout.ends_with(
+            "[1] a red apple -S 42 -A ddim\n[2] x --bogus\n[3] \"a red apple\" -A ddim -S -1\n\
+             [2] x --bogus\n\"a red apple\" -A ddim -S -1\n"
+        ),
         "{stdout}"
     );
 }
