@@ -11,7 +11,6 @@ use dream_pipeline::image::RgbaImage;
 use dream_pipeline::preview::save_intermediate;
 use dream_pipeline::resize::InitSizing;
 use dream_pipeline::variation::{format_variations, parse_variations};
-use dream_pipeline::DreamError;
 use dream_pipeline::{interrupt, Generated, ModelStamp};
 use dream_pipeline::{
     InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, Seamless, StableDiffusion, Syntax,
@@ -150,11 +149,12 @@ impl Plan {
         };
         let mut first = first;
         // InvokeAI sizes img2img by the init image: scaled into W×H with -T, else its own
-        // size, floored to multiples of 64. (Masks keep the init image's size.)
-        if switches.fit && first.inpaint.is_some() {
-            return Err(DreamError::NotSupported("-T/--fit with a mask".into()).into());
+        // size, floored to multiples of 64; a mask goes with it. "Only masked" renders at W×H
+        // whatever the init image's size.
+        if switches.fit && switches.only_masked.is_some() {
+            return Err(anyhow!("-T/--fit and --only_masked exclude each other"));
         }
-        if first.init.is_some() && first.inpaint.is_none() {
+        if first.init.is_some() && switches.only_masked.is_none() {
             let sizing = match switches.fit {
                 true => InitSizing::Fit {
                     width: first.width,

@@ -428,7 +428,10 @@ impl StableDiffusion {
             strength: init.strength,
         });
         sub.inpaint = Some(Inpaint {
-            mask: resize_mask(&inpaint.mask.crop(rect), request.width, request.height)?,
+            mask: inpaint
+                .mask
+                .crop(rect)
+                .resized(request.width, request.height)?,
             only_masked_padding: None,
             ..inpaint.clone()
         });
@@ -522,26 +525,4 @@ fn malformed(what: &str) -> DreamError {
     DreamError::InvalidRequest(format!(
         "the {what}'s pixels do not fill its width × height"
     ))
-}
-
-fn resize_mask(mask: &Mask, width: usize, height: usize) -> Result<Mask, DreamError> {
-    if (mask.width, mask.height) == (width, height) {
-        return Ok(mask.clone());
-    }
-    let buffer = image::ImageBuffer::<image::Luma<f32>, _>::from_raw(
-        mask.width as u32,
-        mask.height as u32,
-        mask.values.clone(),
-    )
-    .ok_or_else(|| malformed("mask"))?;
-    let resized = imageops::resize(&buffer, width as u32, height as u32, FilterType::Triangle);
-    Ok(Mask {
-        width,
-        height,
-        values: resized
-            .into_raw()
-            .into_iter()
-            .map(|v| v.clamp(0.0, 1.0))
-            .collect(),
-    })
 }

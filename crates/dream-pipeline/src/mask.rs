@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use image::imageops::{self, FilterType};
 
 use crate::image::{decode, RgbImage, RgbaImage};
 use crate::DreamError;
@@ -158,6 +159,31 @@ impl Mask {
             height: rect.height,
             values,
         }
+    }
+
+    /// The mask scaled to `width` × `height` (bilinear, as it goes with a resized image).
+    pub fn resized(&self, width: usize, height: usize) -> Result<Mask, DreamError> {
+        if (self.width, self.height) == (width, height) {
+            return Ok(self.clone());
+        }
+        let buffer = image::ImageBuffer::<image::Luma<f32>, _>::from_raw(
+            self.width as u32,
+            self.height as u32,
+            self.values.clone(),
+        )
+        .ok_or_else(|| {
+            DreamError::InvalidRequest("the mask's values do not fill its width × height".into())
+        })?;
+        let resized = imageops::resize(&buffer, width as u32, height as u32, FilterType::Triangle);
+        Ok(Mask {
+            width,
+            height,
+            values: resized
+                .into_raw()
+                .into_iter()
+                .map(|v| v.clamp(0.0, 1.0))
+                .collect(),
+        })
     }
 
     /// `[1, 1, h/8, w/8]` at the latents' resolution, each latent pixel taking the top-left

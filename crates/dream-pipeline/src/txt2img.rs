@@ -116,13 +116,16 @@ impl Txt2Img {
         }
     }
 
-    /// Brings the init image to the size `sizing` gives it (Lanczos) and makes that the
-    /// request's size, as InvokeAI sizes img2img by its init image. Without an init image
-    /// nothing changes.
+    /// Brings the init image to the size `sizing` gives it (Lanczos), and an inpainting mask
+    /// with it, and makes that the request's size, as InvokeAI sizes img2img by its init
+    /// image. Without an init image nothing changes.
     pub fn size_to_init(&mut self, sizing: InitSizing) -> Result<(), DreamError> {
         if let Some(init) = &mut self.init {
             init.image = size_init_image(&init.image, sizing)?;
             (self.width, self.height) = (init.image.width, init.image.height);
+            if let Some(inpaint) = &mut self.inpaint {
+                inpaint.mask = inpaint.mask.resized(self.width, self.height)?;
+            }
         }
         Ok(())
     }

@@ -575,3 +575,33 @@ fn outcrop_extends_the_canvas_and_keeps_the_original() {
     assert!(kept > 0 && painted > 128 * 128 / 2, "{kept} {painted}");
     assert!(seam_changed > 100, "{seam_changed}");
 }
+
+/// InvokeAI sizes img2img by its init image (floored to multiples of 64); the mask follows.
+#[test]
+fn sizing_to_the_init_image_resizes_the_mask_with_it() {
+    let mut mask = Mask::keep_all(100, 90);
+    for y in 45..90 {
+        mask.values[y * 100..(y + 1) * 100].fill(1.0);
+    }
+    let mut request = Txt2Img {
+        init: Some(InitImage {
+            image: RgbImage {
+                width: 100,
+                height: 90,
+                pixels: vec![7; 100 * 90 * 3],
+            },
+            strength: 0.5,
+        }),
+        inpaint: Some(Inpaint::new(mask)),
+        ..Txt2Img::new(PROMPT, 1)
+    };
+    request
+        .size_to_init(dream_pipeline::resize::InitSizing::Own)
+        .unwrap();
+    assert_eq!((request.width, request.height), (64, 64));
+    let mask = &request.inpaint.as_ref().unwrap().mask;
+    assert_eq!((mask.width, mask.height), (64, 64));
+    // The bottom half still repaints, the top half still keeps.
+    assert_eq!(mask.values[10 * 64 + 5], 0.0);
+    assert_eq!(mask.values[50 * 64 + 5], 1.0);
+}
