@@ -188,12 +188,15 @@ impl<'a> Chunker<'a> {
         let mut weights = Vec::new();
         let mut spans = Vec::new();
         for fragment in fragments {
-            if let Fragment::Text { text, weight } = fragment {
-                let tokens = self.compel_tokens(text);
-                spans.push(ids.len()..ids.len() + tokens.len());
-                weights.extend(std::iter::repeat_n(*weight, tokens.len()));
-                ids.extend(tokens);
-            }
+            // compel has no BREAK: it is a fragment without tokens.
+            let Fragment::Text { text, weight } = fragment else {
+                spans.push(ids.len()..ids.len());
+                continue;
+            };
+            let tokens = self.compel_tokens(text);
+            spans.push(ids.len()..ids.len() + tokens.len());
+            weights.extend(std::iter::repeat_n(*weight, tokens.len()));
+            ids.extend(tokens);
         }
         // Where each token lands in the chunks, counting the start-of-text of each.
         let mut positions = Vec::with_capacity(ids.len());
