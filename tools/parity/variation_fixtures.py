@@ -16,6 +16,10 @@ OUT_DIR/noise.safetensors (float32):
   a1111_subseed            A1111's create_random_tensors for seed 42, subseed 7, strength 0.3,
                            shape [4,8,12] (modules/rng.py slerp, over dim 1)
 OUT_DIR/lanczos_{W}x{H}.png   INIT_PNG resized by PIL with Image.LANCZOS.
+OUT_DIR/circular_conv.safetensors: seamless convolutions, torch.nn.Conv2d with
+  padding_mode="circular" (both axes) and InvokeAI's one-axis form (circular F.pad along one
+  axis, zeros along the other): x [1,3,7,9], weight [4,3,3,3], bias [4]; out_{xy,x,y}_s{1,2}
+  for stride 1 and 2 (padding 1).
 """
 import json
 import math
@@ -133,6 +137,25 @@ def main():
     meta = {"torch": torch.__version__, "numpy": np.__version__, "pillow": PIL.__version__}
     save_file({k: v.contiguous().float() for k, v in out.items()},
               os.path.join(out_dir, "noise.safetensors"), metadata={"fixtures": json.dumps(meta)})
+
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(1, 3, 7, 9), torch.randn(4, 3, 3, 3), torch.randn(4)
+    conv = {"x": x, "weight": weight, "bias": bias}
+    for stride in (1, 2):
+        both = torch.nn.Conv2d(3, 4, 3, stride=stride, padding=1, padding_mode="circular")
+        with torch.no_grad():
+            both.weight.copy_(weight)
+            both.bias.copy_(bias)
+            conv[f"out_xy_s{stride}"] = both(x)
+        wrap_x = torch.nn.functional.pad(torch.nn.functional.pad(x, (1, 1, 0, 0), mode="circular"),
+                                         (0, 0, 1, 1))
+        wrap_y = torch.nn.functional.pad(torch.nn.functional.pad(x, (0, 0, 1, 1), mode="circular"),
+                                         (1, 1, 0, 0))
+        conv[f"out_x_s{stride}"] = torch.nn.functional.conv2d(wrap_x, weight, bias, stride=stride)
+        conv[f"out_y_s{stride}"] = torch.nn.functional.conv2d(wrap_y, weight, bias, stride=stride)
+    save_file({k: v.contiguous() for k, v in conv.items()},
+              os.path.join(out_dir, "circular_conv.safetensors"),
+              metadata={"fixtures": json.dumps(meta)})
 
     image = Image.open(init_png).convert("RGB")
     for size in [(40, 52), (96, 80), (64, 128), (128, 32), (32, 128)]:
