@@ -20,7 +20,7 @@ k-diffusion samplers (the k-diffusion PyPI package, k_diffusion.sampling.sample_
   returns is recorded, in call order, so a test can replay it.
 Discrete-timestep samplers (diffusers schedulers from the model's scheduler config, the
   pipeline's loop: scale_model_input, CFG UNet, step(..., generator=g)): ddim (eta 0 and 1, and
-  clip_sample=True), plms
+  clip_sample=True, as DDPM and LCM), plms
   (PNDM, skip_prk_steps), unipc (UniPCMultistep defaults; also use_karras_sigmas, and the
   solver_order / solver_type / predict_x0 / lower_order_final variants), lcm (also
   original_inference_steps=30), ddpm.
@@ -84,6 +84,8 @@ DISCRETE = {
     "ddim.normal": ("DDIMScheduler", {}, {}),
     "ddim_eta1.normal": ("DDIMScheduler", {}, {"eta": 1.0}),
     "ddim_clip.normal": ("DDIMScheduler", {"clip_sample": True}, {}),
+    "ddpm_clip.normal": ("DDPMScheduler", {"clip_sample": True}, {}),
+    "lcm_clip.normal": ("LCMScheduler", {"clip_sample": True}, {}),
     "plms.normal": ("PNDMScheduler", {"skip_prk_steps": True}, {}),
     "unipc.normal": ("UniPCMultistepScheduler", {}, {}),
     "unipc.karras": ("UniPCMultistepScheduler", {"use_karras_sigmas": True}, {}),

@@ -369,6 +369,27 @@ fn discrete_samplers_match_diffusers() {
             _ => tolerance(expected),
         };
         errors.push((case, max_abs_diff(&latents, expected), limit));
+        // DDPM and LCM clip the same x₀ estimate.
+        let (generator, noise) = seeded_noise(SEED);
+        let latents = sample_ddpm(
+            &mut model,
+            &timesteps,
+            noise,
+            &mut GeneratorNoise::new(generator),
+            &mut no_progress(),
+        );
+        let case = format!("{prediction}.ddpm_clip.normal");
+        setup.check(&case, &latents.unwrap(), &mut errors);
+        let (generator, noise) = seeded_noise(SEED);
+        let latents = sample_lcm(
+            &mut model,
+            &lcm_timesteps,
+            noise,
+            &mut GeneratorNoise::new(generator),
+            &mut no_progress(),
+        );
+        let case = format!("{prediction}.lcm_clip.normal");
+        setup.check(&case, &latents.unwrap(), &mut errors);
         model.clip_sample = None;
 
         let original_30 = SchedulerConfig {
