@@ -460,3 +460,46 @@ fn tokenization_log_uses_the_models_tokenizer_and_embeddings() {
         "{named}"
     );
 }
+
+#[test]
+fn every_invokeai_prompt_encodes_to_finite_conditioning() {
+    // The hostile prompts of compel's parser fixtures: whatever parses must encode, finitely.
+    let cases: Value = serde_json::from_str(&read(fixture("prompt/invokeai_cases.json"))).unwrap();
+    let (tokenizer, text_encoder) = text_model(None);
+    let mut options = ConditioningOptions::new(10);
+    options.prompt.syntax = Syntax::InvokeAi;
+    let mut encoded = 0;
+    for case in cases["compel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(cases["random"].as_array().unwrap().iter().take(150))
+    {
+        let prompt = case["prompt"].as_str().unwrap();
+        let Ok(plan) = prompt::plan(prompt, prompt, &options.prompt) else {
+            continue;
+        };
+        let context = match PromptConditioning::encode(
+            &tokenizer,
+            &text_encoder,
+            &TextualInversions::default(),
+            plan,
+            &options,
+        ) {
+            Ok(conditioning) => conditioning.context_at(0).unwrap(),
+            // Blend weights that add up to 0 cannot be normalised.
+            Err(DreamError::InvalidRequest(_)) => continue,
+            Err(e) => panic!("{prompt:?}: {e}"),
+        };
+        let sum = context
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(sum.is_finite(), "{prompt:?}");
+        encoded += 1;
+    }
+    assert!(encoded > 100, "{encoded}");
+}
