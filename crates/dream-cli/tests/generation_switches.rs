@@ -168,16 +168,7 @@ fn init_images_are_sized_as_invokeai_sizes_them() {
 fn bad_variation_and_seamless_switches_are_errors() {
     let model = fixture("tiny");
     let model = model.to_str().unwrap();
-    let (init, mask) = (
-        fixture("images/init_64x64.png"),
-        fixture("images/mask_64x64.png"),
-    );
-    let (init, mask) = (init.to_str().unwrap(), mask.to_str().unwrap());
     for (args, message) in [
-        (
-            vec!["x", "--model", model, "-I", init, "-M", mask, "-T"],
-            "-T/--fit with a mask is not supported yet",
-        ),
         (vec!["x", "--model", model, "-V", "12"], "seed:weight"),
         (
             vec!["x", "--model", model, "-v", "1.5"],
