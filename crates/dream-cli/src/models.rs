@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use dream_pipeline::registry::{ModelEntry, ModelRegistry};
 use dream_pipeline::{LoadOptions, StableDiffusion};
 
+use crate::fetch::shell_quote;
 use crate::hashes::HashCache;
 use crate::hub;
 
@@ -154,7 +155,11 @@ impl Models {
                     .registry
                     .get(name)
                     .ok_or_else(|| anyhow!("model {name} is no longer registered"))?;
-                let path = self.registry.model_path(name)?;
+                // InvokeAI 2.3's hub entries: fetched at first use.
+                let path = match (&entry.weights, &entry.path, &entry.repo_id) {
+                    (None, None, Some(repo)) => hub::fetch(&hub_repo(repo)?)?,
+                    _ => self.registry.model_path(name)?,
+                };
                 let mut options = self.overrides.clone();
                 if let Some(vae) = &entry.vae {
                     options.vae = Some(self.registry.resolve(vae));
@@ -197,8 +202,20 @@ impl Models {
         lines.join("\n")
     }
 
-    /// `!import_model PATH [NAME]`: registers a file or folder (named after it by default).
+    /// `!import_model PATH [NAME]`: registers a file, folder or `hf:ORG/REPO` (named after it
+    /// by default).
     pub fn import(&mut self, path: &str, name: Option<&str>) -> Result<String> {
+        if let Some(repo) = hub::Repo::parse(path) {
+            let repo = repo?;
+            let name = name.unwrap_or_else(|| repo.id.rsplit('/').next().unwrap_or(&repo.id));
+            let entry = ModelEntry {
+                description: Some(format!("{} from the hub", repo.id)),
+                repo_id: Some(repo.id.clone()),
+                format: Some("diffusers".to_string()),
+                ..ModelEntry::default()
+            };
+            return self.register(name, entry);
+        }
         let file = Path::new(path);
         anyhow::ensure!(file.exists(), "{path}: no such file or folder");
         let name = match name {
@@ -208,10 +225,6 @@ impl Models {
                 .map(|s| s.to_string_lossy().to_string())
                 .ok_or_else(|| anyhow!("{path}: cannot name a model after it"))?,
         };
-        anyhow::ensure!(
-            self.registry.get(&name).is_none(),
-            "a model named {name} is already registered (!del_model {name} first)"
-        );
         let absolute = std::fs::canonicalize(file)
             .with_context(|| format!("{path}: cannot resolve"))?
             .display()
@@ -221,12 +234,24 @@ impl Models {
             weights: file.is_file().then(|| absolute.clone()),
             path: file.is_dir().then_some(absolute),
             format: file.is_dir().then(|| "diffusers".to_string()),
-            default: self.registry.is_empty(),
             ..ModelEntry::default()
         };
-        self.registry.insert(&name, entry);
+        self.register(&name, entry)
+    }
+
+    /// Adds a new model to the registry file; the first one becomes the default.
+    fn register(&mut self, name: &str, entry: ModelEntry) -> Result<String> {
+        anyhow::ensure!(
+            self.registry.get(name).is_none(),
+            "a model named {name} is already registered (!del_model {name} first)"
+        );
+        let entry = ModelEntry {
+            default: self.registry.is_empty(),
+            ..entry
+        };
+        self.registry.insert(name, entry);
         self.registry.save()?;
-        Ok(name)
+        Ok(name.to_string())
     }
 
     /// `!edit_model NAME key=value ...`: changes fields of a registered model.
@@ -285,7 +310,7 @@ impl Models {
         let mut command = format!("!edit_model {name}");
         let mut field = |key: &str, value: Option<String>| {
             if let Some(value) = value {
-                command.push_str(&format!(" {}", shlex_quote(&format!("{key}={value}"))));
+                command.push_str(&format!(" {}", shell_quote(&format!("{key}={value}"))));
             }
         };
         field("description", entry.description.clone());
@@ -318,6 +343,7 @@ impl Models {
     }
 }
 
-fn shlex_quote(word: &str) -> String {
-    shlex::try_quote(word).map_or_else(|_| word.to_string(), |q| q.to_string())
+/// A registry's `repo_id` (`ORG/REPO`, optionally `@REVISION`) as a hub repository.
+fn hub_repo(repo_id: &str) -> Result<hub::Repo> {
+    hub::Repo::parse(&format!("hf:{repo_id}")).expect("the hf: prefix is there")
 }

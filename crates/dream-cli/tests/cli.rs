@@ -878,6 +878,50 @@ fn hub_models_are_fetched_once_and_render_as_the_local_folder() {
         render(local.to_str().unwrap(), "local")
     );
     assert_eq!(asked.lock().unwrap().len(), fetched.len());
+    // A registry entry with a repo_id (InvokeAI 2.3's hub entries) renders from the same copy.
+    let registry = root.join("configs/models.yaml");
+    let registry = registry.to_str().unwrap();
+    let output = dream_with_input(&["--config", registry], "!import_model hf:test/tiny\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let yaml = std::fs::read_to_string(registry).unwrap();
+    assert!(
+        yaml.contains("tiny:\n") && yaml.contains("repo_id: test/tiny"),
+        "{yaml}"
+    );
+    let by_name = root.join("by-name");
+    let output = dream_env(&[
+        "a red apple",
+        "--config",
+        registry,
+        "--model",
+        "tiny",
+        "-s",
+        "2",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-S",
+        "3",
+        "-A",
+        "ddim",
+        "-o",
+        by_name.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        pixels(&by_name.join("000001.3.png")),
+        render(local.to_str().unwrap(), "local2")
+    );
+    assert_eq!(asked.lock().unwrap().len(), fetched.len());
     // A repository the hub does not have: a clear error.
     let output = dream_env(&["x", "--model", "hf:test/nonesuch"]);
     let stderr = String::from_utf8_lossy(&output.stderr);

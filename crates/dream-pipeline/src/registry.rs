@@ -32,7 +32,8 @@ pub struct ModelEntry {
     /// A diffusers folder (InvokeAI 2.3's `format: diffusers` entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// A Hugging Face repository (InvokeAI 2.3's diffusers entries).
+    /// A Hugging Face repository (InvokeAI 2.3's diffusers entries), which `model_path`
+    /// does not fetch (the `dream` CLI does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
