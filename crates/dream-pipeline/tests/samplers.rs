@@ -755,6 +755,61 @@ fn sampler_options_are_recorded_as_a1111_and_invokeai_do() {
     assert!(!dpm_2.a1111_parameters("tiny").contains("Discard"));
 }
 
+/// A copy of the tiny model whose scheduler_config.json has `extra` keys added.
+fn tiny_with_scheduler_keys(name: &str, extra: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dream-{name}-{}", std::process::id()));
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    };
+    for part in ["", "scheduler", "text_encoder", "tokenizer", "unet", "vae"] {
+        copy(&fixture("tiny").join(part), &dir.join(part));
+    }
+    let config_path = dir.join("scheduler/scheduler_config.json");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let config = config.trim_end().trim_end_matches('}').to_string() + "," + extra + "}";
+    std::fs::write(config_path, config).unwrap();
+    dir
+}
+
+/// Scheduler options Dream does not implement are refused by name, never ignored: dynamic
+/// thresholding (DDIM, DDPM, LCM and UniPC would apply it; PNDM has none) and UniPC without
+/// `lower_order_final` (its step to σ = 0 has no finite coefficients).
+#[test]
+fn unbuilt_scheduler_options_are_refused() {
+    let generate = |dir: &std::path::Path, sampler| {
+        let model = StableDiffusion::load(dir).unwrap();
+        let mut request = request(sampler, ScheduleKind::Normal, SEED);
+        request.steps = 2;
+        model.generate(&request, &mut |_| {})
+    };
+    let thresholding = tiny_with_scheduler_keys("thresholding", r#""thresholding": true"#);
+    for sampler in [Sampler::Ddim, Sampler::Ddpm, Sampler::Lcm, Sampler::UniPc] {
+        match generate(&thresholding, sampler) {
+            Err(DreamError::NotSupported(message)) => {
+                assert!(message.contains("thresholding"), "{sampler}: {message}")
+            }
+            other => panic!("{sampler}: {other:?}"),
+        }
+    }
+    assert!(generate(&thresholding, Sampler::Plms).is_ok());
+    let full_order = tiny_with_scheduler_keys("full-order", r#""lower_order_final": false"#);
+    match generate(&full_order, Sampler::UniPc) {
+        Err(DreamError::NotSupported(message)) => {
+            assert!(message.contains("lower_order_final"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(thresholding).unwrap();
+    std::fs::remove_dir_all(full_order).unwrap();
+}
+
 /// The SDE samplers draw from a Brownian motion seeded with the image's seed: the same seed
 /// gives the same image, another seed another one.
 #[test]
