@@ -33,6 +33,7 @@ const COMMANDS: &[&str] = &[
     "!edit_model",
     "!del_model",
     "!fix",
+    "!help",
 ];
 
 /// After a line: go on, or offer a command in the edit line (`!fetch`, `!NNN`), or stop.
@@ -84,6 +85,10 @@ impl Session {
         }
         if matches!(line, "q" | "quit" | "exit") {
             return Ok(Next::Quit);
+        }
+        if matches!(line, "-h" | "--help" | "!help") {
+            println!("{}", help());
+            return Ok(Next::Continue);
         }
         if let Some(command) = line.strip_prefix('!') {
             return self.command(command);
@@ -290,6 +295,17 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The switches of a line and the `!` commands.
+fn help() -> String {
+    let switches = <Switches as clap::CommandFactory>::command()
+        .override_usage("invoke> PROMPT [switches]")
+        .render_help();
+    format!(
+        "{switches}\nCommands: {} and !N (the Nth history line); q quits.",
+        COMMANDS.join(", ")
+    )
 }
 
 /// The usage of `!name`, or the list of commands for an unknown one.

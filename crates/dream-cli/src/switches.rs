@@ -12,6 +12,7 @@ use dream_pipeline::{DreamError, Syntax};
 #[derive(Parser, Debug, Clone, Default, PartialEq)]
 #[command(
     name = "invoke>",
+    about = "A prompt and its switches; switches given at startup are every line's defaults.",
     disable_version_flag = true,
     allow_negative_numbers = true,
     next_help_heading = "Per-prompt switches (also at the invoke> prompt)"

@@ -425,6 +425,7 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
         "64",
     ];
     let input = "a red apple -S 42 -A ddim\n\
+                 -h\n\
                  x --bogus\n\
                  \"a red apple\" -A ddim -S -1\n\
                  !history\n\
@@ -443,6 +444,7 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
         "{stderr}"
     );
     assert!(stderr.contains("unknown command !nonesuch"), "{stderr}");
+    assert!(stdout.contains("Usage: invoke> PROMPT [switches]"), "{stdout}");
     assert!(
         !output.status.success(),
         "a failed line shows in the exit code"
