@@ -466,7 +466,12 @@ impl Painting {
             Seam::default()
         };
         Ok(Painting {
-            outpaint: transparent.is_some() && (outcrop || switches.force_outpaint),
+            // InvokeAI runs the seam pass whenever it has a seam size; the seam follows the
+            // border of the transparent area.
+            outpaint: transparent.is_some()
+                && (outcrop
+                    || switches.force_outpaint
+                    || switches.seam_size.is_some_and(|size| size > 0)),
             canvas,
             inpaint,
             seam: Seam {
