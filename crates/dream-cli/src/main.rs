@@ -49,8 +49,9 @@ struct Cli {
     /// folder, the diffusers folder whose configs describe a single-file checkpoint.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model precision: auto or float32 (float16 needs a GPU build) [default: auto].
-    #[arg(long)]
+    /// Model precision: auto or float32 (Dream computes in float32); autocast and float16 are
+    /// not supported yet [default: auto].
+    #[arg(long, value_parser = ["auto", "float32", "autocast", "float16"])]
     precision: Option<String>,
     /// How many models to keep loaded for fast switching [default: 2].
     #[arg(long = "max_loaded_models")]
@@ -86,16 +87,15 @@ impl Cli {
             ("--web", self.web),
             ("--host", self.host.is_some()),
             ("--port", self.port.is_some()),
-            (
-                "--precision float16",
-                self.precision
-                    .as_deref()
-                    .is_some_and(|p| p != "auto" && p != "float32"),
-            ),
         ];
-        match asked.iter().find(|(_, asked)| *asked) {
-            Some((switch, _)) => Err(DreamError::NotSupported(switch.to_string()).into()),
-            None => Ok(()),
+        if let Some((switch, _)) = asked.iter().find(|(_, asked)| *asked) {
+            return Err(DreamError::NotSupported(switch.to_string()).into());
+        }
+        match self.precision.as_deref() {
+            Some(half @ ("autocast" | "float16")) => {
+                Err(DreamError::NotSupported(format!("--precision {half}")).into())
+            }
+            _ => Ok(()),
         }
     }
 }
