@@ -438,7 +438,7 @@ mod tests {
         let prefix = format!("{}/init_", dir.display());
         let expected = format!("{}/init_image.png", dir.display());
         let (_, found) = complete(&helper, &format!("a cat -I {prefix}"));
-        assert_eq!(found, [expected.clone()]);
+        assert_eq!(found, std::slice::from_ref(&expected));
         let (at, found) = complete(&helper, &format!("a cat -I{prefix}"));
         assert_eq!((at, found), ("a cat -I".len(), vec![expected]));
         assert_eq!(complete(&helper, "a cat -s 2").1, Vec::<String>::new());
