@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use dream_core::metadata::{read_generation_info, GenerationInfo};
+use dream_core::metadata::{read_generation_info, GenerationInfo, MetadataFormat};
 use dream_core::sampler::{SamplerChoice, ScheduleKind};
 
 /// The command for the image at `path`; `karras_max` is the session's `--karras_max` (an
@@ -35,6 +35,10 @@ pub fn write_commands(pattern: &str, out: &Path, karras_max: usize) -> Result<us
 /// The `invoke>` line for `info`.
 pub fn command(info: &GenerationInfo, karras_max: usize) -> String {
     let mut words = vec![quote(&info.prompt)];
+    // InvokeAI's prompts are in its own syntax (`[negative words]`, `word+`).
+    if made_by_invokeai(info) {
+        words.push("--syntax invokeai".into());
+    }
     let mut switch = |flag: &str, value: Option<String>| {
         if let Some(value) = value {
             words.push(format!("{flag} {value}"));
@@ -76,6 +80,19 @@ pub fn command(info: &GenerationInfo, karras_max: usize) -> String {
         words.push(format!("-V {}", chain.join(",")));
     }
     words.join(" ")
+}
+
+/// Whether InvokeAI wrote the metadata (Dream writes the same chunks, with its own app id).
+fn made_by_invokeai(info: &GenerationInfo) -> bool {
+    let invokeai_chunk = matches!(
+        info.format,
+        MetadataFormat::InvokeAiJson | MetadataFormat::InvokeAiCommand
+    );
+    let by_dream = info
+        .generator
+        .as_deref()
+        .is_some_and(|g| g.starts_with("dream "));
+    invokeai_chunk && !by_dream
 }
 
 /// The sampler name that gives back the recorded sampler *and* schedule: the recorded name
@@ -122,7 +139,25 @@ pub fn quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dream_core::metadata::{A1111Parameters, MetadataFormat};
+    use dream_core::metadata::{invokeai, A1111Parameters};
+
+    #[test]
+    fn invokeai_images_come_back_in_invokeai_syntax() {
+        // InvokeAI 2.3's sd-metadata, as its docs show it.
+        let json = r#"{"model": "stable diffusion", "model_weights": "stable-diffusion-1.5", "app_id": "invoke-ai/InvokeAI", "app_version": "2.3.0", "image": {"prompt": [{"prompt": "a cute child playing in the park [blurry, lowres]", "weight": 1.0}], "steps": 50, "cfg_scale": 7.5, "threshold": 0, "perlin": 0, "height": 512, "width": 512, "seed": 3498014304, "seamless": false, "hires_fix": false, "type": "txt2img", "postprocessing": null, "sampler": "k_lms", "variations": []}}"#;
+        let info = invokeai::read_sd_metadata(json).unwrap();
+        assert_eq!(
+            command(&info, 30),
+            "\"a cute child playing in the park\" --syntax invokeai --negative_prompt \
+             \"blurry, lowres\" -s 50 -S 3498014304 -W 512 -H 512 -C 7.5 -A k_lms"
+        );
+        // Dream's own sd-metadata is in A1111's syntax.
+        let dream = json
+            .replace("invoke-ai/InvokeAI", "dream")
+            .replace("2.3.0", "0.1.0");
+        let info = invokeai::read_sd_metadata(&dream).unwrap();
+        assert!(!command(&info, 30).contains("--syntax"));
+    }
 
     #[test]
     fn the_negative_prompt_comes_back() {
