@@ -444,7 +444,10 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
         "{stderr}"
     );
     assert!(stderr.contains("unknown command !nonesuch"), "{stderr}");
-    assert!(stdout.contains("Usage: invoke> PROMPT [switches]"), "{stdout}");
+    assert!(
+        stdout.contains("Usage: invoke> PROMPT [switches]"),
+        "{stdout}"
+    );
     assert!(
         !output.status.success(),
         "a failed line shows in the exit code"
@@ -1010,4 +1013,48 @@ fn switching_back_to_a_cached_model_does_not_load_it_again() {
         "{listing}"
     );
     assert_eq!(loads("1").0, 3);
+}
+
+#[test]
+fn the_previous_images_seed_and_picture_can_be_reused() {
+    let out = temp_dir("previous");
+    let model = fixture("tiny");
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "2",
+        "-W",
+        "64",
+        "-H",
+        "64",
+        "-A",
+        "ddim",
+    ];
+    // -S -2 is the first of the previous command's two images; -I -1 its last image.
+    let input = "a cat -S 10 -n 2\n\
+                 a cat -S -2\n\
+                 a dog -I -1 -f 0.5 -S 5\n\
+                 a dog -S -3\n";
+    let output = dream_with_input(&args, input);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("-S -3: the previous command made 1 image(s)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        pixels(&out.join("000001.10.png")),
+        pixels(&out.join("000003.10.png"))
+    );
+    let previous = out.join("000003.10.png");
+    assert!(
+        stdout.contains(&format!(
+            "000004.5.png: \"a dog\" -s2 -W64 -H64 -C7.5 -Addim -S5 -I{} -f0.5",
+            previous.display()
+        )),
+        "{stdout}"
+    );
 }
