@@ -59,21 +59,26 @@ pub fn check_fnformat(template: &str, request: &Txt2Img, sampler_name: &str) -> 
     Ok(())
 }
 
-/// The next file for `request` in `outdir`; `{prefix}` is one past the highest six-digit
-/// counter there. Never an existing file.
+/// The next image's six-digit number in `outdir`: one past the highest there.
+pub fn next_number(outdir: &Path, seed: u32) -> Result<String> {
+    let numbered = dream_pipeline::image::next_output_path(outdir, seed)?;
+    Ok(numbered
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.split('.').next())
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// The next file for `request` in `outdir`; `{prefix}` is [`next_number`]. Never an existing
+/// file.
 pub fn image_path(
     outdir: &Path,
     template: &str,
     request: &Txt2Img,
     sampler_name: &str,
 ) -> Result<PathBuf> {
-    let numbered = dream_pipeline::image::next_output_path(outdir, request.seed)?;
-    let prefix = numbered
-        .file_name()
-        .and_then(|name| name.to_str())
-        .and_then(|name| name.split('.').next())
-        .unwrap_or_default()
-        .to_string();
+    let prefix = next_number(outdir, request.seed)?;
     let name = fill(template, |key| {
         wildcard(key, &prefix, request, sampler_name)
     })?;

@@ -357,13 +357,7 @@ impl Plan {
         if self.save_intermediates == 0 {
             return Ok(None);
         }
-        let next = dream_pipeline::image::next_output_path(&self.outdir, request.seed)?;
-        let number = next
-            .file_name()
-            .and_then(|name| name.to_str())
-            .and_then(|name| name.split('.').next())
-            .unwrap_or_default()
-            .to_string();
+        let number = output::next_number(&self.outdir, request.seed)?;
         Ok(Some(self.outdir.join("intermediates").join(number)))
     }
 
