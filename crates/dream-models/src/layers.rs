@@ -99,17 +99,9 @@ pub fn conv2d(
     config: ConvConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let weight = vb.get(
-        (out_channels, in_channels, kernel_size, kernel_size),
-        "weight",
-    )?;
     let bias = vb.get(out_channels, "bias")?;
-    Ok(Conv2d {
-        weight,
-        bias,
-        config,
-        padding_mode: SharedPaddingMode::default(),
-    })
+    let conv = conv2d_no_bias(in_channels, out_channels, kernel_size, config, vb)?;
+    Ok(Conv2d { bias, ..conv })
 }
 
 /// Reads `weight` only, for convolutions made with `bias=False` (their bias is zero).
