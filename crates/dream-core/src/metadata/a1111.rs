@@ -1,6 +1,7 @@
 //! AUTOMATIC1111's `parameters` chunk.
 
 use super::{python_float, GenerationInfo, MetadataFormat};
+use crate::prompt::Syntax;
 
 /// AUTOMATIC1111's `parameters` text: the prompt, an optional `Negative prompt:` line, then
 /// one line of `Key: value` pairs in the order they were added.
@@ -149,6 +150,13 @@ impl A1111Parameters {
         for (key, value) in &info.extra {
             field(key, Some(value.clone()));
         }
+        // Dream's own: A1111 would read an InvokeAI-syntax prompt as its own syntax.
+        field(
+            "Prompt syntax",
+            info.syntax
+                .filter(|&s| s != Syntax::A1111)
+                .map(|s| s.to_string()),
+        );
         field("Version", info.generator.clone());
         p
     }
@@ -183,6 +191,7 @@ impl A1111Parameters {
                 "CFG Rescale" | "CFG Rescale φ" | "CFG Rescale phi" => {
                     parse_into(&mut info.guidance_rescale, value)
                 }
+                "Prompt syntax" => parse_into(&mut info.syntax, value),
                 "Version" => set_text(&mut info.generator, value),
                 _ => false,
             };
@@ -337,6 +346,18 @@ mod tests {
             "a cat, (sitting:1.2)\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.0, Seed: 42, Size: 512x640, Model: tiny, Denoising strength: 0.75, Clip skip: 2, ENSD: 31337, Version: dream 0.1.0"
         );
         assert_eq!(A1111Parameters::parse(&text).to_info(), info);
+        // A prompt in InvokeAI's syntax says so; A1111's own syntax goes unsaid.
+        info.prompt = "a (cat)1.2".into();
+        info.syntax = Some(Syntax::InvokeAi);
+        let text = A1111Parameters::from_info(&info).to_text();
+        assert!(
+            text.ends_with("ENSD: 31337, Prompt syntax: invokeai, Version: dream 0.1.0"),
+            "{text}"
+        );
+        assert_eq!(A1111Parameters::parse(&text).to_info(), info);
+        info.syntax = Some(Syntax::A1111);
+        let text = A1111Parameters::from_info(&info).to_text();
+        assert!(!text.contains("syntax"), "{text}");
     }
 
     proptest::proptest! {

@@ -30,8 +30,8 @@ struct SdMetadata<'a> {
 }
 
 /// The keys of `metadata_dumps`' `image` dict as InvokeAI 2.3 writes them for txt2img, then
-/// img2img's `strength`, then Dream's own (`negative_prompt`, `schedule`, `clip_skip`), which
-/// InvokeAI's `metadata_loads` passes over.
+/// img2img's `strength`, then Dream's own (`negative_prompt`, `schedule`, `clip_skip`,
+/// `prompt_syntax`, `strength_rule`, …), which InvokeAI's `metadata_loads` passes over.
 #[derive(Serialize)]
 struct SdImage<'a> {
     prompt: [WeightedPrompt; 1],
@@ -63,6 +63,11 @@ struct SdImage<'a> {
     eta: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     s_noise: Option<f64>,
+    /// `a1111` or `invokeai`: InvokeAI would read every prompt in its own syntax.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_syntax: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strength_rule: Option<&'a str>,
 }
 
 /// One `-V` pair as `metadata_dumps` writes it.
@@ -129,6 +134,8 @@ pub fn sd_metadata(info: &GenerationInfo, app: App<'_>) -> String {
             cfg_rescale_multiplier: info.guidance_rescale,
             eta: info.eta,
             s_noise: info.s_noise,
+            prompt_syntax: info.syntax.map(|s| s.to_string()),
+            strength_rule: info.strength_rule.as_deref(),
         },
     };
     serde_json::to_string(&metadata).expect("plain data always serialises")
@@ -226,6 +233,11 @@ pub fn read_sd_metadata(text: &str) -> Option<GenerationInfo> {
     info.guidance_rescale = number("cfg_rescale_multiplier");
     info.eta = number("eta");
     info.s_noise = number("s_noise");
+    info.syntax = image
+        .get("prompt_syntax")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok());
+    info.strength_rule = image.get("strength_rule").and_then(text_value);
     let flag = |key: &str| image.get(key).and_then(Value::as_bool) == Some(true);
     info.seamless = flag("seamless").then(|| "x,y".to_string());
     info.hires_fix = flag("hires_fix");
@@ -482,6 +494,7 @@ fn split_words(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prompt::Syntax;
 
     /// `sd-metadata` and `Dream` of an InvokeAI 2.3 txt2img image, in the layout
     /// `metadata_dumps` and `dream_prompt_str` give (negative prompt in brackets).
@@ -565,12 +578,17 @@ mod tests {
         info.model = Some("tiny".into());
         info.model_hash = Some("ab12".into());
         info.generator = Some("dream 0.1.0".into());
+        info.syntax = Some(Syntax::InvokeAi);
         info
     }
 
     #[test]
     fn written_sd_metadata_reads_back_unchanged() {
-        let info = dream_info();
+        let info = GenerationInfo {
+            strength: Some(0.5),
+            strength_rule: Some("a1111".into()),
+            ..dream_info()
+        };
         let json = sd_metadata(
             &info,
             App {
@@ -578,7 +596,11 @@ mod tests {
                 version: "0.1.0",
             },
         );
-        assert!(json.starts_with(r#"{"model":"stable diffusion","model_weights":"tiny","model_hash":"ab12","app_id":"dream","app_version":"0.1.0","image":{"prompt":[{"prompt":"say \"cheese\", \\o/ [smiling] [blurry [very]]","weight":1.0}],"steps":30,"cfg_scale":7.0,"threshold":0.0,"perlin":0.0,"height":96,"width":64,"seed":1,"seamless":false,"hires_fix":false,"type":"txt2img","postprocessing":null,"sampler":"k_euler","variations":[]"#), "{json}");
+        assert!(json.starts_with(r#"{"model":"stable diffusion","model_weights":"tiny","model_hash":"ab12","app_id":"dream","app_version":"0.1.0","image":{"prompt":[{"prompt":"say \"cheese\", \\o/ [smiling] [blurry [very]]","weight":1.0}],"steps":30,"cfg_scale":7.0,"threshold":0.0,"perlin":0.0,"height":96,"width":64,"seed":1,"seamless":false,"hires_fix":false,"type":"img2img","postprocessing":null,"sampler":"k_euler","variations":[]"#), "{json}");
+        assert!(
+            json.ends_with(r#""prompt_syntax":"invokeai","strength_rule":"a1111"}}"#),
+            "{json}"
+        );
         assert_eq!(read_sd_metadata(&json).unwrap(), info);
         // With no negative prompt a trailing bracket group stays in the prompt.
         let info = GenerationInfo {
@@ -609,9 +631,11 @@ mod tests {
             command,
             r#""say \"cheese\", \\o/ [smiling] [blurry [very]]" -s 30 -S 1 -W 64 -H 96 -C 7.0 -A k_euler -f 0.5"#
         );
-        // The command has no place for the schedule, clip skip, model or generator.
+        // The command has no place for the schedule, clip skip, model or generator, nor for
+        // Dream's syntax and strength rule: InvokeAI reads its prompts in its own syntax.
         let expected = GenerationInfo {
             format: MetadataFormat::InvokeAiCommand,
+            syntax: None,
             schedule: None,
             clip_skip: None,
             model: None,

@@ -11,6 +11,8 @@ pub mod invokeai;
 
 pub use a1111::A1111Parameters;
 
+use crate::prompt::Syntax;
+
 /// Which chunk a [`GenerationInfo`] was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetadataFormat {
@@ -68,6 +70,14 @@ pub struct GenerationInfo {
     pub eta: Option<f64>,
     /// The step noise scale s_noise where it is not 1 (A1111's `Sigma noise`).
     pub s_noise: Option<f64>,
+    /// The prompt syntax, where the metadata names it (Dream's `prompt_syntax`, or its
+    /// `Prompt syntax` field in A1111's infotext); `None`: the writing tool's own, InvokeAI's
+    /// for InvokeAI's images and A1111's for the rest.
+    pub syntax: Option<Syntax>,
+    /// Whose rule turned the img2img strength into steps (Dream's `strength_rule` in
+    /// `sd-metadata`: `invokeai` or `a1111`); `None`: the rule of the tool whose sampler names
+    /// the metadata uses.
+    pub strength_rule: Option<String>,
     /// Fields this struct has no place for (A1111's `Hires upscale`, `Lora hashes`, …), in the
     /// order they were found.
     pub extra: Vec<(String, String)>,
@@ -100,6 +110,8 @@ impl GenerationInfo {
             guidance_rescale: None,
             eta: None,
             s_noise: None,
+            syntax: None,
+            strength_rule: None,
             extra: Vec::new(),
         }
     }
