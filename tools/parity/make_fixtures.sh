@@ -76,6 +76,7 @@ fi
 
 # 11. Variations (InvokeAI's and A1111's slerps), Perlin noise, torch.rand, Pillow's Lanczos.
 "$PY" "$TOOLS/variation_fixtures.py" $FX/variations $FX/images/init_64x64.png
+"$PY" "$TOOLS/mask_resize_fixtures.py" $FX/images/mask_64x64.png $FX/images
 
 # 11. A 9-channel inpainting UNet and diffusers' inpaint pipeline references.
 mkdir -p $FX/inpaint

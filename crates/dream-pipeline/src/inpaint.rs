@@ -18,12 +18,12 @@ use std::str::FromStr;
 use candle_core::Tensor;
 use dream_core::rng::TorchGenerator;
 use dream_core::schedule::{NoiseSchedule, PredictionType};
-use image::imageops::{self, FilterType};
 
 use crate::image::RgbImage;
 use crate::img2img::{InitImage, Start};
 use crate::mask::{gaussian_blur, Mask, Rect};
 use crate::model::StableDiffusion;
+use crate::resize::resize_lanczos;
 use crate::sampling::{Predictor, StepInfo};
 use crate::txt2img::{Generated, Txt2Img};
 use crate::DreamError;
@@ -160,7 +160,7 @@ impl StableDiffusion {
             return Ok(None);
         };
         let Some(inpaint) = &request.inpaint else {
-            return Ok(Some(self.img2img_start(init, request.steps, generator)?));
+            return Ok(Some(self.img2img_start(init, request.steps, request.strength_rule, generator)?));
         };
         if self.is_inpainting_model() && init.strength == 1.0 {
             return Ok(None);
@@ -176,7 +176,7 @@ impl StableDiffusion {
             }
             _ => init,
         };
-        Ok(Some(self.img2img_start(init, request.steps, generator)?))
+        Ok(Some(self.img2img_start(init, request.steps, request.strength_rule, generator)?))
     }
 
     /// Prepares inpainting after the seed's noise is drawn: a 9-channel model's masked-image
@@ -424,7 +424,7 @@ impl StableDiffusion {
         );
         let mut sub = request.clone();
         sub.init = Some(InitImage {
-            image: resize(&crop(&init.image, rect), request.width, request.height)?,
+            image: resize_lanczos(&crop(&init.image, rect), request.width, request.height)?,
             strength: init.strength,
         });
         sub.inpaint = Some(Inpaint {
@@ -436,7 +436,7 @@ impl StableDiffusion {
             ..inpaint.clone()
         });
         let generated = self.generate(&sub, progress)?;
-        let patch = resize(&generated.image, rect.width, rect.height)?;
+        let patch = resize_lanczos(&generated.image, rect.width, rect.height)?;
         let mut full = init.image.clone();
         for y in 0..rect.height {
             let from = y * rect.width * 3;
@@ -500,29 +500,4 @@ fn crop(image: &RgbImage, rect: Rect) -> RgbImage {
         height: rect.height,
         pixels,
     }
-}
-
-/// Lanczos resampling (PIL's and A1111's choice for these crops).
-fn resize(image: &RgbImage, width: usize, height: usize) -> Result<RgbImage, DreamError> {
-    if (image.width, image.height) == (width, height) {
-        return Ok(image.clone());
-    }
-    let buffer = image::RgbImage::from_raw(
-        image.width as u32,
-        image.height as u32,
-        image.pixels.clone(),
-    )
-    .ok_or_else(|| malformed("image"))?;
-    let resized = imageops::resize(&buffer, width as u32, height as u32, FilterType::Lanczos3);
-    Ok(RgbImage {
-        width,
-        height,
-        pixels: resized.into_raw(),
-    })
-}
-
-fn malformed(what: &str) -> DreamError {
-    DreamError::InvalidRequest(format!(
-        "the {what}'s pixels do not fill its width × height"
-    ))
 }

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use image::imageops::{self, FilterType};
 
 use crate::image::{decode, RgbImage, RgbaImage};
+use crate::resize::resize_samples;
 use crate::DreamError;
 
 /// Per pixel, how much inpainting repaints: 0 keeps the original, 1 repaints, values in
@@ -161,28 +161,22 @@ impl Mask {
         }
     }
 
-    /// The mask scaled to `width` × `height` (bilinear, as it goes with a resized image).
+    /// The mask scaled to `width` × `height` as Pillow resizes an `L` image with Lanczos
+    /// (A1111 and InvokeAI resize masks with their images this way): values go through 8 bits.
     pub fn resized(&self, width: usize, height: usize) -> Result<Mask, DreamError> {
         if (self.width, self.height) == (width, height) {
             return Ok(self.clone());
         }
-        let buffer = image::ImageBuffer::<image::Luma<f32>, _>::from_raw(
-            self.width as u32,
-            self.height as u32,
-            self.values.clone(),
-        )
-        .ok_or_else(|| {
-            DreamError::InvalidRequest("the mask's values do not fill its width × height".into())
-        })?;
-        let resized = imageops::resize(&buffer, width as u32, height as u32, FilterType::Triangle);
+        let bytes: Vec<u8> = self
+            .values
+            .iter()
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect();
+        let resized = resize_samples(&bytes, (self.width, self.height), 1, (width, height))?;
         Ok(Mask {
             width,
             height,
-            values: resized
-                .into_raw()
-                .into_iter()
-                .map(|v| v.clamp(0.0, 1.0))
-                .collect(),
+            values: resized.into_iter().map(|b| f32::from(b) / 255.0).collect(),
         })
     }
 
@@ -249,6 +243,9 @@ fn luma([r, g, b]: [u8; 3]) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
+/// Box blurs per axis in PIL's `GaussianBlur`.
+const GAUSSIAN_PASSES: u32 = 3;
+
 /// A Gaussian blur of standard deviation `radius` over `channels` interleaved channels, the
 /// way PIL's `GaussianBlur` makes it: three box blurs each way, of a fractional box radius
 /// whose three-fold variance equals radius², with edge pixels extended past the border. Its
@@ -263,16 +260,8 @@ pub fn gaussian_blur(
     if radius <= 0.0 {
         return values.to_vec();
     }
-    let box_radius = box_radius_for(radius, 3);
-    let mut out = values.to_vec();
-    for _ in 0..3 {
-        out = box_blur_rows(&out, width, height, channels, box_radius);
-    }
-    out = transpose(&out, width, height, channels);
-    for _ in 0..3 {
-        out = box_blur_rows(&out, height, width, channels, box_radius);
-    }
-    transpose(&out, height, width, channels)
+    let box_radius = box_radius_for(radius, GAUSSIAN_PASSES);
+    box_blur_passes(values, width, height, channels, box_radius, GAUSSIAN_PASSES)
 }
 
 /// PIL's `BoxBlur(radius)` on one channel: one pass of a (2r+1)-pixel box each way, edge pixels
@@ -281,15 +270,28 @@ pub fn box_blur(values: &[f32], width: usize, height: usize, radius: usize) -> V
     if radius == 0 {
         return values.to_vec();
     }
-    let rows = box_blur_rows(values, width, height, 1, radius as f64);
-    let columns = box_blur_rows(
-        &transpose(&rows, width, height, 1),
-        height,
-        width,
-        1,
-        radius as f64,
-    );
-    transpose(&columns, height, width, 1)
+    box_blur_passes(values, width, height, 1, radius as f64, 1)
+}
+
+/// `passes` box blurs of (fractional) radius `radius` along the rows, then as many along the
+/// columns, as PIL's `ImagingBoxBlur` orders them.
+fn box_blur_passes(
+    values: &[f32],
+    width: usize,
+    height: usize,
+    channels: usize,
+    radius: f64,
+    passes: u32,
+) -> Vec<f32> {
+    let mut out = values.to_vec();
+    for _ in 0..passes {
+        out = box_blur_rows(&out, width, height, channels, radius);
+    }
+    out = transpose(&out, width, height, channels);
+    for _ in 0..passes {
+        out = box_blur_rows(&out, height, width, channels, radius);
+    }
+    transpose(&out, height, width, channels)
 }
 
 /// PIL's `_gaussian_blur_radius`: the fractional box radius whose `passes`-fold box blur has

@@ -80,26 +80,29 @@ fn clip8(sum: i64) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// One separable pass: `get(i, line, channel)` reads input sample `i` along the axis on line
-/// `line`; the result has `taps.len()` samples per line, laid out by `index(out, line)`.
+/// One separable pass over `channels` interleaved channels: `get(i, line)` is the index of
+/// input sample `i` along the axis on line `line`; the result has `taps.len()` samples per
+/// line, laid out by `index(out, line)`.
 fn resample_pass(
+    src: &[u8],
+    channels: usize,
     taps: &[Taps],
     lines: usize,
-    get: impl Fn(usize, usize, usize) -> u8,
+    get: impl Fn(usize, usize) -> usize,
     index: impl Fn(usize, usize) -> usize,
 ) -> Vec<u8> {
-    let mut out = vec![0u8; taps.len() * lines * 3];
+    let mut out = vec![0u8; taps.len() * lines * channels];
     for line in 0..lines {
         for (o, tap) in taps.iter().enumerate() {
-            for channel in 0..3 {
-                let sum = tap
-                    .weights
-                    .iter()
-                    .enumerate()
-                    .fold(1i64 << (PRECISION_BITS - 1), |acc, (k, &w)| {
-                        acc + i64::from(get(tap.first + k, line, channel)) * w
-                    });
-                out[index(o, line) * 3 + channel] = clip8(sum);
+            for channel in 0..channels {
+                let sum = tap.weights.iter().enumerate().fold(
+                    1i64 << (PRECISION_BITS - 1),
+                    |acc, (k, &w)| {
+                        let sample = src[get(tap.first + k, line) * channels + channel];
+                        acc + i64::from(sample) * w
+                    },
+                );
+                out[index(o, line) * channels + channel] = clip8(sum);
             }
         }
     }
@@ -112,61 +115,79 @@ pub fn resize_lanczos(
     width: usize,
     height: usize,
 ) -> Result<RgbImage, DreamError> {
-    if width == 0 || height == 0 || image.width == 0 || image.height == 0 {
-        return Err(DreamError::InvalidRequest(format!(
-            "cannot resize a {}x{} image to {width}x{height}",
-            image.width, image.height
-        )));
-    }
-    let mut current = image.clone();
-    // Pillow filters rows first, except when the width grows and the height shrinks, where it
-    // shrinks the columns first (measured against Pillow 13; the order changes the rounding).
-    if width > image.width && height < image.height {
-        current = resize_columns(&current, height);
-        current = resize_rows(&current, width);
-    } else {
-        current = resize_rows(&current, width);
-        current = resize_columns(&current, height);
-    }
-    Ok(current)
-}
-
-/// Resamples each row to `width` pixels (no change when it has that width already).
-fn resize_rows(image: &RgbImage, width: usize) -> RgbImage {
-    if width == image.width {
-        return image.clone();
-    }
-    let (w, src) = (image.width, &image.pixels);
-    let pixels = resample_pass(
-        &taps(w, width),
-        image.height,
-        |x, y, c| src[(y * w + x) * 3 + c],
-        |x, y| y * width + x,
-    );
-    RgbImage {
+    let pixels = resize_samples(
+        &image.pixels,
+        (image.width, image.height),
+        3,
+        (width, height),
+    )?;
+    Ok(RgbImage {
         width,
-        height: image.height,
-        pixels,
-    }
-}
-
-/// Resamples each column to `height` pixels.
-fn resize_columns(image: &RgbImage, height: usize) -> RgbImage {
-    if height == image.height {
-        return image.clone();
-    }
-    let (w, src) = (image.width, &image.pixels);
-    let pixels = resample_pass(
-        &taps(image.height, height),
-        w,
-        |y, x, c| src[(y * w + x) * 3 + c],
-        |y, x| y * w + x,
-    );
-    RgbImage {
-        width: w,
         height,
         pixels,
+    })
+}
+
+/// [`resize_lanczos`] for `channels` interleaved 8-bit channels (1 for Pillow's `L` images):
+/// `from` and `to` are (width, height).
+pub fn resize_samples(
+    samples: &[u8],
+    from: (usize, usize),
+    channels: usize,
+    to: (usize, usize),
+) -> Result<Vec<u8>, DreamError> {
+    let ((w, h), (width, height)) = (from, to);
+    if width == 0 || height == 0 || w == 0 || h == 0 {
+        return Err(DreamError::InvalidRequest(format!(
+            "cannot resize a {w}x{h} image to {width}x{height}"
+        )));
     }
+    if samples.len() != w * h * channels {
+        return Err(DreamError::InvalidRequest(format!(
+            "{} samples do not fill a {w}x{h} image of {channels} channels",
+            samples.len()
+        )));
+    }
+    // Pillow filters rows first, except when the width grows and the height shrinks, where it
+    // shrinks the columns first (measured against Pillow 13; the order changes the rounding).
+    Ok(if width > w && height < h {
+        let columns = resize_columns(samples, (w, h), channels, height);
+        resize_rows(&columns, (w, height), channels, width)
+    } else {
+        let rows = resize_rows(samples, (w, h), channels, width);
+        resize_columns(&rows, (width, h), channels, height)
+    })
+}
+
+/// Resamples each row of a `w` × `h` image to `width` pixels (no change when it has that width
+/// already).
+fn resize_rows(src: &[u8], (w, h): (usize, usize), channels: usize, width: usize) -> Vec<u8> {
+    if width == w {
+        return src.to_vec();
+    }
+    resample_pass(
+        src,
+        channels,
+        &taps(w, width),
+        h,
+        |x, y| y * w + x,
+        |x, y| y * width + x,
+    )
+}
+
+/// Resamples each column of a `w` × `h` image to `height` pixels.
+fn resize_columns(src: &[u8], (w, h): (usize, usize), channels: usize, height: usize) -> Vec<u8> {
+    if height == h {
+        return src.to_vec();
+    }
+    resample_pass(
+        src,
+        channels,
+        &taps(h, height),
+        w,
+        |y, x| y * w + x,
+        |y, x| y * w + x,
+    )
 }
 
 /// How an img2img request's size follows from its init image, as InvokeAI decides it.

@@ -4,7 +4,7 @@
 
 use dream_pipeline::image::RgbImage;
 use dream_pipeline::resize::{init_size, resize_lanczos, size_init_image, InitSizing};
-use dream_pipeline::{InitImage, Txt2Img};
+use dream_pipeline::{InitImage, Mask, Txt2Img};
 use dream_test_support::fixture;
 
 fn read(path: &str) -> RgbImage {
@@ -34,6 +34,16 @@ fn lanczos_equals_pillow_byte_for_byte() {
             differing, 0,
             "{w}x{h}: {differing} bytes differ from Pillow"
         );
+    }
+}
+
+/// A mask resized with an image (A1111's only-masked crop) gives Pillow's `L`-image bytes.
+#[test]
+fn mask_lanczos_equals_pillow() {
+    let mask = Mask::from_white(&read("images/mask_64x64.png"));
+    for (w, h) in [(40, 52), (96, 80), (128, 32)] {
+        let pillow = Mask::from_white(&read(&format!("images/mask_lanczos_{w}x{h}.png")));
+        assert_eq!(mask.resized(w, h).unwrap(), pillow, "{w}x{h}");
     }
 }
 
