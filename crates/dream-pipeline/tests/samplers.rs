@@ -17,8 +17,8 @@ use dream_core::schedule::{
 use dream_pipeline::conditioning::{ConditioningOptions, PromptConditioning};
 use dream_pipeline::sampling::{
     noise_to_timestep, sample_ddim, sample_ddpm, sample_k, sample_lcm, sample_plms, sample_unipc,
-    strength_steps, Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, StepInfo,
-    StrengthRule,
+    strength_steps, Denoiser, DiscreteModel, GeneratorNoise, Noise, NoiseSource, StepCallback,
+    StepInfo, StrengthRule,
 };
 use dream_pipeline::{DreamError, InitImage, StableDiffusion, Txt2Img};
 use dream_test_support::{fixture, load_fixture, max_abs_diff};
@@ -54,6 +54,24 @@ fn seeded_noise(seed: u32) -> (TorchGenerator, Tensor) {
     let values = generator.randn(4 * 8 * 8);
     let noise = Tensor::from_vec(values, (1, 4, 8, 8), &Device::Cpu).unwrap();
     (generator, noise)
+}
+
+/// A stochastic discrete sampler (DDPM, LCM) over `timesteps` from [`seeded_noise`], whose
+/// generator then draws the per-step noise, as diffusers' pipelines share one generator.
+fn run_seeded(
+    sampler: fn(
+        &mut DiscreteModel<'_>,
+        &[usize],
+        Tensor,
+        &mut dyn NoiseSource,
+        &mut StepCallback<'_>,
+    ) -> candle_core::Result<Tensor>,
+    model: &mut DiscreteModel<'_>,
+    timesteps: &[usize],
+) -> Tensor {
+    let (generator, noise) = seeded_noise(SEED);
+    let mut source = GeneratorNoise::new(generator);
+    sampler(model, timesteps, noise, &mut source, &mut no_progress()).unwrap()
 }
 
 /// Replays the noise the reference's Brownian tree gave, in call order.
@@ -292,37 +310,13 @@ fn discrete_samplers_match_diffusers() {
             &mut errors,
         );
 
-        let (generator, noise) = seeded_noise(SEED);
-        let mut source = GeneratorNoise::new(generator);
-        let latents = sample_ddpm(
-            &mut model,
-            &timesteps,
-            noise,
-            &mut source,
-            &mut no_progress(),
-        );
-        setup.check(
-            &format!("{prediction}.ddpm.normal"),
-            &latents.unwrap(),
-            &mut errors,
-        );
+        let latents = run_seeded(sample_ddpm, &mut model, &timesteps);
+        setup.check(&format!("{prediction}.ddpm.normal"), &latents, &mut errors);
 
         let lcm_timesteps = lcm_timesteps(config, STEPS).unwrap();
         assert_eq!(as_f32(&lcm_timesteps), reference_timesteps("lcm.normal"));
-        let (generator, noise) = seeded_noise(SEED);
-        let mut source = GeneratorNoise::new(generator);
-        let latents = sample_lcm(
-            &mut model,
-            &lcm_timesteps,
-            noise,
-            &mut source,
-            &mut no_progress(),
-        );
-        setup.check(
-            &format!("{prediction}.lcm.normal"),
-            &latents.unwrap(),
-            &mut errors,
-        );
+        let latents = run_seeded(sample_lcm, &mut model, &lcm_timesteps);
+        setup.check(&format!("{prediction}.lcm.normal"), &latents, &mut errors);
 
         for kind in [ScheduleKind::Normal, ScheduleKind::Karras] {
             let case = format!("{prediction}.unipc.{}", kind.name());
@@ -370,26 +364,18 @@ fn discrete_samplers_match_diffusers() {
         };
         errors.push((case, max_abs_diff(&latents, expected), limit));
         // DDPM and LCM clip the same x₀ estimate.
-        let (generator, noise) = seeded_noise(SEED);
-        let latents = sample_ddpm(
-            &mut model,
-            &timesteps,
-            noise,
-            &mut GeneratorNoise::new(generator),
-            &mut no_progress(),
+        let latents = run_seeded(sample_ddpm, &mut model, &timesteps);
+        setup.check(
+            &format!("{prediction}.ddpm_clip.normal"),
+            &latents,
+            &mut errors,
         );
-        let case = format!("{prediction}.ddpm_clip.normal");
-        setup.check(&case, &latents.unwrap(), &mut errors);
-        let (generator, noise) = seeded_noise(SEED);
-        let latents = sample_lcm(
-            &mut model,
-            &lcm_timesteps,
-            noise,
-            &mut GeneratorNoise::new(generator),
-            &mut no_progress(),
+        let latents = run_seeded(sample_lcm, &mut model, &lcm_timesteps);
+        setup.check(
+            &format!("{prediction}.lcm_clip.normal"),
+            &latents,
+            &mut errors,
         );
-        let case = format!("{prediction}.lcm_clip.normal");
-        setup.check(&case, &latents.unwrap(), &mut errors);
         model.clip_sample = None;
 
         let original_30 = SchedulerConfig {
@@ -401,17 +387,10 @@ fn discrete_samplers_match_diffusers() {
             as_f32(&timesteps_30),
             reference_timesteps("lcm_original30.normal")
         );
-        let (generator, noise) = seeded_noise(SEED);
-        let latents = sample_lcm(
-            &mut model,
-            &timesteps_30,
-            noise,
-            &mut GeneratorNoise::new(generator),
-            &mut no_progress(),
-        );
+        let latents = run_seeded(sample_lcm, &mut model, &timesteps_30);
         setup.check(
             &format!("{prediction}.lcm_original30.normal"),
-            &latents.unwrap(),
+            &latents,
             &mut errors,
         );
     }
