@@ -14,10 +14,58 @@ pub struct RgbImage {
     pub pixels: Vec<u8>,
 }
 
+/// A PNG's zlib compression level, 0 (stored, no filtering) to 9 (smallest), as InvokeAI's
+/// `-z/--png_compression`. Every level decodes to the same pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PngCompression(u8);
+
+impl PngCompression {
+    pub const MAX: u8 = 9;
+
+    pub fn new(level: u8) -> Result<Self, DreamError> {
+        if level > Self::MAX {
+            return Err(DreamError::InvalidRequest(format!(
+                "PNG compression must be between 0 and {}, got {level}",
+                Self::MAX
+            )));
+        }
+        Ok(PngCompression(level))
+    }
+
+    pub fn level(self) -> u8 {
+        self.0
+    }
+
+    fn deflate(self) -> png::DeflateCompression {
+        match self.0 {
+            0 => png::DeflateCompression::NoCompression,
+            level => png::DeflateCompression::Level(level),
+        }
+    }
+}
+
+impl Default for PngCompression {
+    /// InvokeAI's default, 6 (zlib's own default).
+    fn default() -> Self {
+        PngCompression(6)
+    }
+}
+
 impl RgbImage {
-    /// Writes a PNG with the given text chunks (e.g. A1111's `parameters`). Text that is not
-    /// Latin-1 goes into an iTXt chunk, as the PNG spec requires.
+    /// Writes a PNG with the given text chunks (e.g. A1111's `parameters`) at the default
+    /// compression.
     pub fn save_png(&self, path: &Path, text_chunks: &[(&str, &str)]) -> Result<(), DreamError> {
+        self.save_png_compressed(path, text_chunks, PngCompression::default())
+    }
+
+    /// Writes a PNG with the given text chunks at `compression`. Text that is not Latin-1
+    /// goes into an iTXt chunk, as the PNG spec requires.
+    pub fn save_png_compressed(
+        &self,
+        path: &Path,
+        text_chunks: &[(&str, &str)],
+        compression: PngCompression,
+    ) -> Result<(), DreamError> {
         let io_error = |source| DreamError::Io {
             path: path.to_path_buf(),
             source,
@@ -27,6 +75,7 @@ impl RgbImage {
             png::Encoder::new(BufWriter::new(file), self.width as u32, self.height as u32);
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
+        encoder.set_deflate_compression(compression.deflate());
         for (keyword, text) in text_chunks {
             let added = if text.chars().all(|c| (c as u32) < 256) {
                 encoder.add_text_chunk(keyword.to_string(), text.to_string())
@@ -238,15 +287,47 @@ mod tests {
             )
             .unwrap();
 
-        let decoder = png::Decoder::new(File::open(&path).unwrap());
+        let decoder = png::Decoder::new(BufReader::new(File::open(&path).unwrap()));
         let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (3, 2));
         assert_eq!(&buf[..info.buffer_size()], &image.pixels[..]);
         let text = reader.info();
         assert_eq!(text.uncompressed_latin1_text[0].text, "a cat\nSteps: 20");
         assert_eq!(text.utf8_text[0].get_text().unwrap(), "猫 unicode");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn compression_levels_change_the_size_not_the_pixels() {
+        let dir = std::env::temp_dir().join(format!("dream-png-z-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Smooth gradients, as in a rendered image: what zlib's levels differ on.
+        let (width, height) = (64, 48);
+        let image = RgbImage {
+            width,
+            height,
+            pixels: (0..width * height * 3)
+                .map(|i| ((i / 3 % width) * 4 + (i / 3 / width) + i % 3 * 50) as u8)
+                .collect(),
+        };
+        let saved = |level: u8| {
+            let path = dir.join(format!("z{level}.png"));
+            let compression = PngCompression::new(level).unwrap();
+            image.save_png_compressed(&path, &[], compression).unwrap();
+            assert_eq!(RgbImage::open(&path).unwrap(), image, "level {level}");
+            std::fs::metadata(&path).unwrap().len()
+        };
+        let (stored, best) = (saved(0), saved(9));
+        // Level 0 stores the 9216 bytes of pixels as they are, plus row filters and headers.
+        assert!(stored > (width * height * 3) as u64, "{stored}");
+        assert!(
+            best * 4 < stored,
+            "level 9: {best} bytes, level 0: {stored}"
+        );
+        let err = PngCompression::new(10).unwrap_err().to_string();
+        assert!(err.contains("between 0 and 9"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

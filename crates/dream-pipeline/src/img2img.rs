@@ -1,10 +1,12 @@
 //! Image to image (SDEdit, Meng et al. 2021): encode the init image, noise its latents to the
 //! strength's starting step, and denoise the remaining steps.
 //!
-//! A request is a [`Txt2Img`](crate::Txt2Img) with `init` set; `generate` runs it. Steps follow
-//! diffusers and InvokeAI ([`StrengthRule::InvokeAi`]): of a `steps`-step schedule the last
-//! `int(steps × strength)` run. The seed's generator draws the VAE posterior sample first and
-//! the latent noise second, as diffusers' img2img pipeline does.
+//! A request is a [`Txt2Img`](crate::Txt2Img) with `init` set; `generate` runs it. Its
+//! `strength_rule` says how many steps run: by default diffusers' and InvokeAI's
+//! ([`StrengthRule::InvokeAi`]: of a `steps`-step schedule the last `int(steps × strength)`),
+//! or A1111's ([`StrengthRule::A1111`]: one more, at strength capped at 0.999). The seed's
+//! generator draws the VAE posterior sample first and the latent noise second, as diffusers'
+//! img2img pipeline does.
 
 use std::path::Path;
 
@@ -34,9 +36,16 @@ impl InitImage {
         })
     }
 
-    /// The steps that run of a `steps`-step request.
-    pub fn steps(&self, steps: usize) -> Result<StrengthSteps, DreamError> {
-        strength_steps(steps, self.strength, StrengthRule::InvokeAi)
+    /// The steps that run of a `steps`-step request under `rule`.
+    pub fn steps(&self, steps: usize, rule: StrengthRule) -> Result<StrengthSteps, DreamError> {
+        let steps = strength_steps(steps, self.strength, rule)?;
+        if rule == StrengthRule::FixedSteps {
+            // It stretches the schedule, which only hires fix's second pass builds.
+            return Err(DreamError::NotSupported(
+                "img2img with a fixed step count (A1111's img2img_fix_steps)".into(),
+            ));
+        }
+        Ok(steps)
     }
 
     pub(crate) fn validate(&self, width: usize, height: usize) -> Result<(), DreamError> {
@@ -101,9 +110,10 @@ impl StableDiffusion {
         &self,
         init: &InitImage,
         steps: usize,
+        rule: StrengthRule,
         generator: &mut TorchGenerator,
     ) -> Result<Start, DreamError> {
-        let first_step = init.steps(steps)?.first_step;
+        let first_step = init.steps(steps, rule)?.first_step;
         Ok(Start {
             latents: self.encode_image(&init.image, generator)?,
             first_step,

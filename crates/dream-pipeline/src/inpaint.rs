@@ -160,7 +160,12 @@ impl StableDiffusion {
             return Ok(None);
         };
         let Some(inpaint) = &request.inpaint else {
-            return Ok(Some(self.img2img_start(init, request.steps, request.strength_rule, generator)?));
+            return Ok(Some(self.img2img_start(
+                init,
+                request.steps,
+                request.strength_rule,
+                generator,
+            )?));
         };
         if self.is_inpainting_model() && init.strength == 1.0 {
             return Ok(None);
@@ -176,7 +181,12 @@ impl StableDiffusion {
             }
             _ => init,
         };
-        Ok(Some(self.img2img_start(init, request.steps, request.strength_rule, generator)?))
+        Ok(Some(self.img2img_start(
+            init,
+            request.steps,
+            request.strength_rule,
+            generator,
+        )?))
     }
 
     /// Prepares inpainting after the seed's noise is drawn: a 9-channel model's masked-image

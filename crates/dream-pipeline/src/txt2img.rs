@@ -20,7 +20,7 @@ use crate::conditioning::{ConditioningOptions, Emphasis};
 use crate::guidance::rescale_guidance;
 use crate::guidance::LatentThreshold;
 use crate::hires::HiresFix;
-use crate::image::RgbImage;
+use crate::image::{PngCompression, RgbImage};
 use crate::img2img::{InitImage, Start};
 use crate::inpaint::Inpaint;
 use crate::model::StableDiffusion;
@@ -28,7 +28,7 @@ use crate::resize::{size_init_image, InitSizing};
 use crate::sampling::{
     noise_to_sigma, noise_to_timestep, noise_to_vp_sigma, sample_ddim, sample_ddpm, sample_k,
     sample_lcm, sample_plms, sample_unipc, schedule_from, BrownianNoise, Denoiser, DiscreteModel,
-    GeneratorNoise, Noise, NoiseSource, Predictor, StepCallback, StepInfo,
+    GeneratorNoise, Noise, NoiseSource, Predictor, StepCallback, StepInfo, StrengthRule,
 };
 use crate::variation::{initial_noise, Variation};
 use crate::DreamError;
@@ -69,6 +69,9 @@ pub struct Txt2Img {
     pub emphasis: Emphasis,
     /// img2img: the image to start from instead of pure noise.
     pub init: Option<InitImage>,
+    /// How many of the steps img2img runs at the init image's strength: InvokeAI's rule by
+    /// default, A1111's for requests in A1111's terms.
+    pub strength_rule: StrengthRule,
     /// Inpainting: which part of the init image to repaint, and how.
     pub inpaint: Option<Inpaint>,
     /// InvokeAI's variation chain (`-V seed:weight,…`): the seed's noise slerped towards each
@@ -107,6 +110,7 @@ impl Txt2Img {
             clip_skip: 1,
             emphasis: Emphasis::Original,
             init: None,
+            strength_rule: StrengthRule::InvokeAi,
             inpaint: None,
             variations: Vec::new(),
             subseed: None,
@@ -128,6 +132,17 @@ impl Txt2Img {
             }
         }
         Ok(())
+    }
+
+    /// The name of an img2img request's strength rule where it is not `usual`, the rule of
+    /// the tool whose metadata records it.
+    fn strength_rule_unlike(&self, usual: StrengthRule) -> Option<String> {
+        let name = match self.strength_rule {
+            StrengthRule::InvokeAi => "invokeai",
+            StrengthRule::A1111 => "a1111",
+            StrengthRule::FixedSteps => "fixed_steps",
+        };
+        (self.init.is_some() && self.strength_rule != usual).then(|| name.to_string())
     }
 
     pub(crate) fn conditioning_options(&self) -> ConditioningOptions {
@@ -197,7 +212,7 @@ impl Txt2Img {
         }
         if let Some(init) = &self.init {
             init.validate(self.width, self.height)?;
-            init.steps(self.steps)?;
+            init.steps(self.steps, self.strength_rule)?;
         }
         if let Some(inpaint) = &self.inpaint {
             match &self.init {
@@ -297,6 +312,8 @@ impl Generated {
         // A1111's short hash: the first 10 hex digits.
         info.model_hash = model.sha256.map(|h| h.chars().take(10).collect());
         info.strength = r.init.as_ref().map(|init| init.strength);
+        info.strength_rule = r.strength_rule_unlike(StrengthRule::A1111);
+        info.syntax = (r.syntax != Syntax::A1111).then_some(r.syntax);
         // A1111 writes clip skip only when it is not the default.
         info.clip_skip = (r.clip_skip > 1).then_some(r.clip_skip);
         info.threshold = r.threshold.filter(|&t| t > 0.0);
@@ -375,6 +392,7 @@ impl Generated {
             width: Some(r.width),
             height: Some(r.height),
             strength: r.init.as_ref().map(|init| init.strength),
+            strength_rule: r.strength_rule_unlike(StrengthRule::InvokeAi),
             // InvokeAI's hash is the whole SHA-256.
             model_hash: model.sha256.map(str::to_string),
             ..self.generation_info(model)
@@ -396,15 +414,26 @@ impl Generated {
         path: impl AsRef<std::path::Path>,
         model: impl Into<ModelStamp<'a>>,
     ) -> Result<(), DreamError> {
+        self.save_compressed(path, model, PngCompression::default())
+    }
+
+    /// [`save`](Self::save) at a zlib compression level (InvokeAI's `-z`).
+    pub fn save_compressed<'a>(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        model: impl Into<ModelStamp<'a>>,
+        compression: PngCompression,
+    ) -> Result<(), DreamError> {
         let model = model.into();
         let (dream, sd_metadata) = self.invokeai_metadata(model);
-        self.image.save_png(
+        self.image.save_png_compressed(
             path.as_ref(),
             &[
                 ("parameters", &self.a1111_parameters(model)),
                 ("Dream", &dream),
                 ("sd-metadata", &sd_metadata),
             ],
+            compression,
         )
     }
 }

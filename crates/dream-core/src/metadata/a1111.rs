@@ -150,7 +150,9 @@ impl A1111Parameters {
         for (key, value) in &info.extra {
             field(key, Some(value.clone()));
         }
-        // Dream's own: A1111 would read an InvokeAI-syntax prompt as its own syntax.
+        // Dream's own: A1111 would read an InvokeAI-syntax prompt as its own syntax, and run
+        // one step more of an img2img made with InvokeAI's strength rule.
+        field("Strength rule", info.strength_rule.clone());
         field(
             "Prompt syntax",
             info.syntax
@@ -192,6 +194,7 @@ impl A1111Parameters {
                     parse_into(&mut info.guidance_rescale, value)
                 }
                 "Prompt syntax" => parse_into(&mut info.syntax, value),
+                "Strength rule" => set_text(&mut info.strength_rule, value),
                 "Version" => set_text(&mut info.generator, value),
                 _ => false,
             };
@@ -346,12 +349,17 @@ mod tests {
             "a cat, (sitting:1.2)\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.0, Seed: 42, Size: 512x640, Model: tiny, Denoising strength: 0.75, Clip skip: 2, ENSD: 31337, Version: dream 0.1.0"
         );
         assert_eq!(A1111Parameters::parse(&text).to_info(), info);
-        // A prompt in InvokeAI's syntax says so; A1111's own syntax goes unsaid.
+        // A prompt in InvokeAI's syntax says so, as does InvokeAI's strength rule; A1111's own
+        // syntax and rule go unsaid.
         info.prompt = "a (cat)1.2".into();
         info.syntax = Some(Syntax::InvokeAi);
+        info.strength_rule = Some("invokeai".into());
         let text = A1111Parameters::from_info(&info).to_text();
         assert!(
-            text.ends_with("ENSD: 31337, Prompt syntax: invokeai, Version: dream 0.1.0"),
+            text.ends_with(
+                "ENSD: 31337, Strength rule: invokeai, Prompt syntax: invokeai, \
+                 Version: dream 0.1.0"
+            ),
             "{text}"
         );
         assert_eq!(A1111Parameters::parse(&text).to_info(), info);

@@ -74,9 +74,9 @@ pub struct GenerationInfo {
     /// `Prompt syntax` field in A1111's infotext); `None`: the writing tool's own, InvokeAI's
     /// for InvokeAI's images and A1111's for the rest.
     pub syntax: Option<Syntax>,
-    /// Whose rule turned the img2img strength into steps (Dream's `strength_rule` in
-    /// `sd-metadata`: `invokeai` or `a1111`); `None`: the rule of the tool whose sampler names
-    /// the metadata uses.
+    /// Whose rule turned the img2img strength into steps, where it is not the rule of the tool
+    /// whose sampler names the metadata uses: `invokeai` in A1111's infotext (Dream's
+    /// `Strength rule` field), `a1111` in `sd-metadata` (Dream's `strength_rule` key).
     pub strength_rule: Option<String>,
     /// Fields this struct has no place for (A1111's `Hires upscale`, `Lora hashes`, …), in the
     /// order they were found.
