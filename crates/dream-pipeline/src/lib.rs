@@ -23,6 +23,7 @@ pub mod preview;
 pub mod registry;
 pub mod resize;
 pub mod sampling;
+pub mod text;
 pub mod tiling;
 pub mod txt2img;
 pub mod variation;
