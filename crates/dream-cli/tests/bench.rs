@@ -1,15 +1,11 @@
 //! `dream bench` checks its arguments before building the (large) networks.
 
-use std::process::Command;
+mod common;
+
+use common::{dream_command, failed};
 
 fn bench_error(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_dream"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "dream bench {args:?} succeeded");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    failed(&dream_command().arg("bench").args(args).output().unwrap())
 }
 
 #[test]

@@ -1,70 +1,25 @@
 //! The `dream` binary, driven as a user drives it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
+use std::path::Path;
+use std::process::Output;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dream-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn dream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dream"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn png_text(path: &Path, keyword: &str) -> Option<String> {
-    let reader = png::Decoder::new(std::fs::File::open(path).unwrap())
-        .read_info()
-        .unwrap();
-    let info = reader.info();
-    info.uncompressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == keyword)
-        .map(|c| c.text.clone())
-}
+use common::{
+    dream, dream_command, dream_with_input, failed, fixture, png_text, read_rgb, render,
+    run_with_input, spawn_piped, succeeded, temp_dir, tiny,
+};
 
 #[test]
 fn renders_numbered_images_with_their_parameters() {
     let out = temp_dir("render");
-    let model = fixture("tiny");
-    let output = dream(&[
+    let stdout = succeeded(&render(
         "a red apple",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "3",
-        "-S",
-        "42",
-        "-W",
-        "64",
-        "-H",
-        "64",
-        "-C",
-        "7.5",
-        "-A",
-        "ddim",
-        "-n",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        &out,
+        &[
+            "-s", "3", "-S", "42", "-W", "64", "-H", "64", "-C", "7.5", "-A", "ddim", "-n", "2",
+        ],
+    ));
 
     let first = out.join("000001.42.png");
     let second = out.join("000002.43.png");
@@ -84,38 +39,29 @@ fn renders_numbered_images_with_their_parameters() {
 
     // Batch size never changes an image: seed 43 alone gives the second image of the batch.
     let alone = temp_dir("alone");
-    let output = dream(&[
+    succeeded(&render(
         "a red apple",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "3",
-        "-S",
-        "43",
-        "-W",
-        "64",
-        "-H",
-        "64",
-        "-A",
-        "ddim",
-        "-o",
-        alone.to_str().unwrap(),
-    ]);
-    assert!(output.status.success());
-    let pixels = |p: &Path| {
-        let mut reader = png::Decoder::new(std::fs::File::open(p).unwrap())
-            .read_info()
-            .unwrap();
-        let mut buf = vec![0; reader.output_buffer_size()];
-        reader.next_frame(&mut buf).unwrap();
-        buf
-    };
-    assert_eq!(pixels(&second), pixels(&alone.join("000001.43.png")));
+        &alone,
+        &["-s", "3", "-S", "43", "-W", "64", "-H", "64", "-A", "ddim"],
+    ));
+    assert_eq!(read_rgb(&second), read_rgb(&alone.join("000001.43.png")));
+}
+
+/// The A1111 `parameters` of the image `dream x -s STEPS -S 7 -W 64 -H 64 ARGS…` makes, and
+/// its printed command.
+fn parameters_of(steps: &str, args: &[&str]) -> (String, String) {
+    let out = temp_dir(&format!("parameters-{steps}-{}", args.join("-")));
+    let mut all = vec!["-s", steps, "-S", "7", "-W", "64", "-H", "64"];
+    all.extend_from_slice(args);
+    let stdout = succeeded(&render("x", &out, &all));
+    (
+        png_text(&out.join("000001.7.png"), "parameters").unwrap(),
+        stdout,
+    )
 }
 
 #[test]
 fn sampler_names_of_every_tool_choose_sampler_and_schedule() {
-    let model = fixture("tiny");
     // (the -A value, the A1111 Sampler / Schedule type written to the image)
     let cases = [
         ("k_euler_a", "Euler a, Schedule type: Karras"), // InvokeAI: Karras below --karras_max
@@ -123,35 +69,11 @@ fn sampler_names_of_every_tool_choose_sampler_and_schedule() {
         ("dpmpp_2m", "DPM++ 2M, Schedule type: Uniform"), // ComfyUI's default is "normal"
     ];
     for (name, expected) in cases {
-        let out = temp_dir("names");
-        let output = dream(&[
-            "x",
-            "--model",
-            model.to_str().unwrap(),
-            "-s",
-            "2",
-            "-S",
-            "7",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "-A",
-            name,
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(
-            output.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let parameters = png_text(&out.join("000001.7.png"), "parameters").unwrap();
+        let (parameters, stdout) = parameters_of("2", &["-A", name]);
         assert!(
             parameters.contains(&format!("Sampler: {expected},")),
             "{name}: {parameters}"
         );
-        let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             stdout.contains(&format!(
                 "-A{}",
@@ -165,54 +87,10 @@ fn sampler_names_of_every_tool_choose_sampler_and_schedule() {
         );
     }
     // Clip skip is recorded as A1111 records it.
-    let out = temp_dir("clip-skip");
-    let output = dream(&[
-        "x",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "1",
-        "-S",
-        "7",
-        "-W",
-        "64",
-        "-H",
-        "64",
-        "--clip_skip",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let parameters = png_text(&out.join("000001.7.png"), "parameters").unwrap();
+    let (parameters, _) = parameters_of("1", &["--clip_skip", "2"]);
     assert!(parameters.contains(", Clip skip: 2, "), "{parameters}");
     // InvokeAI's rule: from --karras_max steps on, the model's own schedule.
-    let out = temp_dir("karras-max");
-    let output = dream(&[
-        "x",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "2",
-        "-S",
-        "7",
-        "-W",
-        "64",
-        "-H",
-        "64",
-        "-A",
-        "k_euler_a",
-        "--karras_max",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(output.status.success());
-    let parameters = png_text(&out.join("000001.7.png"), "parameters").unwrap();
+    let (parameters, _) = parameters_of("2", &["-A", "k_euler_a", "--karras_max", "2"]);
     assert!(
         parameters.contains("Sampler: Euler a, Schedule type: Uniform,"),
         "{parameters}"
@@ -222,31 +100,23 @@ fn sampler_names_of_every_tool_choose_sampler_and_schedule() {
 #[test]
 fn img2img_from_an_init_image() {
     let out = temp_dir("img2img");
-    let model = fixture("tiny");
     let init = fixture("images/init_64x64.png");
-    let output = dream(&[
+    let stdout = succeeded(&render(
         "a red apple",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "5",
-        "-S",
-        "42",
-        "-A",
-        "ddim",
-        "-I",
-        init.to_str().unwrap(),
-        "-f",
-        "0.6",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        &out,
+        &[
+            "-s",
+            "5",
+            "-S",
+            "42",
+            "-A",
+            "ddim",
+            "-I",
+            init.to_str().unwrap(),
+            "-f",
+            "0.6",
+        ],
+    ));
     assert!(stdout.contains(" -f0.6"), "{stdout}");
     let path = out.join("000001.42.png");
     let parameters = png_text(&path, "parameters").unwrap();
@@ -286,9 +156,7 @@ fn bad_input_gets_a_clear_error() {
         ),
     ];
     for (args, needle) in cases {
-        let output = dream(args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} should fail");
+        let stderr = failed(&dream(args));
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
@@ -298,67 +166,40 @@ fn bad_input_gets_a_clear_error() {
 fn words_past_the_first_75_tokens_still_count() {
     // Long prompts are encoded in 75-token chunks (A1111), not cut at 77: changing only the
     // last word of a 76-token prompt changes the image.
-    let model = fixture("tiny");
-    let render = |last_word: &str| {
+    let image = |last_word: &str| {
         let out = temp_dir(&format!("long-{last_word}"));
         let prompt = format!("{} {last_word}", "apple ".repeat(75));
-        let output = dream(&[
+        succeeded(&render(
             &prompt,
-            "--model",
-            model.to_str().unwrap(),
-            "-s",
-            "1",
-            "-S",
-            "1",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "-A",
-            "ddim",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            &out,
+            &["-s", "1", "-S", "1", "-W", "64", "-H", "64", "-A", "ddim"],
+        ));
         std::fs::read(out.join("000001.1.png")).unwrap()
     };
-    assert_ne!(render("zebra"), render("giraffe"));
+    assert_ne!(image("zebra"), image("giraffe"));
 }
 
 #[test]
 fn info_prints_the_parameters_of_images_from_any_tool() {
     let out = temp_dir("info");
-    let model = fixture("tiny");
-    let output = dream(&[
+    succeeded(&render(
         "a cat, (sitting:1.2)",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "2",
-        "-S",
-        "5",
-        "-W",
-        "64",
-        "-H",
-        "64",
-        "-A",
-        "DPM++ 2M Karras",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(output.status.success());
+        &out,
+        &[
+            "-s",
+            "2",
+            "-S",
+            "5",
+            "-W",
+            "64",
+            "-H",
+            "64",
+            "-A",
+            "DPM++ 2M Karras",
+        ],
+    ));
     let ours = out.join("000001.5.png");
-    let output = dream(&["info", ours.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = succeeded(&dream(&["info", ours.to_str().unwrap()]));
     assert!(
         stdout
             .contains("a cat, (sitting:1.2)\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras,"),
@@ -371,59 +212,19 @@ fn info_prints_the_parameters_of_images_from_any_tool() {
     let output = dream(&["info", plain.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("no generation parameters"));
     let not_png = fixture("tiny/model_index.json");
-    let output = dream(&["info", not_png.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("model_index.json"),
-        "{stderr}"
-    );
+    let stderr = failed(&dream(&["info", not_png.to_str().unwrap()]));
+    assert!(stderr.contains("model_index.json"), "{stderr}");
 }
 
-/// Runs `dream ARGS` with `input` on its standard input (the REPL reads it line by line).
-fn dream_with_input(args: &[&str], input: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dream"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn pixels(path: &Path) -> Vec<u8> {
-    let mut reader = png::Decoder::new(std::fs::File::open(path).unwrap())
-        .read_info()
-        .unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    reader.next_frame(&mut buf).unwrap();
-    buf
+/// Runs an `invoke>` session of `dream --model <fixtures/tiny> -o OUT ARGS…` reading `input`.
+fn session(out: &Path, args: &[&str], input: &str) -> Output {
+    run_with_input(tiny(&[], out).args(args), input)
 }
 
 #[test]
 fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
     let out = temp_dir("repl");
-    let model = fixture("tiny");
     // Startup switches are every line's defaults.
-    let args = [
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "2",
-        "-W",
-        "64",
-        "-H",
-        "64",
-    ];
     let input = "a red apple -S 42 -A ddim\n\
                  -h\n\
                  x --bogus\n\
@@ -434,7 +235,7 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
                  !3\n\
                  !clear\n\
                  !history\n";
-    let output = dream_with_input(&args, input);
+    let output = session(&out, &["-s", "2", "-W", "64", "-H", "64"], input);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -455,7 +256,7 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
     // -S -1 is the previous image's seed: the same image again.
     let (first, again) = (out.join("000001.42.png"), out.join("000002.42.png"));
     assert!(first.exists() && again.exists(), "{stdout}\n{stderr}");
-    assert_eq!(pixels(&first), pixels(&again));
+    assert_eq!(read_rgb(&first), read_rgb(&again));
     // !history, then !search, then !3 (printed: no terminal to edit it in); after !clear
     // the last !history prints nothing.
     assert!(
@@ -470,8 +271,6 @@ fn the_repl_keeps_going_after_bad_lines_and_reuses_seeds() {
 #[test]
 fn fetched_commands_make_the_same_images_again() {
     let out = temp_dir("fetch");
-    let model = fixture("tiny");
-    let model = model.to_str().unwrap();
     // Karras (k_euler_a below --karras_max), an A1111 name, clip skip.
     let input = format!(
         "a red apple -s 3 -W 64 -H 64 -S 42 -A k_euler_a\n\
@@ -480,34 +279,25 @@ fn fetched_commands_make_the_same_images_again() {
         out.display(),
         out.display()
     );
-    let output = dream_with_input(&["--model", model, "-o", out.to_str().unwrap()], &input);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&session(&out, &[], &input));
     let commands = std::fs::read_to_string(out.join("commands.txt")).unwrap();
     assert_eq!(commands.lines().count(), 2, "{commands}");
 
     // !replay of the fetched commands in a new session makes the same pixels.
     let again = temp_dir("fetch-again");
     let replay = format!("!replay {}\n", out.join("commands.txt").display());
-    let output = dream_with_input(&["--model", model, "-o", again.to_str().unwrap()], &replay);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&session(&again, &[], &replay));
     for name in ["000001.42.png", "000002.7.png"] {
         assert_eq!(
-            pixels(&out.join(name)),
-            pixels(&again.join(name)),
+            read_rgb(&out.join(name)),
+            read_rgb(&again.join(name)),
             "{name}: {commands}"
         );
     }
     // !fetch of one image offers its command (printed when not on a terminal).
+    let model = fixture("tiny");
     let output = dream_with_input(
-        &["--model", model],
+        &["--model", model.to_str().unwrap()],
         &format!("!fetch {}\n", out.join("000002.7.png").display()),
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -525,25 +315,16 @@ fn models_come_from_the_registry_by_name() {
     let model = fixture("tiny");
     let out = root.join("out");
     // Without a model, dream says how to get one.
-    let output = dream(&["x", "--config", registry]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = failed(&dream(&["x", "--config", registry]));
     assert!(
-        !output.status.success()
-            && stderr.contains("no model to render with")
-            && stderr.contains("--model"),
+        stderr.contains("no model to render with") && stderr.contains("--model"),
         "{stderr}"
     );
     let input = format!(
         "!import_model {} tiny1\n!edit_model tiny1 width=64 height=64 \"description=a tiny model\"\n!models\n",
         model.display()
     );
-    let output = dream_with_input(&["--config", registry], &input);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = succeeded(&dream_with_input(&["--config", registry], &input));
     assert!(
         stdout.contains("tiny1") && stdout.contains("a tiny model"),
         "{stdout}"
@@ -555,7 +336,7 @@ fn models_come_from_the_registry_by_name() {
     );
 
     // The registry's default model and its size, with no --model, -W or -H.
-    let output = dream(&[
+    succeeded(&dream(&[
         "x",
         "--config",
         registry,
@@ -565,12 +346,7 @@ fn models_come_from_the_registry_by_name() {
         "3",
         "-o",
         out.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ]));
     let parameters = png_text(&out.join("000001.3.png"), "parameters").unwrap();
     assert!(
         parameters.contains("Size: 64x64, Model: tiny,"),
@@ -592,33 +368,25 @@ fn models_come_from_the_registry_by_name() {
 
 #[test]
 fn unbuilt_switches_are_refused_before_the_model_loads() {
-    let model = fixture("tiny");
-    let model = model.to_str().unwrap();
+    let out = temp_dir("unbuilt");
     let cases: &[(&[&str], &str)] = &[
         (
-            &["x", "--model", model, "-G", "0.5"],
+            &["-G", "0.5"],
             "-G/--facetool_strength is not supported yet",
         ),
         (
-            &["x", "--model", model, "-ft", "codeformer"],
+            &["-ft", "codeformer"],
             "-ft/--facetool is not supported yet",
         ),
+        (&["--web"], "--web is not supported yet"),
         (
-            &["x", "--model", model, "--web"],
-            "--web is not supported yet",
-        ),
-        (
-            &["x", "--model", model, "--precision", "float16"],
+            &["--precision", "float16"],
             "--precision float16 is not supported yet",
         ),
     ];
     for (args, message) in cases {
-        let output = dream(args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success() && stderr.contains(message),
-            "{args:?}: {stderr}"
-        );
+        let stderr = failed(&render("x", &out, args));
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("loading"), "{args:?}: {stderr}");
     }
 }
@@ -626,41 +394,25 @@ fn unbuilt_switches_are_refused_before_the_model_loads() {
 #[test]
 fn grids_file_name_templates_and_the_prompt_log() {
     let out = temp_dir("outputs");
-    let model = fixture("tiny");
-    let model = model.to_str().unwrap();
-    let common = [
-        "--model", model, "-s", "1", "-W", "64", "-H", "64", "-A", "ddim", "-o",
-    ];
     let run = |extra: &[&str]| {
-        let mut args = vec!["a red apple"];
-        args.extend(common);
-        args.push(out.to_str().unwrap());
-        args.extend(extra);
-        dream(&args)
+        let mut args = vec!["-s", "1", "-W", "64", "-H", "64", "-A", "ddim"];
+        args.extend_from_slice(extra);
+        render("a red apple", &out, &args)
     };
     // Three images in one grid: InvokeAI's layout is one row of three.
-    let output = run(&["-S", "10", "-n", "3", "-g"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let grid = out.join("000001.10.png");
-    let reader = png::Decoder::new(std::fs::File::open(&grid).unwrap())
-        .read_info()
-        .unwrap();
-    assert_eq!((reader.info().width, reader.info().height), (192, 64));
+    succeeded(&run(&["-S", "10", "-n", "3", "-g"]));
+    let grid = read_rgb(&out.join("000001.10.png"));
+    assert_eq!((grid.width, grid.height), (192, 64));
     // Its middle cell is seed 11's image.
-    let output = run(&["-S", "11", "--fnformat", "{seed}-{steps}-{sampler}.png"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let alone = pixels(&out.join("11-1-ddim.png"));
-    let whole = pixels(&grid);
+    succeeded(&run(&[
+        "-S",
+        "11",
+        "--fnformat",
+        "{seed}-{steps}-{sampler}.png",
+    ]));
+    let alone = read_rgb(&out.join("11-1-ddim.png")).pixels;
     for y in 0..64 {
-        let row = &whole[y * 192 * 3..(y + 1) * 192 * 3];
+        let row = &grid.pixels[y * 192 * 3..(y + 1) * 192 * 3];
         assert_eq!(&row[64 * 3..128 * 3], &alone[y * 64 * 3..(y + 1) * 64 * 3]);
     }
     // A template without {prefix} never overwrites; an unknown wildcard is refused up front.
@@ -684,20 +436,7 @@ fn grids_file_name_templates_and_the_prompt_log() {
 fn ctrl_c_stops_the_image_being_made_and_keeps_the_finished_ones() {
     use std::io::Write;
     let out = temp_dir("interrupt");
-    let model = fixture("tiny");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dream"))
-        .args([
-            "--model",
-            model.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .args(["-W", "64", "-H", "64", "-A", "ddim"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(tiny(&[], &out).args(["-W", "64", "-H", "64", "-A", "ddim"]));
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"x -s 20 -S 100 -n 500\n").unwrap();
     stdin.flush().unwrap();
@@ -738,18 +477,15 @@ fn images_record_the_sha256_of_the_weights() {
         .map(|b| format!("{b:02x}"))
         .collect();
     let config = fixture("tiny");
-    let output = Command::new(env!("CARGO_BIN_EXE_dream"))
-        .args(["x", "--model", weights.to_str().unwrap()])
-        .args(["--config", config.to_str().unwrap()])
-        .args(["-s", "1", "-S", "1", "-W", "64", "-H", "64"])
-        .args(["-o", out.to_str().unwrap()])
-        .env("XDG_CACHE_HOME", out.join("cache"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    succeeded(
+        &dream_command()
+            .args(["x", "--model", weights.to_str().unwrap()])
+            .args(["--config", config.to_str().unwrap()])
+            .args(["-s", "1", "-S", "1", "-W", "64", "-H", "64"])
+            .args(["-o", out.to_str().unwrap()])
+            .env("XDG_CACHE_HOME", out.join("cache"))
+            .output()
+            .unwrap(),
     );
     let image = out.join("000001.1.png");
     // A1111: the first 10 hex digits, before the model name; InvokeAI: all of them.
@@ -830,19 +566,14 @@ fn hub_models_are_fetched_once_and_render_as_the_local_folder() {
     let root = temp_dir("hub");
     let (endpoint, asked) = fake_hub();
     let dream_env = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_dream"))
+        dream_command()
             .args(args)
             .env("HF_ENDPOINT", &endpoint)
             .env("XDG_CACHE_HOME", root.join("cache"))
             .output()
             .unwrap()
     };
-    let output = dream_env(&["preload", "hf:test/tiny"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&dream_env(&["preload", "hf:test/tiny"]));
     let fetched = asked.lock().unwrap().clone();
     assert!(
         fetched
@@ -851,87 +582,42 @@ fn hub_models_are_fetched_once_and_render_as_the_local_folder() {
         "{fetched:?}"
     );
     // Rendering from the fetched copy asks the hub nothing and equals the local folder's image.
-    let render = |model: &str, out: &str| {
+    let image = |model: &[&str], out: &str| {
         let out = root.join(out);
-        let output = dream_env(&[
-            "a red apple",
-            "--model",
-            model,
-            "-s",
-            "2",
-            "-W",
-            "64",
-            "-H",
-            "64",
-            "-S",
-            "3",
-            "-A",
-            "ddim",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        pixels(&out.join("000001.3.png"))
+        let mut args = vec!["a red apple", "-s", "2", "-W", "64", "-H", "64", "-S", "3"];
+        args.extend_from_slice(&["-A", "ddim", "-o", out.to_str().unwrap()]);
+        args.extend_from_slice(model);
+        succeeded(&dream_env(&args));
+        read_rgb(&out.join("000001.3.png"))
     };
     let local = fixture("tiny");
+    let local = ["--model", local.to_str().unwrap()];
     assert_eq!(
-        render("hf:test/tiny", "hub"),
-        render(local.to_str().unwrap(), "local")
+        image(&["--model", "hf:test/tiny"], "hub"),
+        image(&local, "local")
     );
     assert_eq!(asked.lock().unwrap().len(), fetched.len());
     // A registry entry with a repo_id (InvokeAI 2.3's hub entries) renders from the same copy.
     let registry = root.join("configs/models.yaml");
     let registry = registry.to_str().unwrap();
-    let output = dream_with_input(&["--config", registry], "!import_model hf:test/tiny\n");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&dream_with_input(
+        &["--config", registry],
+        "!import_model hf:test/tiny\n",
+    ));
     let yaml = std::fs::read_to_string(registry).unwrap();
     assert!(
         yaml.contains("tiny:\n") && yaml.contains("repo_id: test/tiny"),
         "{yaml}"
     );
-    let by_name = root.join("by-name");
-    let output = dream_env(&[
-        "a red apple",
-        "--config",
-        registry,
-        "--model",
-        "tiny",
-        "-s",
-        "2",
-        "-W",
-        "64",
-        "-H",
-        "64",
-        "-S",
-        "3",
-        "-A",
-        "ddim",
-        "-o",
-        by_name.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert_eq!(
-        pixels(&by_name.join("000001.3.png")),
-        render(local.to_str().unwrap(), "local2")
+        image(&["--config", registry, "--model", "tiny"], "by-name"),
+        image(&local, "local2")
     );
     assert_eq!(asked.lock().unwrap().len(), fetched.len());
     // A repository the hub does not have: a clear error.
-    let output = dream_env(&["x", "--model", "hf:test/nonesuch"]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = failed(&dream_env(&["x", "--model", "hf:test/nonesuch"]));
     assert!(
-        !output.status.success() && stderr.contains("/api/models/test/nonesuch/revision/main"),
+        stderr.contains("/api/models/test/nonesuch/revision/main"),
         "{stderr}"
     );
 }
@@ -939,26 +625,22 @@ fn hub_models_are_fetched_once_and_render_as_the_local_folder() {
 #[test]
 fn prompts_come_from_a_file_or_standard_input_until_q() {
     let out = temp_dir("from-file");
-    let model = fixture("tiny");
-    let model = model.to_str().unwrap();
     let commands = out.join("commands.txt");
     std::fs::write(
         &commands,
         "# a comment\na red apple -S 1\n\n\"a green pear\" -S 2\nq\na plum -S 3\n",
     )
     .unwrap();
-    let common = ["--model", model, "-s", "1", "-W", "64", "-H", "64"];
+    let switches = ["-s", "1", "-W", "64", "-H", "64"];
     let file_out = out.join("file");
-    let mut args = common.to_vec();
-    args.extend(["-o", file_out.to_str().unwrap(), "--from_file"]);
-    args.push(commands.to_str().unwrap());
-    let output = dream(&args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeeded(
+        &tiny(&[], &file_out)
+            .args(switches)
+            .arg("--from_file")
+            .arg(&commands)
+            .output()
+            .unwrap(),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("\"a green pear\" -s1"), "{stdout}");
     assert!(file_out.join("000002.2.png").exists());
     assert!(
@@ -967,15 +649,10 @@ fn prompts_come_from_a_file_or_standard_input_until_q() {
     );
     // `dream -` reads standard input.
     let stdin_out = out.join("stdin");
-    let mut args = vec!["-"];
-    args.extend(common);
-    args.extend(["-o", stdin_out.to_str().unwrap()]);
-    let output = dream_with_input(&args, "a plum -S 3\n");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&run_with_input(
+        tiny(&["-"], &stdin_out).args(switches),
+        "a plum -S 3\n",
+    ));
     assert!(stdin_out.join("000001.3.png").exists());
 }
 
@@ -989,12 +666,7 @@ fn switching_back_to_a_cached_model_does_not_load_it_again() {
         "!import_model {0} a\n!import_model {0} b\n",
         model.display()
     );
-    let output = dream_with_input(&["--config", registry], &setup);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&dream_with_input(&["--config", registry], &setup));
     let loads = |max: &str| {
         let output = dream_with_input(
             &["--config", registry, "--max_loaded_models", max],
@@ -1018,27 +690,16 @@ fn switching_back_to_a_cached_model_does_not_load_it_again() {
 #[test]
 fn the_previous_images_seed_and_picture_can_be_reused() {
     let out = temp_dir("previous");
-    let model = fixture("tiny");
-    let args = [
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "2",
-        "-W",
-        "64",
-        "-H",
-        "64",
-        "-A",
-        "ddim",
-    ];
     // -S -2 is the first of the previous command's two images; -I -1 its last image.
     let input = "a cat -S 10 -n 2\n\
                  a cat -S -2\n\
                  a dog -I -1 -f 0.5 -S 5\n\
                  a dog -S -3\n";
-    let output = dream_with_input(&args, input);
+    let output = session(
+        &out,
+        &["-s", "2", "-W", "64", "-H", "64", "-A", "ddim"],
+        input,
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -1046,8 +707,8 @@ fn the_previous_images_seed_and_picture_can_be_reused() {
         "{stderr}"
     );
     assert_eq!(
-        pixels(&out.join("000001.10.png")),
-        pixels(&out.join("000003.10.png"))
+        read_rgb(&out.join("000001.10.png")),
+        read_rgb(&out.join("000003.10.png"))
     );
     let previous = out.join("000003.10.png");
     assert!(

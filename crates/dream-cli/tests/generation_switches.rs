@@ -2,51 +2,21 @@
 //! intermediate switches: each image's printed command (and `Dream` chunk) records them, and
 //! a recorded variation chain makes the same image again.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
+use common::{dream, failed, fixture, png_text, read_rgb, render, succeeded, temp_dir};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dream-switches-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs `dream PROMPT --model tiny -s 3 -A k_euler -o OUT [-W 64 -H 64] ARGS…`; returns
-/// stdout.
-fn dream(out: &Path, args: &[&str]) -> String {
-    let model = fixture("tiny");
-    let mut all = vec![
-        "a red apple",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "3",
-        "-A",
-        "k_euler",
-        "-o",
-        out.to_str().unwrap(),
-    ];
+/// Runs `dream "a red apple" --model tiny -s 3 -A k_euler -o OUT [-W 64 -H 64] ARGS…`, which
+/// must succeed; returns stdout.
+fn apple(out: &Path, args: &[&str]) -> String {
+    let mut all = vec!["-s", "3", "-A", "k_euler"];
     if !args.contains(&"-W") {
         all.extend_from_slice(&["-W", "64", "-H", "64"]);
     }
     all.extend_from_slice(args);
-    let output: Output = Command::new(env!("CARGO_BIN_EXE_dream"))
-        .args(&all)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    succeeded(&render("a red apple", out, &all))
 }
 
 /// (image path, printed command) of each image.
@@ -58,31 +28,10 @@ fn made(stdout: &str) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-fn png(path: &Path) -> (u32, u32, Vec<u8>) {
-    let mut reader = png::Decoder::new(std::fs::File::open(path).unwrap())
-        .read_info()
-        .unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    (info.width, info.height, buf)
-}
-
-fn png_text(path: &Path, keyword: &str) -> String {
-    let reader = png::Decoder::new(std::fs::File::open(path).unwrap())
-        .read_info()
-        .unwrap();
-    let info = reader.info();
-    info.uncompressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == keyword)
-        .map(|c| c.text.clone())
-        .unwrap_or_default()
-}
-
 #[test]
 fn variations_are_recorded_and_replay_bit_for_bit() {
     let out = temp_dir("variations");
-    let images = made(&dream(&out, &["-S", "42", "-n", "2", "-v", "0.3"]));
+    let images = made(&apple(&out, &["-S", "42", "-n", "2", "-v", "0.3"]));
     assert_eq!(images.len(), 2);
     // InvokeAI's -v: both images keep seed 42, each with its own variation seed.
     let chains: Vec<&str> = images
@@ -95,22 +44,24 @@ fn variations_are_recorded_and_replay_bit_for_bit() {
         .collect();
     assert!(chains.iter().all(|c| c.ends_with(":0.3")), "{chains:?}");
     assert_ne!(chains[0], chains[1]);
-    assert_ne!(png(&images[0].0).2, png(&images[1].0).2);
-    assert!(png_text(&images[0].0, "Dream").ends_with(&format!(" -V {}", chains[0])));
+    assert_ne!(read_rgb(&images[0].0), read_rgb(&images[1].0));
+    assert!(png_text(&images[0].0, "Dream")
+        .unwrap()
+        .ends_with(&format!(" -V {}", chains[0])));
 
     // The recorded chain, given with -V, makes the first image again; -v 0 changes nothing.
     let replay_dir = temp_dir("variations-replay");
-    let replay = made(&dream(&replay_dir, &["-S", "42", "-V", chains[0]]));
-    assert_eq!(png(&replay[0].0).2, png(&images[0].0).2);
-    let plain = made(&dream(&replay_dir, &["-S", "42"]));
-    let zero = made(&dream(&replay_dir, &["-S", "42", "-v", "0"]));
-    assert_eq!(png(&plain[0].0).2, png(&zero[0].0).2);
+    let replay = made(&apple(&replay_dir, &["-S", "42", "-V", chains[0]]));
+    assert_eq!(read_rgb(&replay[0].0), read_rgb(&images[0].0));
+    let plain = made(&apple(&replay_dir, &["-S", "42"]));
+    let zero = made(&apple(&replay_dir, &["-S", "42", "-v", "0"]));
+    assert_eq!(read_rgb(&plain[0].0), read_rgb(&zero[0].0));
 }
 
 #[test]
 fn perlin_seamless_and_intermediates_are_used_and_recorded() {
     let out = temp_dir("shaping");
-    let stdout = dream(
+    let stdout = apple(
         &out,
         &[
             "-S",
@@ -130,7 +81,7 @@ fn perlin_seamless_and_intermediates_are_used_and_recorded() {
         command.contains("--perlin 0.2 --seamless --seamless_axes x --save_intermediates 2"),
         "{command}"
     );
-    let dream_chunk = png_text(path, "Dream");
+    let dream_chunk = png_text(path, "Dream").unwrap();
     assert!(
         dream_chunk.contains("--perlin 0.2 --seamless --seamless_axes x"),
         "{dream_chunk}"
@@ -138,13 +89,13 @@ fn perlin_seamless_and_intermediates_are_used_and_recorded() {
     // Steps 0 and 2 of 3 (the last), as 8×8 previews under intermediates/<image number>/.
     let previews = out.join("intermediates/000001");
     for step in ["0000.png", "0002.png"] {
-        let (w, h, _) = png(&previews.join(step));
-        assert_eq!((w, h), (8, 8));
+        let preview = read_rgb(&previews.join(step));
+        assert_eq!((preview.width, preview.height), (8, 8));
     }
     assert!(!previews.join("0001.png").exists());
     // The switches change the image.
-    let plain = made(&dream(&out, &["-S", "7"]));
-    assert_ne!(png(path).2, png(&plain[0].0).2);
+    let plain = made(&apple(&out, &["-S", "7"]));
+    assert_ne!(read_rgb(path), read_rgb(&plain[0].0));
 }
 
 #[test]
@@ -153,14 +104,14 @@ fn init_images_are_sized_as_invokeai_sizes_them() {
     let init = fixture("images/init_64x64.png");
     let init = init.to_str().unwrap();
     // -T scales the 64×64 init image into the 128×192 box: 128×128.
-    let images = made(&dream(
+    let images = made(&apple(
         &out,
         &[
             "-S", "1", "-I", init, "-f", "0.5", "-T", "-W", "128", "-H", "192",
         ],
     ));
-    let (w, h, _) = png(&images[0].0);
-    assert_eq!((w, h), (128, 128));
+    let image = read_rgb(&images[0].0);
+    assert_eq!((image.width, image.height), (128, 128));
     assert!(images[0].1.contains(" -W128 -H128 ") && images[0].1.contains(" -T"));
 }
 
@@ -183,14 +134,7 @@ fn bad_variation_and_seamless_switches_are_errors() {
             "seamless axes",
         ),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_dream"))
-            .args(&args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success() && stderr.contains(message),
-            "{args:?}: {stderr}"
-        );
+        let stderr = failed(&dream(&args));
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }

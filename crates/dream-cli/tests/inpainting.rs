@@ -1,47 +1,11 @@
 //! `dream` with InvokeAI's inpainting and outpainting switches: -M, transparent init images,
 //! -c/--outcrop with the seam pass.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures")
-        .join(name)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dream-cli-paint-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn dream(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dream"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// (width, height, RGBA pixels) of a PNG.
-fn read_rgba(path: &Path) -> (usize, usize, Vec<u8>) {
-    let mut decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
-    decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().unwrap();
-    let mut buffer = vec![0; reader.output_buffer_size()];
-    let frame = reader.next_frame(&mut buffer).unwrap();
-    let samples = &buffer[..frame.buffer_size()];
-    let pixels = match frame.color_type {
-        png::ColorType::Rgba => samples.to_vec(),
-        png::ColorType::Rgb => samples
-            .chunks_exact(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect(),
-        other => panic!("{other:?}"),
-    };
-    (frame.width as usize, frame.height as usize, pixels)
-}
+use common::{failed, fixture, read_rgba, render, succeeded, temp_dir, RgbaImage};
 
 fn write_png(path: &Path, width: usize, height: usize, color: png::ColorType, data: &[u8]) {
     let file = std::fs::File::create(path).unwrap();
@@ -52,32 +16,13 @@ fn write_png(path: &Path, width: usize, height: usize, color: png::ColorType, da
     writer.write_image_data(data).unwrap();
 }
 
+/// Runs `dream "a red apple"` on the tiny model with 4 k_euler steps and seed 3 into
+/// `dir/out`; returns the image's path.
 fn run(dir: &Path, extra: &[&str]) -> PathBuf {
-    let model = fixture("tiny");
-    let out = dir.join("out");
-    let mut args = vec![
-        "a red apple",
-        "--model",
-        model.to_str().unwrap(),
-        "-s",
-        "4",
-        "-S",
-        "3",
-        "-A",
-        "k_euler",
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["-s", "4", "-S", "3", "-A", "k_euler"];
     args.extend_from_slice(extra);
-    let output = dream(&args);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-    let path = stdout.split(": ").next().unwrap().trim().to_string();
-    PathBuf::from(path)
+    let stdout = succeeded(&render("a red apple", &dir.join("out"), &args));
+    PathBuf::from(stdout.split(": ").next().unwrap().trim())
 }
 
 /// Pixels at least `margin` away (Chebyshev) from every repainted pixel stay exactly.
@@ -111,23 +56,28 @@ fn assert_kept_away_from(
 fn a_mask_file_repaints_its_black_pixels_only() {
     let dir = temp_dir("mask");
     let init = fixture("images/init_64x64.png");
-    let (_, _, original) = read_rgba(&init);
+    let original = read_rgba(&init).pixels;
     let hole = |x: usize, y: usize| (20..40).contains(&x) && (24..44).contains(&y);
     let mask: Vec<u8> = (0..64 * 64)
         .map(|i| if hole(i % 64, i / 64) { 0 } else { 255 })
         .collect();
     let mask_path = dir.join("mask.png");
     write_png(&mask_path, 64, 64, png::ColorType::Grayscale, &mask);
-    let path = run(
-        &dir,
-        &[
+    let paint = |extra: &[&str]| {
+        let mut args = vec![
             "-I",
             init.to_str().unwrap(),
             "-M",
             mask_path.to_str().unwrap(),
-        ],
-    );
-    let (width, height, result) = read_rgba(&path);
+        ];
+        args.extend_from_slice(extra);
+        read_rgba(&run(&dir, &args))
+    };
+    let RgbaImage {
+        width,
+        height,
+        pixels: result,
+    } = paint(&[]);
     assert_eq!((width, height), (64, 64));
     let kept = assert_kept_away_from(&original, &result, 64, hole, 16);
     assert!(kept > 1000, "{kept}");
@@ -136,17 +86,7 @@ fn a_mask_file_repaints_its_black_pixels_only() {
         .count();
     assert!(changed > 200, "{changed}");
     // --invert_mask keeps the hole instead.
-    let path = run(
-        &dir,
-        &[
-            "-I",
-            init.to_str().unwrap(),
-            "-M",
-            mask_path.to_str().unwrap(),
-            "--invert_mask",
-        ],
-    );
-    let (_, _, inverted) = read_rgba(&path);
+    let inverted = paint(&["--invert_mask"]).pixels;
     assert_kept_away_from(&original, &inverted, 64, |x, y| !hole(x, y), 16);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -154,7 +94,7 @@ fn a_mask_file_repaints_its_black_pixels_only() {
 #[test]
 fn transparent_pixels_are_inpainted_and_outcrop_grows_the_canvas() {
     let dir = temp_dir("alpha");
-    let (_, _, original) = read_rgba(&fixture("images/init_64x64.png"));
+    let original = read_rgba(&fixture("images/init_64x64.png")).pixels;
     let hole = |x: usize, y: usize| (40..56).contains(&x) && (8..24).contains(&y);
     let mut holey = original.clone();
     for i in 0..64 * 64 {
@@ -165,7 +105,7 @@ fn transparent_pixels_are_inpainted_and_outcrop_grows_the_canvas() {
     let init = dir.join("holey.png");
     write_png(&init, 64, 64, png::ColorType::Rgba, &holey);
     let path = run(&dir, &["-I", init.to_str().unwrap()]);
-    let (_, _, result) = read_rgba(&path);
+    let result = read_rgba(&path).pixels;
     assert_kept_away_from(&original, &result, 64, hole, 16);
 
     // -c left 32 grows the canvas by 64 (InvokeAI rounds up to 64); the outcrop's seam pass
@@ -183,7 +123,11 @@ fn transparent_pixels_are_inpainted_and_outcrop_grows_the_canvas() {
             "16",
         ],
     );
-    let (width, height, grown) = read_rgba(&path);
+    let RgbaImage {
+        width,
+        height,
+        pixels: grown,
+    } = read_rgba(&path);
     assert_eq!((width, height), (128, 64));
     for y in 0..64 {
         for x in 64 + 32..128 {
@@ -197,7 +141,6 @@ fn transparent_pixels_are_inpainted_and_outcrop_grows_the_canvas() {
 #[test]
 fn painting_switches_need_an_init_image_and_tiles_are_refused() {
     let dir = temp_dir("refused");
-    let model = fixture("tiny");
     let mask = fixture("images/mask_64x64.png");
     let init = fixture("images/init_64x64.png");
     let cases = [
@@ -215,14 +158,10 @@ fn painting_switches_need_an_init_image_and_tiles_are_refused() {
         ),
     ];
     for (extra, expected) in cases {
-        let mut args = vec!["x", "--model", model.to_str().unwrap(), "-s", "2"];
+        let mut args = vec!["-s", "2"];
         args.extend(extra);
-        let output = dream(&args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success() && stderr.contains(expected),
-            "{stderr}"
-        );
+        let stderr = failed(&render("x", &dir, &args));
+        assert!(stderr.contains(expected), "{stderr}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

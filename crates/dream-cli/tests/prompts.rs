@@ -1,47 +1,18 @@
 //! The prompt switches of the `dream` binary: `-t`, `--syntax`, `-x`, `--negative_prompt` and
 //! `--prompt_matrix`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dream-prompts-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use std::path::Path;
+use std::process::Output;
+
+use common::{failed, read_rgb, render, succeeded, temp_dir};
 
 /// `dream PROMPT` on the tiny model, one DDIM step at 64×64, into `out`.
 fn dream(prompt: &str, out: &Path, extra: &[&str]) -> Output {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny");
-    Command::new(env!("CARGO_BIN_EXE_dream"))
-        .args([prompt, "--model", model.to_str().unwrap()])
-        .args([
-            "-s", "1", "-W", "64", "-H", "64", "-A", "ddim", "-S", "7", "-o",
-        ])
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn succeeded(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn pixels(path: &Path) -> (u32, u32, Vec<u8>) {
-    let mut reader = png::Decoder::new(std::fs::File::open(path).unwrap())
-        .read_info()
-        .unwrap();
-    let mut buffer = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buffer).unwrap();
-    buffer.truncate(info.buffer_size());
-    (info.width, info.height, buffer)
+    let mut args = vec!["-s", "1", "-W", "64", "-H", "64", "-A", "ddim", "-S", "7"];
+    args.extend_from_slice(extra);
+    render(prompt, out, &args)
 }
 
 #[test]
@@ -66,12 +37,11 @@ fn log_tokenization_syntax_and_negative_prompt() {
         "{stdout}"
     );
     // -x belongs to InvokeAI's legacy blends.
-    let output = dream("a:1 b:3", &out, &["-x"]);
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--syntax invokeai"));
+    let stderr = failed(&dream("a:1 b:3", &out, &["-x"]));
+    assert!(stderr.contains("--syntax invokeai"), "{stderr}");
     succeeded(&dream("a:1 b:3", &out, &["-x", "--syntax", "invokeai"]));
-    let output = dream("a cat", &out, &["--syntax", "comfyui"]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("choose a1111 or invokeai"));
+    let stderr = failed(&dream("a cat", &out, &["--syntax", "comfyui"]));
+    assert!(stderr.contains("choose a1111 or invokeai"), "{stderr}");
 }
 
 #[test]
@@ -86,15 +56,16 @@ fn prompt_matrix_renders_every_combination_in_one_grid() {
         stdout.starts_with("columns: - | shiny\nrows: - | on a table\n"),
         "{stdout}"
     );
-    let (width, height, grid) = pixels(&out.join("000001.7.png"));
-    assert_eq!((width, height), (128, 128));
+    let grid = read_rgb(&out.join("000001.7.png"));
+    // 2×2 cells of 64 under a 12-pixel band of labels, right of a 48-pixel one.
+    assert_eq!((grid.width, grid.height), (48 + 128, 12 + 128));
     // The bottom-right cell is "a red apple, shiny, on a table" with the same seed.
     succeeded(&dream("a red apple, shiny, on a table", &out, &[]));
-    let (_, _, alone) = pixels(&out.join("000002.7.png"));
+    let alone = read_rgb(&out.join("000002.7.png")).pixels;
     for y in 0..64 {
-        let row = &grid[(64 + y) * 128 * 3..(65 + y) * 128 * 3];
+        let row = &grid.pixels[(12 + 64 + y) * 176 * 3..(12 + 65 + y) * 176 * 3];
         assert_eq!(
-            &row[64 * 3..],
+            &row[(48 + 64) * 3..],
             &alone[y * 64 * 3..(y + 1) * 64 * 3],
             "row {y}"
         );
