@@ -20,7 +20,7 @@ use dream_pipeline::conditioning::{
     ConditioningOptions, Emphasis, PromptConditioning, TextualInversions,
 };
 use dream_pipeline::{DreamError, StableDiffusion};
-use dream_test_support::{fixture, max_abs_diff};
+use dream_test_support::{fixture, max_abs_diff, tiny_model};
 use serde_json::Value;
 
 /// A reference row `[L, D]` as `[1, len, D]`: lengthened by repeating its last vector (A1111's
@@ -211,7 +211,7 @@ fn invokeai_conditioning_matches_compel() {
 
 #[test]
 fn context_follows_the_schedule_and_guidance_combines_parts() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let options = ConditioningOptions::new(10);
 
     let edited = model.condition("a [cat:dog:0.5]", "", &options).unwrap();
@@ -249,7 +249,7 @@ fn context_follows_the_schedule_and_guidance_combines_parts() {
 fn plain_prompts_encode_as_diffusers_does() {
     // No syntax, under 75 tokens: the 77 ids diffusers encodes, weights all 1, so the context is
     // diffusers' [negative, positive] text embeddings.
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let reference =
         candle_core::safetensors::load(fixture("ref/txt2img_euler.safetensors"), &Device::Cpu)
             .unwrap();
@@ -268,7 +268,7 @@ fn plain_prompts_encode_as_diffusers_does() {
 
 #[test]
 fn bad_requests_are_errors() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let mut options = ConditioningOptions::new(20);
     options.clip_skip = 99;
     assert!(matches!(
@@ -284,7 +284,7 @@ fn bad_requests_are_errors() {
 #[test]
 fn comfyui_emphasis_moves_weighted_tokens_away_from_the_empty_prompt() {
     // ComfyUI's `(z - z_empty) * w + z_empty` for tokens weighted w != 1, written out here.
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let mut options = ConditioningOptions::new(20);
     options.emphasis = Emphasis::ComfyUi;
     let at = |prompt: &str| {
@@ -442,7 +442,7 @@ fn sd2_tokenizers_pad_with_their_pad_token() {
 
 #[test]
 fn tokenization_log_uses_the_models_tokenizer_and_embeddings() {
-    let mut model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let mut model = tiny_model();
     let cat = model
         .tokenization_log("a (cat:1.5)", "", &PromptOptions::new(Syntax::A1111, 20))
         .unwrap();

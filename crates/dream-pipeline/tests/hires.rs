@@ -7,8 +7,8 @@ use dream_core::rng::TorchGenerator;
 use dream_pipeline::hires::{upscale_bilinear, HiresFix, Upscaler};
 use dream_pipeline::resize::resize_lanczos;
 use dream_pipeline::sampling::StrengthRule;
-use dream_pipeline::{Sampler, StableDiffusion, Txt2Img};
-use dream_test_support::fixture;
+use dream_pipeline::{Generated, StableDiffusion, Txt2Img};
+use dream_test_support::{euler_request, fixture, tiny_model};
 
 #[test]
 fn invokeai_first_pass_keeps_the_model_area_and_aspect() {
@@ -47,19 +47,37 @@ fn bilinear_upscale_matches_hand_values() {
     assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
 }
 
+/// `request`'s first pass alone, and `request` with a second pass of strength 0 under InvokeAI's
+/// step rule, which runs no second step: its first pass only enlarged.
+fn first_pass_and_unrefined(model: &StableDiffusion, request: &Txt2Img) -> (Generated, Generated) {
+    let fix = request.hires.clone().expect("a hires request");
+    let generate = |request: Txt2Img| model.generate(&request, &mut |_| {}).unwrap();
+    let first = generate(Txt2Img {
+        width: fix.first_width,
+        height: fix.first_height,
+        hires: None,
+        ..request.clone()
+    });
+    let unrefined = generate(Txt2Img {
+        hires: Some(HiresFix {
+            strength: 0.0,
+            rule: StrengthRule::InvokeAi,
+            ..fix
+        }),
+        ..request.clone()
+    });
+    (first, unrefined)
+}
+
 #[test]
 fn hires_fix_renders_both_passes_at_their_sizes() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     // The tiny model's "resolution" is taken as 64 px: a 72×48 first pass for 128×96 (h = √(64²·¾) = 55.4 → 48, w = 73.9 → 72).
     let fix = HiresFix::invokeai(128, 96, 64, 0.5);
     assert_eq!((fix.first_width, fix.first_height), (72, 48));
     let request = Txt2Img {
-        steps: 4,
-        width: 128,
-        height: 96,
-        sampler: Sampler::Euler,
-        hires: Some(fix.clone()),
-        ..Txt2Img::new("a lighthouse", 9)
+        hires: Some(fix),
+        ..euler_request("a lighthouse", 9, 4, (128, 96))
     };
     let mut sizes = Vec::new();
     let generated = model
@@ -73,29 +91,7 @@ fn hires_fix_renders_both_passes_at_their_sizes() {
     assert_eq!(sizes[4..], [(1, 4, 12, 16); 2]);
 
     // Strength 0 runs no second step: the result is the first pass's latents enlarged.
-    let first = model
-        .generate(
-            &Txt2Img {
-                width: 72,
-                height: 48,
-                hires: None,
-                ..request.clone()
-            },
-            &mut |_| {},
-        )
-        .unwrap();
-    let unrefined = model
-        .generate(
-            &Txt2Img {
-                hires: Some(HiresFix {
-                    strength: 0.0,
-                    ..fix
-                }),
-                ..request.clone()
-            },
-            &mut |_| {},
-        )
-        .unwrap();
+    let (first, unrefined) = first_pass_and_unrefined(&model, &request);
     let enlarged = upscale_bilinear(&first.latents, 12, 16).unwrap();
     assert_eq!(unrefined.image, model.decode_to_image(&enlarged).unwrap());
 
@@ -115,7 +111,7 @@ fn hires_fix_renders_both_passes_at_their_sizes() {
 
 #[test]
 fn hires_fix_with_an_init_image_is_refused() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let image = dream_pipeline::InitImage::open(fixture("images/init_64x64.png"), 0.5).unwrap();
     let request = Txt2Img {
         steps: 2,
@@ -140,16 +136,12 @@ fn hires_fix_with_an_init_image_is_refused() {
 /// one step); A1111's step rule runs int(0.5 × 4) + 1 = 3 second steps.
 #[test]
 fn a1111_lanczos_upscaler_enlarges_the_image() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let (size, fix) = HiresFix::a1111(64, 48, 2.0, Upscaler::Lanczos, None, 0.5);
     assert_eq!(size, (128, 96));
     let request = Txt2Img {
-        steps: 4,
-        width: size.0,
-        height: size.1,
-        sampler: Sampler::Euler,
-        hires: Some(fix.clone()),
-        ..Txt2Img::new("a lighthouse", 9)
+        hires: Some(fix),
+        ..euler_request("a lighthouse", 9, 4, size)
     };
     let mut second_pass_steps = 0;
     model
@@ -159,30 +151,7 @@ fn a1111_lanczos_upscaler_enlarges_the_image() {
         .unwrap();
     assert_eq!(second_pass_steps, 3);
 
-    let first = model
-        .generate(
-            &Txt2Img {
-                width: 64,
-                height: 48,
-                hires: None,
-                ..request.clone()
-            },
-            &mut |_| {},
-        )
-        .unwrap();
-    let unrefined = model
-        .generate(
-            &Txt2Img {
-                hires: Some(HiresFix {
-                    strength: 0.0,
-                    rule: StrengthRule::InvokeAi,
-                    ..fix
-                }),
-                ..request
-            },
-            &mut |_| {},
-        )
-        .unwrap();
+    let (first, unrefined) = first_pass_and_unrefined(&model, &request);
     let enlarged = resize_lanczos(&first.image, 128, 96).unwrap();
     let latents = model
         .encode_image(&enlarged, &mut TorchGenerator::seeded(9))

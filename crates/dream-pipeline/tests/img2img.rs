@@ -5,8 +5,8 @@
 use dream_core::rng::TorchGenerator;
 use dream_pipeline::image::RgbImage;
 use dream_pipeline::sampling::StepInfo;
-use dream_pipeline::{DreamError, InitImage, Sampler, ScheduleKind, StableDiffusion, Txt2Img};
-use dream_test_support::{fixture, load_fixture, max_abs_diff};
+use dream_pipeline::{DreamError, InitImage, Sampler, ScheduleKind, Txt2Img};
+use dream_test_support::{fixture, load_fixture, max_abs_diff, tiny_model};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -29,7 +29,7 @@ fn request(sampler: Sampler, strength: f64) -> Txt2Img {
 
 #[test]
 fn ddim_matches_diffusers() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let r = load_fixture("ref/img2img_ddim.safetensors");
     let init = init_image(0.6);
 
@@ -91,7 +91,7 @@ fn ddim_matches_diffusers() {
 fn latents_init_matches_diffusers() {
     // The first step's input is not reported, so the noised start is checked through the
     // public pieces: init latents noised to timestep 551 with the second draw.
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let r = load_fixture("ref/img2img_ddim.safetensors");
     let mut generator = TorchGenerator::seeded(42);
     let encoded = model
@@ -116,7 +116,7 @@ fn latents_init_matches_diffusers() {
 
 #[test]
 fn strength_zero_returns_the_encoded_image() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let mut steps = 0;
     let generated = model
         .generate(&request(Sampler::Euler, 0.0), &mut |_| steps += 1)
@@ -130,7 +130,7 @@ fn strength_zero_returns_the_encoded_image() {
 
 #[test]
 fn k_sampler_img2img_runs_the_strengths_steps_and_keeps_the_image() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let encoded = model
         .encode_image(&init_image(0.0).image, &mut TorchGenerator::seeded(42))
         .unwrap();
@@ -156,7 +156,7 @@ fn k_sampler_img2img_runs_the_strengths_steps_and_keeps_the_image() {
 
 #[test]
 fn strength_one_walks_the_whole_schedule() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     for sampler in [Sampler::Euler, Sampler::Ddim] {
         let mut steps = Vec::new();
         let generated = model
@@ -173,7 +173,7 @@ fn strength_one_walks_the_whole_schedule() {
 
 #[test]
 fn bad_requests_are_refused() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     for strength in [1.5, -0.1, f64::NAN] {
         match model.generate(&request(Sampler::Ddim, strength), &mut |_| {}) {
             Err(DreamError::InvalidRequest(message)) => {

@@ -11,7 +11,7 @@ use dream_pipeline::{
     DreamError, InitImage, Inpaint, Mask, MaskedContent, Sampler, ScheduleKind, StableDiffusion,
     Txt2Img,
 };
-use dream_test_support::{fixture, load_fixture, max_abs_diff};
+use dream_test_support::{euler_request, fixture, load_fixture, max_abs_diff, tiny_model};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -129,7 +129,7 @@ fn nine_channel_model_needs_a_mask() {
 /// sampler and masked content; inside the mask the image changes.
 #[test]
 fn ordinary_model_keeps_the_pixels_outside_the_blurred_mask() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let original = init_image();
     let mut mask = Mask::keep_all(64, 64);
     for y in 16..40 {
@@ -178,7 +178,7 @@ fn ordinary_model_keeps_the_pixels_outside_the_blurred_mask() {
 /// result is the init image's own latents, whatever the sampler does.
 #[test]
 fn ordinary_model_with_an_empty_mask_returns_the_init_latents() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let inpaint = Inpaint::new(Mask::keep_all(64, 64));
     let whole = request(Sampler::Euler, 6, 1.0, Inpaint::new(Mask::keep_all(64, 64)));
     let mut plain = whole.clone();
@@ -208,7 +208,7 @@ fn ordinary_model_with_an_empty_mask_returns_the_init_latents() {
 
 #[test]
 fn only_masked_renders_the_crop_and_pastes_it_back() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     // A 96x80 image; the mask is a small square, rendered at 64x64.
     let original = RgbImage {
         width: 96,
@@ -259,7 +259,7 @@ fn only_masked_renders_the_crop_and_pastes_it_back() {
 
 #[test]
 fn bad_inpaint_requests_are_refused() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let cases = [
         (
             unblurred(Mask::keep_all(32, 64)),
@@ -506,7 +506,7 @@ fn outcrop_parses_invokeai_arguments_and_rounds_to_64() {
 /// painted, and the seam pass changes pixels along the old border only.
 #[test]
 fn outcrop_extends_the_canvas_and_keeps_the_original() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let original = init_image();
     let outcrop = dream_pipeline::Outcrop {
         top: 64,
@@ -516,15 +516,11 @@ fn outcrop_extends_the_canvas_and_keeps_the_original() {
     let canvas = outcrop.extend(&RgbaImage::from_rgb(&original));
     assert_eq!((canvas.width, canvas.height), (128, 128));
     let request = Txt2Img {
-        steps: 6,
-        width: 128,
-        height: 128,
-        sampler: Sampler::Euler,
         init: Some(InitImage {
             image: canvas.to_rgb(),
             strength: 1.0,
         }),
-        ..Txt2Img::new(PROMPT, 7)
+        ..euler_request(PROMPT, 7, 6, (128, 128))
     };
     let seam = dream_pipeline::Seam {
         size: 16,

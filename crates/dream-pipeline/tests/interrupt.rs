@@ -1,19 +1,13 @@
 //! An interrupt stops the sampler after the step it arrives in; the next render is unaffected.
 //! (Its own test binary: the flag is process-wide.)
 
-use dream_pipeline::{interrupt, Sampler, StableDiffusion, Txt2Img};
-use dream_test_support::fixture;
+use dream_pipeline::interrupt;
+use dream_test_support::{euler_request, tiny_model};
 
 #[test]
 fn an_interrupt_stops_the_sampler_after_the_current_step() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    let request = Txt2Img {
-        steps: 10,
-        width: 64,
-        height: 64,
-        sampler: Sampler::Euler,
-        ..Txt2Img::new("a red apple", 1)
-    };
+    let model = tiny_model();
+    let request = euler_request("a red apple", 1, 10, (64, 64));
     let mut steps_seen = Vec::new();
     let result = model.generate(&request, &mut |step| {
         steps_seen.push(step.step);

@@ -7,8 +7,8 @@ use dream_core::metadata::{
     invokeai, read_generation_info, A1111Parameters, GenerationInfo, MetadataFormat,
 };
 use dream_pipeline::image::read_png_text;
-use dream_pipeline::{Sampler, ScheduleKind, StableDiffusion, Txt2Img};
-use dream_test_support::fixture;
+use dream_pipeline::{Sampler, ScheduleKind, Txt2Img};
+use dream_test_support::{fixture, tiny_model};
 use serde_json::Value;
 
 fn chunk<'a>(chunks: &'a [(String, String)], keyword: &str) -> &'a str {
@@ -21,7 +21,7 @@ fn chunk<'a>(chunks: &'a [(String, String)], keyword: &str) -> &'a str {
 
 #[test]
 fn saved_images_carry_three_chunks_that_read_back_to_the_request() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let mut request = Txt2Img::new("a \"red\" apple, (shiny:1.2)", 7);
     request.negative_prompt = "blurry, dark".into();
     request.steps = 2;

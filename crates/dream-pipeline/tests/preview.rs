@@ -4,8 +4,8 @@
 use candle_core::{Device, Tensor};
 use dream_pipeline::image::RgbImage;
 use dream_pipeline::preview::{approx_cheap, save_intermediate};
-use dream_pipeline::{InitImage, Sampler, StableDiffusion, Txt2Img};
-use dream_test_support::fixture;
+use dream_pipeline::InitImage;
+use dream_test_support::{euler_request, tiny_model};
 
 /// Three latent pixels, worked by hand with A1111's table (RGB = Σ latent·row, then
 /// clamp(x/2 + 0.5)·255 truncated):
@@ -26,15 +26,9 @@ fn approx_cheap_matches_hand_values() {
 
 #[test]
 fn intermediates_are_saved_every_n_steps_and_at_the_end() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let dir = std::env::temp_dir().join(format!("dream-intermediates-{}", std::process::id()));
-    let request = Txt2Img {
-        steps: 5,
-        width: 64,
-        height: 48,
-        sampler: Sampler::Euler,
-        ..Txt2Img::new("a lighthouse", 4)
-    };
+    let request = euler_request("a lighthouse", 4, 5, (64, 48));
     let mut written = Vec::new();
     model
         .generate(&request, &mut |info| {

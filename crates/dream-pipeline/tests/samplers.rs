@@ -21,7 +21,7 @@ use dream_pipeline::sampling::{
     StepInfo, StrengthRule,
 };
 use dream_pipeline::{DreamError, InitImage, StableDiffusion, Txt2Img};
-use dream_test_support::{fixture, load_fixture, max_abs_diff};
+use dream_test_support::{fixture, load_fixture, max_abs_diff, tiny_model};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const NEGATIVE: &str = "blurry";
@@ -113,7 +113,7 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
-        let model = StableDiffusion::load(fixture("tiny")).unwrap();
+        let model = tiny_model();
         let conditioning = model
             .condition(PROMPT, NEGATIVE, &ConditioningOptions::new(STEPS))
             .unwrap();
@@ -634,7 +634,7 @@ fn guidance_extras_match_their_references() {
 /// noise continuing the seed's generator; every step's latents compared.
 #[test]
 fn unipc_and_lcm_img2img_match_diffusers() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let mut errors = Vec::new();
     for (sampler, name) in [(Sampler::UniPc, "unipc"), (Sampler::Lcm, "lcm")] {
         let r = load_fixture(&format!("ref/img2img_{name}.safetensors"));
@@ -678,7 +678,7 @@ fn unipc_and_lcm_img2img_match_diffusers() {
 /// and `threshold`. Defaults are not written.
 #[test]
 fn sampler_options_are_recorded_as_a1111_and_invokeai_do() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let generate = |change: &dyn Fn(&mut Txt2Img)| {
         let mut request = request(Sampler::EulerAncestral, ScheduleKind::Karras, SEED);
         request.steps = 2;
@@ -793,7 +793,7 @@ fn unbuilt_scheduler_options_are_refused() {
 /// gives the same image, another seed another one.
 #[test]
 fn sde_samplers_are_seeded() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     for sampler in [Sampler::DpmPpSde, Sampler::DpmPp2MSde, Sampler::DpmPp3MSde] {
         let latents = |seed| {
             let mut request = request(sampler, ScheduleKind::Karras, seed);

@@ -16,8 +16,8 @@ use dream_core::sampler::ScheduleKind;
 use dream_core::schedule::{sigma_schedule, NoiseSchedule, PredictionType, SchedulerConfig};
 use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::sampling::{sample_euler, Denoiser};
-use dream_pipeline::{Sampler, Seamless, StableDiffusion, Txt2Img};
-use dream_test_support::{fixture, max_abs_diff};
+use dream_pipeline::{Seamless, StableDiffusion, Txt2Img};
+use dream_test_support::{euler_request, max_abs_diff, tiny_model};
 
 /// Euler from `noise` (8 steps, CFG 7.5) to the decoded image, `[1, 3, H, W]` in [-1, 1].
 fn generate_from(model: &StableDiffusion, noise: &Tensor) -> Tensor {
@@ -47,7 +47,7 @@ const SHIFT: i32 = 2;
 
 #[test]
 fn seamless_generation_is_roll_equivariant() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let noise = model.initial_noise(5, 64, 64).unwrap();
     let rolled_error = |seamless: Seamless, dim: usize| {
         model.set_seamless(seamless);
@@ -76,14 +76,8 @@ fn seamless_generation_is_roll_equivariant() {
 /// axes parse as InvokeAI's `--seamless_axes`.
 #[test]
 fn seamless_is_chosen_per_request() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    let request = Txt2Img {
-        steps: 3,
-        width: 64,
-        height: 64,
-        sampler: Sampler::Euler,
-        ..Txt2Img::new("a brick wall", 3)
-    };
+    let model = tiny_model();
+    let request = euler_request("a brick wall", 3, 3, (64, 64));
     let image = |seamless: Seamless| {
         model
             .generate(

@@ -9,7 +9,7 @@ use dream_core::schedule::{euler_schedule, NoiseSchedule, PredictionType, Schedu
 use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::sampling::{sample_euler, Denoiser, StepInfo};
 use dream_pipeline::{LoadOptions, Sampler, ScheduleKind, StableDiffusion, Txt2Img};
-use dream_test_support::{fixture, load_fixture, max_abs_diff};
+use dream_test_support::{fixture, load_fixture, max_abs_diff, tiny_model};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -150,7 +150,7 @@ fn check_generation(
 
 #[test]
 fn folder_euler_matches_diffusers() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     check_generation(
         &model,
         "txt2img_euler",
@@ -163,7 +163,7 @@ fn folder_euler_matches_diffusers() {
 
 #[test]
 fn folder_ddim_matches_diffusers() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     check_generation(
         &model,
         "txt2img_ddim",
@@ -176,7 +176,7 @@ fn folder_ddim_matches_diffusers() {
 
 #[test]
 fn folder_non_square_empty_negative_matches_diffusers() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     check_generation(
         &model,
         "txt2img_euler_64x48",
@@ -240,7 +240,7 @@ fn vae_override_with_the_same_vae_changes_nothing() {
 
 #[test]
 fn bad_requests_are_refused_with_a_reason() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let mut request = Txt2Img::new(PROMPT, 1);
     request.width = 60;
     let err = model

@@ -7,8 +7,8 @@ use dream_pipeline::perlin::perlin_noise;
 use dream_pipeline::variation::{
     a1111_slerp, format_variations, initial_noise, parse_variations, slerp,
 };
-use dream_pipeline::{Sampler, StableDiffusion, Txt2Img, Variation};
-use dream_test_support::{fixture, load_fixture};
+use dream_pipeline::{Txt2Img, Variation};
+use dream_test_support::{euler_request, fixture, load_fixture, tiny_model};
 
 fn reference(name: &str) -> Vec<f32> {
     load_fixture("variations/noise.safetensors")[name]
@@ -143,14 +143,8 @@ fn variation_chains_parse_and_print_as_invokeai_writes_them() {
 /// chain, read back from the saved PNG's `Dream` command, replays it bit for bit.
 #[test]
 fn variations_on_the_tiny_model() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
-    let base = Txt2Img {
-        steps: 4,
-        width: 64,
-        height: 64,
-        sampler: Sampler::Euler,
-        ..Txt2Img::new("a red house", 42)
-    };
+    let model = tiny_model();
+    let base = euler_request("a red house", 42, 4, (64, 64));
     let generate = |request: &Txt2Img| model.generate(request, &mut |_| {}).unwrap();
     let original = generate(&base);
     let zero = generate(&Txt2Img {
@@ -198,15 +192,11 @@ fn variations_on_the_tiny_model() {
 /// `-v` with img2img: the noise added to the init image's latents varies the same way.
 #[test]
 fn variations_apply_to_img2img() {
-    let model = StableDiffusion::load(fixture("tiny")).unwrap();
+    let model = tiny_model();
     let init = dream_pipeline::InitImage::open(fixture("images/init_64x64.png"), 0.6).unwrap();
     let base = Txt2Img {
-        steps: 4,
-        width: 64,
-        height: 64,
-        sampler: Sampler::Euler,
         init: Some(init),
-        ..Txt2Img::new("a red house", 42)
+        ..euler_request("a red house", 42, 4, (64, 64))
     };
     let generate = |variations: &str| {
         let request = Txt2Img {

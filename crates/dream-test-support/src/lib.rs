@@ -1,15 +1,33 @@
-//! What Dream's test suites share: where the fixtures are, and how tensors are compared.
+//! What Dream's test suites share: where the fixtures are, how tensors are compared, and the
+//! tiny model with its usual request.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use dream_pipeline::{Sampler, StableDiffusion, Txt2Img};
 
 /// A path inside the workspace's `fixtures/` folder.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures")
         .join(name)
+}
+
+/// The tiny random SD 1.x model of `fixtures/tiny`.
+pub fn tiny_model() -> StableDiffusion {
+    StableDiffusion::load(fixture("tiny")).unwrap_or_else(|e| panic!("fixture tiny: {e}"))
+}
+
+/// A render the tiny model does in a moment: `steps` Euler steps at `size` (width, height).
+pub fn euler_request(prompt: &str, seed: u32, steps: usize, size: (usize, usize)) -> Txt2Img {
+    Txt2Img {
+        steps,
+        width: size.0,
+        height: size.1,
+        sampler: Sampler::Euler,
+        ..Txt2Img::new(prompt, seed)
+    }
 }
 
 /// Every tensor of a safetensors file in `fixtures/`, on the CPU.
