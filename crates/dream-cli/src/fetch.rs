@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use dream_core::metadata::{read_generation_info, GenerationInfo, MetadataFormat};
+use dream_core::prompt::Syntax;
 use dream_core::sampler::{SamplerChoice, ScheduleKind};
 
 /// The command for the image at `path`; `karras_max` is the session's `--karras_max` (an
@@ -35,8 +36,7 @@ pub fn write_commands(pattern: &str, out: &Path, karras_max: usize) -> Result<us
 /// The `invoke>` line for `info`.
 pub fn command(info: &GenerationInfo, karras_max: usize) -> String {
     let mut words = vec![quote(&info.prompt)];
-    // InvokeAI's prompts are in its own syntax (`[negative words]`, `word+`).
-    if made_by_invokeai(info) {
+    if syntax(info) == Syntax::InvokeAi {
         words.push("--syntax invokeai".into());
     }
     let mut switch = |flag: &str, value: Option<String>| {
@@ -80,6 +80,16 @@ pub fn command(info: &GenerationInfo, karras_max: usize) -> String {
         words.push(format!("-V {}", chain.join(",")));
     }
     words.join(" ")
+}
+
+/// The prompt's syntax: as recorded, else InvokeAI's for InvokeAI's images (`[negative
+/// words]`, `word+`) and A1111's for the rest.
+fn syntax(info: &GenerationInfo) -> Syntax {
+    info.syntax.unwrap_or(if made_by_invokeai(info) {
+        Syntax::InvokeAi
+    } else {
+        Syntax::A1111
+    })
 }
 
 /// Whether InvokeAI wrote the metadata (Dream writes the same chunks, with its own app id).
@@ -157,6 +167,16 @@ mod tests {
             .replace("2.3.0", "0.1.0");
         let info = invokeai::read_sd_metadata(&dream).unwrap();
         assert!(!command(&info, 30).contains("--syntax"));
+        // Unless it records InvokeAI's, in sd-metadata or A1111's infotext.
+        let recorded = dream.replace(r#""variations": []"#, r#""prompt_syntax": "invokeai""#);
+        let info = invokeai::read_sd_metadata(&recorded).unwrap();
+        assert!(command(&info, 30).contains(" --syntax invokeai "));
+        let info = A1111Parameters::parse("a (cat)1.2\nSteps: 8, Seed: 1, Prompt syntax: invokeai")
+            .to_info();
+        assert_eq!(
+            command(&info, 30),
+            r#""a (cat)1.2" --syntax invokeai -s 8 -S 1"#
+        );
     }
 
     #[test]

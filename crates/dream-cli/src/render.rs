@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use dream_core::prompt::{MatrixOptions, PromptMatrix, PromptOptions};
-use dream_core::sampler::{SamplerChoice, INVOKEAI_KARRAS_MAX};
-use dream_pipeline::grid::{grid_shape, make_grid};
+use dream_core::sampler::{NameStyle, SamplerChoice, INVOKEAI_KARRAS_MAX};
+use dream_pipeline::grid::{grid_shape, make_grid, prompt_matrix_grid};
 use dream_pipeline::hires::HiresFix;
-use dream_pipeline::image::RgbaImage;
+use dream_pipeline::image::{PngCompression, RgbaImage};
 use dream_pipeline::preview::save_intermediate;
 use dream_pipeline::resize::InitSizing;
+use dream_pipeline::sampling::StrengthRule;
 use dream_pipeline::variation::{format_variations, parse_variations};
 use dream_pipeline::{interrupt, Generated, ModelStamp};
 use dream_pipeline::{
@@ -62,6 +63,8 @@ pub struct Plan {
     save_intermediates: usize,
     /// Switches that shape every image (`-T`, `--seamless`, …), for its command.
     shaping_switches: String,
+    /// `-z`: the zlib level of the PNG files.
+    png_compression: PngCompression,
 }
 
 impl Plan {
@@ -123,6 +126,7 @@ impl Plan {
                 None => random_seed(),
             },
             sampler: choice.sampler,
+            strength_rule: strength_rule(choice),
             schedule: choice
                 .schedule_for(steps, switches.karras_max.unwrap_or(INVOKEAI_KARRAS_MAX)),
             clip_skip: switches.clip_skip.unwrap_or(base.clip_skip),
@@ -202,6 +206,10 @@ impl Plan {
             variation_amount,
             save_intermediates: switches.save_intermediates.unwrap_or(0),
             shaping_switches: shaping_switches(switches),
+            png_compression: match switches.png_compression {
+                Some(level) => PngCompression::new(level)?,
+                None => PngCompression::default(),
+            },
             first,
             iterations,
             sampler_name: sampler_name.to_string(),
@@ -244,7 +252,9 @@ impl Plan {
                 );
             }
             let steps_run = match &request.init {
-                Some(init) => init.steps(request.steps)?.steps_run(),
+                Some(init) => init
+                    .steps(request.steps, request.strength_rule)?
+                    .steps_run(),
                 None => request.steps,
             };
             let bar = progress_bar(steps_run);
@@ -288,11 +298,11 @@ impl Plan {
         if let Some(first) = grid.first() {
             let images: Vec<_> = grid.iter().map(|g| g.image.clone()).collect();
             let (whole, extra) = match &self.matrix {
-                // A1111's layout; the grid's parameters are the first image's with the prompt
-                // as written, and --prompt_matrix makes it again.
+                // A1111's labelled layout; the grid's parameters are the first image's with the
+                // prompt as written, and --prompt_matrix makes it again.
                 Some((prompt, matrix)) => {
                     println!("{}", matrix.describe());
-                    let image = make_grid(&images, matrix.rows(), matrix.columns())?;
+                    let image = prompt_matrix_grid(&images, matrix)?;
                     let request = Txt2Img {
                         prompt: prompt.clone(),
                         ..first.request.clone()
@@ -366,7 +376,7 @@ impl Plan {
     fn save(&self, generated: &Generated, model: ModelStamp<'_>, extra: &str) -> Result<PathBuf> {
         let request = &generated.request;
         let path = output::image_path(&self.outdir, &self.fnformat, request, &self.sampler_name)?;
-        generated.save(&path, model)?;
+        generated.save_compressed(&path, model, self.png_compression)?;
         let command = format!("{}{extra}", self.command(request));
         println!("{}: {command}", path.display());
         output::log(&self.outdir, &path, &command)?;
@@ -475,6 +485,15 @@ impl Painting {
                 steps: switches.seam_steps.unwrap_or(defaults.steps),
             },
         })
+    }
+}
+
+/// A1111's img2img strength rule for a sampler named as A1111 names it, InvokeAI's otherwise
+/// (ComfyUI's `denoise` stretches the schedule instead, which img2img does not build yet).
+fn strength_rule(choice: SamplerChoice) -> StrengthRule {
+    match choice.style {
+        NameStyle::A1111 => StrengthRule::A1111,
+        NameStyle::InvokeAi | NameStyle::ComfyUi => StrengthRule::InvokeAi,
     }
 }
 

@@ -253,11 +253,6 @@ fn nonzero(value: Option<f64>) -> bool {
 
 const UNSUPPORTED: &[Unsupported] = &[
     Unsupported {
-        switch: "-z/--png_compression",
-        example: &["-z", "9"],
-        asked: |s| s.png_compression.is_some(),
-    },
-    Unsupported {
         switch: "--init_color",
         example: &["--init_color", "a.png"],
         asked: |s| s.init_color.is_some(),
