@@ -56,16 +56,19 @@ fn seeded_noise(seed: u32) -> (TorchGenerator, Tensor) {
     (generator, noise)
 }
 
+/// `sample_ddpm`'s and `sample_lcm`'s signature.
+type StochasticSampler = fn(
+    &mut DiscreteModel<'_>,
+    &[usize],
+    Tensor,
+    &mut dyn NoiseSource,
+    &mut StepCallback<'_>,
+) -> candle_core::Result<Tensor>;
+
 /// A stochastic discrete sampler (DDPM, LCM) over `timesteps` from [`seeded_noise`], whose
 /// generator then draws the per-step noise, as diffusers' pipelines share one generator.
 fn run_seeded(
-    sampler: fn(
-        &mut DiscreteModel<'_>,
-        &[usize],
-        Tensor,
-        &mut dyn NoiseSource,
-        &mut StepCallback<'_>,
-    ) -> candle_core::Result<Tensor>,
+    sampler: StochasticSampler,
     model: &mut DiscreteModel<'_>,
     timesteps: &[usize],
 ) -> Tensor {
