@@ -157,6 +157,21 @@ impl Setup {
         schedule
     }
 
+    /// Runs `run` on the guided tiny model read as each prediction type the references cover.
+    fn for_each_prediction(&self, mut run: impl FnMut(&str, &mut DiscreteModel<'_>)) {
+        for prediction in ["eps", "v"] {
+            let step = Cell::new(0);
+            let mut guided = self.model.guided(&self.conditioning, CFG, &step);
+            let mut model = DiscreteModel {
+                model: &mut guided,
+                schedule: &self.schedule,
+                prediction: prediction_of(prediction),
+                clip_sample: None,
+            };
+            run(prediction, &mut model);
+        }
+    }
+
     fn check(&self, case: &str, latents: &Tensor, errors: &mut Vec<(String, f32, f32)>) {
         let expected = &self.reference[&format!("{case}.latents")];
         errors.push((
@@ -261,15 +276,7 @@ fn discrete_samplers_match_diffusers() {
     let setup = Setup::new();
     let config = &setup.config;
     let mut errors = Vec::new();
-    for prediction in ["eps", "v"] {
-        let step = Cell::new(0);
-        let mut guided = setup.model.guided(&setup.conditioning, CFG, &step);
-        let mut model = DiscreteModel {
-            model: &mut guided,
-            schedule: &setup.schedule,
-            prediction: prediction_of(prediction),
-            clip_sample: None,
-        };
+    setup.for_each_prediction(|prediction, model| {
         let reference_timesteps = |case: &str| -> Vec<f32> {
             f32s(&setup.reference[&format!("{prediction}.{case}.timesteps")])
         };
@@ -291,7 +298,7 @@ fn discrete_samplers_match_diffusers() {
                 ..Noise::new(&mut source)
             };
             let latents = sample_ddim(
-                &mut model,
+                model,
                 &timesteps,
                 STEPS,
                 noise,
@@ -306,19 +313,19 @@ fn discrete_samplers_match_diffusers() {
         }
 
         let (_, noise) = seeded_noise(SEED);
-        let latents = sample_plms(&mut model, &timesteps, STEPS, noise, &mut no_progress());
+        let latents = sample_plms(model, &timesteps, STEPS, noise, &mut no_progress());
         setup.check(
             &format!("{prediction}.plms.normal"),
             &latents.unwrap(),
             &mut errors,
         );
 
-        let latents = run_seeded(sample_ddpm, &mut model, &timesteps);
+        let latents = run_seeded(sample_ddpm, model, &timesteps);
         setup.check(&format!("{prediction}.ddpm.normal"), &latents, &mut errors);
 
         let lcm_timesteps = lcm_timesteps(config, STEPS).unwrap();
         assert_eq!(as_f32(&lcm_timesteps), reference_timesteps("lcm.normal"));
-        let latents = run_seeded(sample_lcm, &mut model, &lcm_timesteps);
+        let latents = run_seeded(sample_lcm, model, &lcm_timesteps);
         setup.check(&format!("{prediction}.lcm.normal"), &latents, &mut errors);
 
         for kind in [ScheduleKind::Normal, ScheduleKind::Karras] {
@@ -332,7 +339,7 @@ fn discrete_samplers_match_diffusers() {
             assert_close(&case, &schedule.sigmas, &reference_sigmas, 1e-6);
             let (_, noise) = seeded_noise(SEED);
             let options = UniPcOptions::default();
-            let latents = sample_unipc(&mut model, &schedule, &options, noise, &mut no_progress());
+            let latents = sample_unipc(model, &schedule, &options, noise, &mut no_progress());
             setup.check(&case, &latents.unwrap(), &mut errors);
         }
 
@@ -346,7 +353,7 @@ fn discrete_samplers_match_diffusers() {
         let case = format!("{prediction}.ddim_clip.normal");
         let mut source = GeneratorNoise::new(TorchGenerator::seeded(0));
         let latents = sample_ddim(
-            &mut model,
+            model,
             &timesteps,
             STEPS,
             noise,
@@ -367,13 +374,13 @@ fn discrete_samplers_match_diffusers() {
         };
         errors.push((case, max_abs_diff(&latents, expected), limit));
         // DDPM and LCM clip the same x₀ estimate.
-        let latents = run_seeded(sample_ddpm, &mut model, &timesteps);
+        let latents = run_seeded(sample_ddpm, model, &timesteps);
         setup.check(
             &format!("{prediction}.ddpm_clip.normal"),
             &latents,
             &mut errors,
         );
-        let latents = run_seeded(sample_lcm, &mut model, &lcm_timesteps);
+        let latents = run_seeded(sample_lcm, model, &lcm_timesteps);
         setup.check(
             &format!("{prediction}.lcm_clip.normal"),
             &latents,
@@ -390,13 +397,13 @@ fn discrete_samplers_match_diffusers() {
             as_f32(&timesteps_30),
             reference_timesteps("lcm_original30.normal")
         );
-        let latents = run_seeded(sample_lcm, &mut model, &timesteps_30);
+        let latents = run_seeded(sample_lcm, model, &timesteps_30);
         setup.check(
             &format!("{prediction}.lcm_original30.normal"),
             &latents,
             &mut errors,
         );
-    }
+    });
     assert_all_within(&errors);
 }
 
@@ -426,21 +433,13 @@ fn unipc_orders_and_variants_match_diffusers() {
         ("unipc_noise.normal", options(2, UniPcVariant::Bh2, false)),
     ];
     let mut errors = Vec::new();
-    for prediction in ["eps", "v"] {
-        let step = Cell::new(0);
-        let mut guided = setup.model.guided(&setup.conditioning, CFG, &step);
-        let mut model = DiscreteModel {
-            model: &mut guided,
-            schedule: &setup.schedule,
-            prediction: prediction_of(prediction),
-            clip_sample: None,
-        };
+    setup.for_each_prediction(|prediction, model| {
         for (name, options) in cases {
             let case = format!("{prediction}.{name}");
             let (_, noise) = seeded_noise(SEED);
             let mut before_last = None;
             let mut last_estimate = None;
-            let latents = sample_unipc(&mut model, &schedule, &options, noise, &mut |info| {
+            let latents = sample_unipc(model, &schedule, &options, noise, &mut |info| {
                 if info.step == STEPS - 2 {
                     before_last = Some(info.latents.clone());
                 }
@@ -466,7 +465,7 @@ fn unipc_orders_and_variants_match_diffusers() {
                 setup.check(&case, &latents, &mut errors);
             }
         }
-    }
+    });
     assert_all_within(&errors);
 }
 
