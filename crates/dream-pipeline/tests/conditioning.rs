@@ -20,7 +20,7 @@ use dream_pipeline::conditioning::{
     ConditioningOptions, Emphasis, PromptConditioning, TextualInversions,
 };
 use dream_pipeline::{DreamError, StableDiffusion};
-use dream_test_support::{fixture, max_abs_diff, tiny_model};
+use dream_test_support::{copy_dir, fixture, max_abs_diff, tiny_copy, tiny_model};
 use serde_json::Value;
 
 /// A reference row `[L, D]` as `[1, len, D]`: lengthened by repeating its last vector (A1111's
@@ -374,21 +374,8 @@ fn textual_inversion_vectors_stand_in_for_their_names() {
 
 /// A copy of the tiny model whose tokenizer pads with `!` as SD 2.x's does.
 fn tiny_with_sd2_padding() -> PathBuf {
-    fn copy(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-    let folder = std::env::temp_dir().join(format!("dream-sd2-padding-{}", std::process::id()));
-    copy(&fixture("tiny"), &folder);
-    copy(&fixture("prompt/sd2_tokenizer"), &folder.join("tokenizer"));
+    let folder = tiny_copy("sd2-padding");
+    copy_dir(&fixture("prompt/sd2_tokenizer"), &folder.join("tokenizer"));
     folder
 }
 

@@ -2,8 +2,7 @@
 //! (fixtures/inpaint, made by tools/parity/inpaint_fixtures.py), and ordinary-model inpainting,
 //! masks and image files by their properties.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use dream_pipeline::image::{RgbImage, RgbaImage};
 use dream_pipeline::inpaint::{fill, paste};
@@ -11,40 +10,20 @@ use dream_pipeline::{
     DreamError, InitImage, Inpaint, Mask, MaskedContent, Sampler, ScheduleKind, StableDiffusion,
     Txt2Img,
 };
-use dream_test_support::{euler_request, fixture, load_fixture, max_abs_diff, tiny_model};
+use dream_test_support::{
+    copy_dir, euler_request, fixture, load_fixture, max_abs_diff, temp_dir, tiny_copy, tiny_model,
+};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
-
-fn temp_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("dream-inpaint-{name}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// fixtures/tiny with the 9-channel UNet of fixtures/inpaint (the script checks that the
 /// inpainting model's text encoder and VAE are the tiny model's).
 fn inpainting_model() -> StableDiffusion {
-    let dir = temp_dir("model");
-    copy_dir(&fixture("tiny"), &dir);
+    let dir = tiny_copy("inpaint-model");
     copy_dir(&fixture("inpaint/unet"), &dir.join("unet"));
     let model = StableDiffusion::load(&dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     model
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn init_image() -> RgbImage {
@@ -316,7 +295,7 @@ fn write_png(path: &Path, width: u32, height: u32, color: png::ColorType, data: 
 /// its black pixels; `--invert_mask` swaps them; the init image's transparency is a mask too.
 #[test]
 fn mask_files_read_as_invokeai_reads_them() {
-    let dir = temp_dir("masks");
+    let dir = temp_dir("inpaint-masks");
     let grey: Vec<u8> = vec![0, 255, 128, 0];
     write_png(&dir.join("l.png"), 2, 2, png::ColorType::Grayscale, &grey);
     let mask = Mask::open(&dir.join("l.png")).unwrap();
@@ -362,7 +341,7 @@ fn mask_files_read_as_invokeai_reads_them() {
 
 #[test]
 fn images_of_every_format_are_read_with_their_alpha() {
-    let dir = temp_dir("formats");
+    let dir = temp_dir("inpaint-formats");
     let init = init_image();
     let rgba: Vec<u8> = init
         .pixels

@@ -21,7 +21,7 @@ use dream_pipeline::sampling::{
     StepInfo, StrengthRule,
 };
 use dream_pipeline::{DreamError, InitImage, StableDiffusion, Txt2Img};
-use dream_test_support::{fixture, load_fixture, max_abs_diff, tiny_model};
+use dream_test_support::{fixture, load_fixture, max_abs_diff, tiny_copy, tiny_model};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const NEGATIVE: &str = "blurry";
@@ -738,20 +738,7 @@ fn sampler_options_are_recorded_as_a1111_and_invokeai_do() {
 
 /// A copy of the tiny model whose scheduler_config.json has `extra` keys added.
 fn tiny_with_scheduler_keys(name: &str, extra: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dream-{name}-{}", std::process::id()));
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    };
-    for part in ["", "scheduler", "text_encoder", "tokenizer", "unet", "vae"] {
-        copy(&fixture("tiny").join(part), &dir.join(part));
-    }
+    let dir = tiny_copy(name);
     let config_path = dir.join("scheduler/scheduler_config.json");
     let config = std::fs::read_to_string(&config_path).unwrap();
     let config = config.trim_end().trim_end_matches('}').to_string() + "," + extra + "}";

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use dream_pipeline::{Sampler, StableDiffusion, Txt2Img};
@@ -17,6 +18,38 @@ pub fn fixture(name: &str) -> PathBuf {
 /// The tiny random SD 1.x model of `fixtures/tiny`.
 pub fn tiny_model() -> StableDiffusion {
     StableDiffusion::load(fixture("tiny")).unwrap_or_else(|e| panic!("fixture tiny: {e}"))
+}
+
+/// A copy of `fixtures/tiny` in a fresh [`temp_dir`], for tests that change a part of it (the
+/// test removes it).
+pub fn tiny_copy(name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    copy_dir(&fixture("tiny"), &dir);
+    dir
+}
+
+/// A fresh folder in the system's temporary folder, named after `name`, this process and a
+/// counter, so that tests running at once never share one.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dream-{name}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// Copies the folder `from` into `to` (made if missing), over any files of the same names.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 /// A render the tiny model does in a moment: `steps` Euler steps at `size` (width, height).
