@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use super::math::{exp_accumulate, max_in_place};
+use super::SharedMut;
 
 /// Sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ pub fn attention(q: View, k: View, v: View, g: &AttentionGeometry, scale: f32, o
 
     let blocks_per_head = g.q_len.div_ceil(QUERY_BLOCK);
     let out_row = g.heads * g.v_dim;
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     (0..g.batch * g.heads * blocks_per_head)
         .into_par_iter()
         .for_each_init(Scratch::default, |scratch, task| {
@@ -171,20 +172,6 @@ fn softmax_columns(scores: &mut [f32], rows: usize, max: &mut Vec<f32>, sum: &mu
         exp_accumulate(key, max, sum);
     }
 }
-
-/// The output pointer, shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-impl OutPtr {
-    /// A method, so that closures capture the `Sync` wrapper rather than the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: tasks write disjoint parts of the output (see `attention`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 #[cfg(test)]
 mod tests {

@@ -415,6 +415,21 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     from_vec(out, &dims)
 }
 
+/// A pointer shared by parallel tasks that write disjoint elements of one buffer.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+
+impl SharedMut {
+    /// A method, so that closures capture the `Sync` wrapper rather than the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: every user writes disjoint elements (see each use).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
 #[cfg(test)]
 mod tests {
     //! The tensor-level entry points against candle's own operations, including the starting

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
 use super::math::dispatch;
+use super::SharedMut;
 
 /// Positions in a transformed 4×4 tile.
 const POSITIONS: usize = 16;
@@ -386,21 +387,6 @@ dispatch! {
         bottom: &mut [f32]
     ) = output_tile_row_impl
 }
-
-/// A pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-
-impl SharedMut {
-    /// A method, so that closures capture the `Sync` wrapper rather than the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: users write disjoint elements (see each use).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 #[cfg(test)]
 mod tests {
