@@ -34,13 +34,11 @@ beta.ppf for the inverse regularized incomplete beta function.
 
 Float32 values are written as the float64 numbers they equal.
 """
-import importlib
 import importlib.metadata
 import json
 import math
 import os
 import sys
-import types
 
 import diffusers
 import numpy
@@ -49,20 +47,8 @@ import scipy.stats
 import torch
 from diffusers import EulerDiscreteScheduler
 
-
-def import_k_diffusion():
-    """k_diffusion/__init__.py imports its training code (scikit-image, CLIP, ...); the
-    schedules need only sampling.py and external.py, whose one use of k_diffusion.utils is
-    append_dims. Load those two modules under a bare package."""
-    spec = importlib.util.find_spec("k_diffusion")
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = list(spec.submodule_search_locations)
-    utils = types.ModuleType("k_diffusion.utils")
-    utils.append_dims = lambda x, ndim: x[(...,) + (None,) * (ndim - x.ndim)]
-    sys.modules["k_diffusion"] = package
-    sys.modules["k_diffusion.utils"] = utils
-    package.utils = utils
-    return importlib.import_module("k_diffusion.sampling"), importlib.import_module("k_diffusion.external")
+# The one loader of k-diffusion's sampling modules without its training dependencies.
+from sampler_fixtures import import_k_diffusion
 
 
 k_sampling, k_external = import_k_diffusion()
