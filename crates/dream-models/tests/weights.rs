@@ -68,15 +68,7 @@ fn assert_same_weights(want: &Weights, got: &Weights, what: &str) -> f32 {
         let b = got_vb
             .get(shape.as_slice(), name)
             .unwrap_or_else(|e| panic!("{what}: {name}: {e}"));
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        max = max.max(diff.to_scalar::<f32>().unwrap());
+        max = max.max(max_abs_diff(&a, &b));
     }
     max
 }
