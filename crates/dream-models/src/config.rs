@@ -61,11 +61,19 @@ pub struct UNetConfig {
     /// `null` means no mid block, which no SD 1.x/2.x model has.
     #[serde(default = "cross_attn_mid_block")]
     pub mid_block_type: Option<String>,
-    // The conditioning extensions of later models (SDXL's micro-conditioning, class-conditional
-    // and LCM-distilled UNets). They are read only so that the UNet can refuse them by name
-    // instead of silently ignoring weights it does not use.
+    /// `"text_time"` in SDXL: the pooled text embedding and the size/crop micro-conditioning
+    /// are added to the timestep embedding.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Width of the sinusoidal embedding of each SDXL micro-conditioning number.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// Input width of SDXL's `add_embedding`: pooled text width + numbers × their embedding width.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    // The conditioning extensions of class-conditional and LCM-distilled UNets. They are read
+    // only so that the UNet can refuse them by name instead of silently ignoring weights it
+    // does not use.
     #[serde(default)]
     pub class_embed_type: Option<String>,
     #[serde(default)]

@@ -1,7 +1,8 @@
-//! The denoising network of SD 1.x/2.x: diffusers' `UNet2DConditionModel` (Rombach et al. 2022),
-//! built from its `config.json`. A U-shaped stack of resnet blocks, with spatial transformers
-//! attending to the text embedding at the resolutions the config names, conditioned on the
-//! timestep through every resnet.
+//! The denoising network of SD 1.x/2.x and SDXL: diffusers' `UNet2DConditionModel` (Rombach et
+//! al. 2022; Podell et al. 2023 for SDXL), built from its `config.json`. A U-shaped stack of
+//! resnet blocks, with spatial transformers attending to the text embedding at the resolutions
+//! the config names, conditioned on the timestep through every resnet. SDXL adds its pooled text
+//! embedding and its size and crop numbers to the timestep embedding ("micro-conditioning").
 
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -202,11 +203,54 @@ impl MidBlock {
     }
 }
 
-/// The conditional UNet of Stable Diffusion 1.x and 2.x, predicting the noise (or v) in a latent.
+/// SDXL's extra conditioning, per batch item: the pooled text embedding and the
+/// micro-conditioning numbers (base: original height, width, crop top, left, target height,
+/// width; refiner: original size, crop, aesthetic score).
+#[derive(Debug, Clone, Copy)]
+pub struct AddedConditions<'a> {
+    /// `[B, pooled width]`.
+    pub text_embeds: &'a Tensor,
+    /// `[B, numbers]`.
+    pub time_ids: &'a Tensor,
+}
+
+/// `addition_embed_type: "text_time"`: every micro-conditioning number gets the timestep's
+/// sinusoidal embedding, and those are joined to the pooled text embedding and lifted by an MLP
+/// to the timestep embedding's width.
+#[derive(Debug, Clone)]
+struct TextTimeEmbedding {
+    number_channels: usize,
+    add_embedding: TimestepEmbedding,
+}
+
+impl TextTimeEmbedding {
+    fn forward(
+        &self,
+        added: &AddedConditions,
+        flip_sin_to_cos: bool,
+        freq_shift: f64,
+    ) -> Result<Tensor> {
+        let (batch, numbers) = added.time_ids.dims2()?;
+        let time_embeds = timestep_embedding(
+            &added.time_ids.flatten_all()?,
+            self.number_channels,
+            flip_sin_to_cos,
+            freq_shift,
+        )?
+        .reshape((batch, numbers * self.number_channels))?;
+        let dtype = added.text_embeds.dtype();
+        let joined = Tensor::cat(&[added.text_embeds, &time_embeds.to_dtype(dtype)?], 1)?;
+        self.add_embedding.forward(&joined)
+    }
+}
+
+/// The conditional UNet of Stable Diffusion 1.x, 2.x and SDXL, predicting the noise (or v) in a
+/// latent.
 #[derive(Debug, Clone)]
 pub struct UNet2DConditionModel {
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
+    text_time_embedding: Option<TextTimeEmbedding>,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
     up_blocks: Vec<UpBlock>,
@@ -220,15 +264,20 @@ pub struct UNet2DConditionModel {
 /// Rejects the config features of later UNets that this implementation does not have, so a
 /// checkpoint that needs them fails loudly instead of producing noise.
 fn check_supported(cfg: &UNetConfig) -> Result<()> {
+    match cfg.addition_embed_type.as_deref() {
+        None | Some("text_time") => {}
+        Some(other) => bail!("UNet addition_embed_type {other:?} is not supported yet"),
+    }
     let unsupported = [
-        ("addition_embed_type", cfg.addition_embed_type.is_some()),
         ("class_embed_type", cfg.class_embed_type.is_some()),
         ("num_class_embeds", cfg.num_class_embeds.is_some()),
         ("encoder_hid_dim_type", cfg.encoder_hid_dim_type.is_some()),
         ("time_cond_proj_dim", cfg.time_cond_proj_dim.is_some()),
     ];
     if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-        bail!("UNet config field {field:?} (SDXL/class-conditional/LCM extensions) is not supported yet");
+        bail!(
+            "UNet config field {field:?} (class-conditional/LCM extensions) is not supported yet"
+        );
     }
     match cfg.mid_block_type.as_deref() {
         Some("UNetMidBlock2DCrossAttn") => {}
@@ -382,6 +431,26 @@ impl UNet2DConditionModel {
             prev_channels = out_channels;
         }
 
+        let text_time_embedding = match cfg.addition_embed_type {
+            Some(_) => {
+                let (Some(number_channels), Some(input_channels)) = (
+                    cfg.addition_time_embed_dim,
+                    cfg.projection_class_embeddings_input_dim,
+                ) else {
+                    bail!("UNet config with addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim");
+                };
+                Some(TextTimeEmbedding {
+                    number_channels,
+                    add_embedding: TimestepEmbedding::new(
+                        vb.pp("add_embedding"),
+                        input_channels,
+                        time_embed_dim,
+                    )?,
+                })
+            }
+            None => None,
+        };
+
         Ok(Self {
             conv_in: conv2d(cfg.in_channels, channels[0], 3, same, vb.pp("conv_in"))?,
             time_embedding: TimestepEmbedding::new(
@@ -389,6 +458,7 @@ impl UNet2DConditionModel {
                 channels[0],
                 time_embed_dim,
             )?,
+            text_time_embedding,
             down_blocks,
             mid_block,
             up_blocks,
@@ -407,12 +477,29 @@ impl UNet2DConditionModel {
 
     /// Predicts the model output for the noisy latents `sample` `[B, in_channels, h, w]` at
     /// `timestep` (may be fractional), conditioned on `encoder_hidden_states`
-    /// `[B, tokens, cross_attention_dim]`.
+    /// `[B, tokens, cross_attention_dim]`. SDXL UNets need [`Self::forward_with_added`].
     pub fn forward(
         &self,
         sample: &Tensor,
         timestep: f64,
         encoder_hidden_states: &Tensor,
+    ) -> Result<Tensor> {
+        self.forward_with_added(sample, timestep, encoder_hidden_states, None)
+    }
+
+    /// Whether [`Self::forward_with_added`] needs SDXL's [`AddedConditions`].
+    pub fn needs_added_conditions(&self) -> bool {
+        self.text_time_embedding.is_some()
+    }
+
+    /// [`Self::forward`] with SDXL's extra conditioning, which a UNet with
+    /// [`Self::needs_added_conditions`] requires and any other refuses.
+    pub fn forward_with_added(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        encoder_hidden_states: &Tensor,
+        added: Option<&AddedConditions>,
     ) -> Result<Tensor> {
         let (batch, _, _, _) = sample.dims4()?;
         let timesteps = Tensor::full(timestep as f32, batch, sample.device())?;
@@ -422,9 +509,22 @@ impl UNet2DConditionModel {
             self.flip_sin_to_cos,
             self.freq_shift,
         )?;
-        let temb = self
+        let mut temb = self
             .time_embedding
             .forward(&t_emb.to_dtype(sample.dtype())?)?;
+        match (&self.text_time_embedding, added) {
+            (Some(embedding), Some(added)) => {
+                let aug = embedding.forward(added, self.flip_sin_to_cos, self.freq_shift)?;
+                temb = (temb + aug)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                bail!("this SDXL UNet needs the pooled text embedding and size conditioning")
+            }
+            (None, Some(_)) => bail!(
+                "this UNet takes no pooled text embedding or size conditioning (not an SDXL model)"
+            ),
+        }
         let context = encoder_hidden_states;
 
         let mut xs = self.conv_in.forward(sample)?;
@@ -444,10 +544,7 @@ impl UNet2DConditionModel {
     pub fn set_padding_mode(&self, mode: PaddingMode) {
         self.conv_in.set_padding_mode(mode);
         self.conv_out.set_padding_mode(mode);
-        let down_layers = self
-            .down_blocks
-            .iter()
-            .flat_map(|b| b.layers.iter());
+        let down_layers = self.down_blocks.iter().flat_map(|b| b.layers.iter());
         let up_layers = self.up_blocks.iter().flat_map(|b| b.layers.iter());
         for layer in down_layers.chain(up_layers) {
             layer.resnet.set_padding_mode(mode);

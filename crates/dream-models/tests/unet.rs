@@ -82,8 +82,8 @@ fn sd2_style_unet_matches_diffusers() -> Result<()> {
 fn unsupported_configs_are_refused() -> Result<()> {
     let config = std::fs::read_to_string(format!("{FIXTURES}/tiny/unet/config.json"))?;
     let tiny: UNetConfig = serde_json::from_str(&config).map_err(candle_core::Error::wrap)?;
-    let sdxl = UNetConfig {
-        addition_embed_type: Some("text_time".into()),
+    let image_embeds = UNetConfig {
+        addition_embed_type: Some("image".into()),
         ..tiny.clone()
     };
     let mut up_block = tiny.clone();
@@ -93,7 +93,7 @@ fn unsupported_configs_are_refused() -> Result<()> {
         ..tiny.clone()
     };
     for (config, expected) in [
-        (sdxl, "addition_embed_type"),
+        (image_embeds, "addition_embed_type"),
         (up_block, "AttnUpBlock2D"),
         (no_mid, "mid block"),
     ] {
