@@ -468,14 +468,16 @@ pub fn vae_legacy_to_diffusers(key: &str) -> String {
     key.to_owned()
 }
 
-/// The transformers name of an SD 1.x text-encoder tensor (after `cond_stage_model.transformer.`),
-/// or `None` for the `position_ids` buffer, which is not a weight (transformers recomputes it
-/// and does not save it). Checkpoints made with transformers < 4.x lack the `text_model.` level.
+/// The transformers name of a CLIP text-encoder tensor (after `cond_stage_model.transformer.` in
+/// an SD 1.x file), or `None` for the `position_ids` buffer, which is not a weight (transformers
+/// recomputes it and does not save it). Checkpoints made with transformers < 4.x, and
+/// transformers ≥ 5.6's `CLIPTextModel`, lack the `text_model.` level;
+/// `CLIPTextModelWithProjection`'s `text_projection` sits beside it.
 pub fn clip_to_diffusers(key: &str) -> Option<String> {
     if key.ends_with("embeddings.position_ids") {
         return None;
     }
-    Some(if key.starts_with("text_model.") {
+    Some(if key.starts_with("text_model.") || key.starts_with("text_projection.") {
         key.to_owned()
     } else {
         format!("text_model.{key}")

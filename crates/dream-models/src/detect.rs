@@ -37,6 +37,9 @@ pub enum SdVersion {
     V1,
     /// OpenCLIP ViT-H/14 conditioning, 1024 wide.
     V2,
+    /// SDXL: CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 side by side (2048 wide), plus the pooled
+    /// text embedding and size/crop numbers added to the timestep embedding (`text_time`).
+    Xl,
 }
 
 /// What the UNet was trained to predict.
@@ -48,10 +51,13 @@ pub enum Prediction {
     VPrediction,
 }
 
-/// The version follows the conditioning width; inpainting the UNet's 9 input channels.
+/// SDXL is the UNet with `text_time` added conditioning; otherwise the version follows the
+/// conditioning width. Inpainting follows the UNet's 9 input channels.
 pub fn model_kind(unet: &UNetConfig, prediction: Prediction) -> ModelKind {
     ModelKind {
-        version: if unet.cross_attention_dim == 1024 {
+        version: if unet.addition_embed_type.as_deref() == Some("text_time") {
+            SdVersion::Xl
+        } else if unet.cross_attention_dim == 1024 {
             SdVersion::V2
         } else {
             SdVersion::V1

@@ -785,14 +785,21 @@ pub struct Component<C> {
     pub weights: Weights,
 }
 
-/// The three networks of a Stable Diffusion 1.x/2.x model. Each network's VarBuilder is made
-/// with the dtype it should run in (`component.weights.var_builder(dtype, &device)`); a VAE is
-/// often kept in f32 when the UNet runs in f16.
+/// The networks of a Stable Diffusion model: UNet, VAE and text encoder, and for SDXL a second
+/// text encoder. Each network's VarBuilder is made with the dtype it should run in
+/// (`component.weights.var_builder(dtype, &device)`); a VAE is often kept in f32 when the UNet
+/// runs in f16.
 #[derive(Debug, Clone)]
 pub struct SdComponents {
     pub unet: Component<UNetConfig>,
     pub vae: Component<VaeConfig>,
+    /// CLIP ViT-L/14 (SD 1.x, SDXL) or OpenCLIP ViT-H/14 (SD 2.x), as transformers'
+    /// `CLIPTextModel` (`text_model.*`).
     pub text_encoder: Component<ClipTextConfig>,
+    /// SDXL's OpenCLIP ViT-bigG/14, as transformers' `CLIPTextModelWithProjection`:
+    /// `text_model.*` plus `text_projection.weight` ([projection_dim, hidden_size], no bias),
+    /// which projects its pooled output. `None` for SD 1.x/2.x.
+    pub text_encoder_2: Option<Component<ClipTextConfig>>,
     pub kind: ModelKind,
 }
 
@@ -853,22 +860,33 @@ pub fn load_single_file(
             config: text_config,
             weights: text_encoder,
         },
+        text_encoder_2: None,
     })
 }
 
-/// Loads a diffusers model folder: `unet/`, `vae/` and `text_encoder/`, each with its
-/// `config.json` and weights (see [`component_files`]), and `scheduler/scheduler_config.json`
-/// for the prediction type.
+/// Loads a diffusers model folder: `unet/`, `vae/`, `text_encoder/` and, for SDXL,
+/// `text_encoder_2/`, each with its `config.json` and weights (see [`component_files`]), and
+/// `scheduler/scheduler_config.json` for the prediction type.
 pub fn load_diffusers_folder(dir: &Path) -> Result<SdComponents, WeightsError> {
+    let index = ModelIndex::read(dir)?;
+    if index.names("text_encoder_2") && !index.names("text_encoder") {
+        return Err(WeightsError::Unsupported {
+            path: dir.to_path_buf(),
+            problem: "a model with only a second text encoder (the SDXL refiner) is not \
+                      supported yet"
+                .into(),
+        });
+    }
     let unet_dir = dir.join("unet");
-    let text_dir = dir.join("text_encoder");
     let unet_config: UNetConfig = read_config(&unet_dir.join("config.json"))?;
     let unet = folder_weights(&unet_dir, "diffusion_pytorch_model", |name| {
         Some(name.to_owned())
     })?;
-    // transformers ≥ 5.6 saves CLIPTextModel without the `text_model.` level that hub files
-    // have; the names served are the hub's either way. The `position_ids` buffer is not a weight.
-    let text_encoder = folder_weights(&text_dir, "model", keymap::clip_to_diffusers)?;
+    let text_encoder_2 = if index.names("text_encoder_2") {
+        Some(text_encoder_folder(&dir.join("text_encoder_2"))?)
+    } else {
+        None
+    };
     Ok(SdComponents {
         kind: detect::model_kind(&unet_config, read_prediction(dir)?),
         unet: Component {
@@ -876,10 +894,51 @@ pub fn load_diffusers_folder(dir: &Path) -> Result<SdComponents, WeightsError> {
             weights: unet,
         },
         vae: vae_folder(&dir.join("vae"))?,
-        text_encoder: Component {
-            config: read_config(&text_dir.join("config.json"))?,
-            weights: text_encoder,
-        },
+        text_encoder: text_encoder_folder(&dir.join("text_encoder"))?,
+        text_encoder_2,
+    })
+}
+
+/// A diffusers folder's `model_index.json`: which components the pipeline has.
+struct ModelIndex {
+    dir: PathBuf,
+    entries: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+impl ModelIndex {
+    fn read(dir: &Path) -> Result<ModelIndex, WeightsError> {
+        let path = dir.join("model_index.json");
+        let entries = if path.is_file() {
+            Some(read_config(&path)?)
+        } else {
+            None
+        };
+        Ok(ModelIndex {
+            dir: dir.to_path_buf(),
+            entries,
+        })
+    }
+
+    /// Whether the pipeline has `component`: the index names its class (`[library, class]`,
+    /// `[null, null]` for an absent one), or, in a folder without an index, its folder exists.
+    fn names(&self, component: &str) -> bool {
+        match &self.entries {
+            Some(index) => index
+                .get(component)
+                .and_then(|entry| entry.get(1))
+                .is_some_and(|class| !class.is_null()),
+            None => self.dir.join(component).is_dir(),
+        }
+    }
+}
+
+/// A transformers text-encoder folder (`CLIPTextModel` or `CLIPTextModelWithProjection`). Since
+/// transformers 5.6, `CLIPTextModel` is saved without the `text_model.` level that hub files
+/// have; the names served are the hub's either way. The `position_ids` buffer is not a weight.
+fn text_encoder_folder(dir: &Path) -> Result<Component<ClipTextConfig>, WeightsError> {
+    Ok(Component {
+        config: read_config(&dir.join("config.json"))?,
+        weights: folder_weights(dir, "model", keymap::clip_to_diffusers)?,
     })
 }
 
