@@ -26,6 +26,9 @@ rm -rf $FX/tiny
 "$PY" "$TOOLS/round_model.py" --src "$WORK/tiny_fp32" --out-fp32 "$WORK/tiny" --out-fp16 $FX/tiny \
     --single-file $FX/tiny.safetensors --ckpt $FX/tiny.ckpt
 
+# 2b. Tiny SDXL pipeline (two text encoders, text_time UNet), fp16 weights rounded as tiny/'s.
+"$PY" "$TOOLS/make_tiny_sdxl.py" $FX/tiny-sdxl --tokenizer $FX/tiny/tokenizer >"$WORK/make_tiny_sdxl.log"
+
 # 3. Malicious pickles for the pickle guard (never loaded).
 "$PY" "$TOOLS/make_hostile.py" $FX
 
