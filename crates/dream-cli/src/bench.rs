@@ -1,19 +1,24 @@
-//! `dream bench`: times Stable Diffusion 1.5's networks on random weights (no model files).
+//! `dream bench`: times Stable Diffusion 1.5's or SDXL's networks on random weights (no model
+//! files).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use dream_models::bench::{self, BenchOptions, Timing};
+use clap::{Parser, ValueEnum};
+use dream_models::bench::{self, BenchModel, BenchOptions, Timing};
 
-/// Times SD 1.5's text encoder, UNet (batch 1 and 2) and VAE decoder and encoder, built with
-/// seeded random weights, and prints median times and peak memory.
+/// Times SD 1.5's or SDXL's text encoders, UNet (batch 1 and 2) and VAE decoder and encoder,
+/// built with seeded random weights, and prints median times and peak memory.
 #[derive(Parser, Debug)]
 #[command(name = "dream bench")]
 struct BenchArgs {
-    /// Image sizes in pixels, comma-separated (e.g. 256,512,768).
-    #[arg(long, value_delimiter = ',', default_value = "512")]
+    /// The architecture: Stable Diffusion 1.5 or SDXL base 1.0.
+    #[arg(long, value_enum, default_value_t = Model::Sd15)]
+    model: Model,
+    /// Image sizes in pixels, comma-separated (e.g. 256,512,768); the model's native size (512
+    /// for SD 1.5, 1024 for SDXL) when absent.
+    #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
     /// Timed runs per measurement, after one warm-up run.
     #[arg(long, default_value_t = 3)]
@@ -21,9 +26,25 @@ struct BenchArgs {
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Also write the timings as JSON to this file (read by tools/bench/compare.py).
+    /// Also write the timings and the networks' configs as JSON to this file (read by
+    /// tools/bench/compare.py).
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Model {
+    Sd15,
+    Sdxl,
+}
+
+impl Model {
+    fn bench_model(self) -> BenchModel {
+        match self {
+            Model::Sd15 => BenchModel::Sd15,
+            Model::Sdxl => BenchModel::Sdxl,
+        }
+    }
 }
 
 pub fn bench(args: &[String]) -> Result<()> {
@@ -35,13 +56,20 @@ pub fn bench(args: &[String]) -> Result<()> {
         anyhow::bail!("--sizes: {size} is not a positive multiple of 8");
     }
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let model = args.model.bench_model();
     let options = BenchOptions {
-        sizes: args.sizes,
+        model,
+        sizes: if args.sizes.is_empty() {
+            vec![model.native_size()]
+        } else {
+            args.sizes
+        },
         iters: args.iters,
         seed: args.seed,
     };
     println!(
-        "SD 1.5 on random weights, f32, {} threads, {} timed runs after a warm-up",
+        "{} on random weights, f32, {} threads, {} timed runs after a warm-up",
+        model.title(),
         rayon_threads(),
         options.iters
     );
@@ -60,7 +88,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         );
     })?;
     if let Some(path) = &args.json {
-        std::fs::write(path, to_json(&timings))
+        std::fs::write(path, to_json(model, &timings))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
@@ -76,7 +104,7 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
-fn to_json(timings: &[Timing]) -> String {
+fn to_json(model: BenchModel, timings: &[Timing]) -> String {
     let rows: Vec<String> = timings
         .iter()
         .map(|t| {
@@ -94,8 +122,18 @@ fn to_json(timings: &[Timing]) -> String {
         })
         .collect();
     let peak = bench::peak_rss().map_or("null".into(), |b| b.to_string());
+    let configs = model.configs();
+    let networks: Vec<String> = configs
+        .text_encoders
+        .iter()
+        .copied()
+        .chain([("unet", configs.unet), ("vae", configs.vae)])
+        .map(|(name, config)| format!("\"{name}\": {config}"))
+        .collect();
     format!(
-        "{{\"timings\": [\n  {}\n], \"peak_rss_bytes\": {peak}}}\n",
-        rows.join(",\n  ")
+        "{{\"model\": \"{}\", \"timings\": [\n  {}\n], \"peak_rss_bytes\": {peak},\n\"configs\": {{{}}}}}\n",
+        model.name(),
+        rows.join(",\n  "),
+        networks.join(",\n")
     )
 }

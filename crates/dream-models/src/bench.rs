@@ -1,7 +1,8 @@
-//! The `dream bench` benchmark: Stable Diffusion 1.5's full-size networks with seeded random
-//! weights built in-process (no weight files, no Python), timed on the shapes of one
-//! generation. `tools/bench/compare.py` runs it next to diffusers' figures for the same shapes
-//! (`../shared/parity/bench_unet.py`).
+//! The `dream bench` benchmark: Stable Diffusion 1.5's or SDXL base's full-size networks with
+//! seeded random weights built in-process (no weight files, no Python), timed on the shapes of
+//! one generation. `tools/bench/compare.py` runs it next to diffusers' figures for the same
+//! shapes (`../shared/parity/bench_unet.py` for SD 1.5, `tools/bench/diffusers_sdxl.py` for
+//! SDXL, which builds diffusers' networks from the configs `--json` writes).
 //!
 //! Random weights follow PyTorch's default initialisation (uniform in ±1/√fan_in, norms at
 //! scale 1 and shift 0), so activations keep the magnitudes, and the kernels the speed, that
@@ -17,24 +18,138 @@ use rayon::prelude::*;
 use crate::clip::ClipTextTransformer;
 use crate::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use crate::taesd::{TinyDecoder, TinyDecoderConfig};
-use crate::unet::UNet2DConditionModel;
+use crate::unet::{AddedConditions, UNet2DConditionModel};
 use crate::vae::AutoencoderKL;
 
-/// The configs of `make_model.py --size sd15`: Stable Diffusion 1.5's architecture.
-pub fn sd15_configs() -> (ClipTextConfig, UNetConfig, VaeConfig) {
-    let text = r#"{"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
-        "num_hidden_layers": 12, "num_attention_heads": 12}"#;
-    let unet = r#"{"block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 768,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                             "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                           "CrossAttnUpBlock2D"]}"#;
-    let vae = r#"{"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}"#;
-    (builtin(text), builtin(unet), builtin(vae))
+/// The architecture to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BenchModel {
+    /// Stable Diffusion 1.5 (the configs of `make_model.py --size sd15`).
+    #[default]
+    Sd15,
+    /// Stable Diffusion XL base 1.0.
+    Sdxl,
+}
+
+impl BenchModel {
+    /// The `--model` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchModel::Sd15 => "sd15",
+            BenchModel::Sdxl => "sdxl",
+        }
+    }
+
+    /// The name people know it by.
+    pub fn title(self) -> &'static str {
+        match self {
+            BenchModel::Sd15 => "SD 1.5",
+            BenchModel::Sdxl => "SDXL base 1.0",
+        }
+    }
+
+    /// The side of the images the model was trained on.
+    pub fn native_size(self) -> usize {
+        match self {
+            BenchModel::Sd15 => 512,
+            BenchModel::Sdxl => 1024,
+        }
+    }
+
+    /// The `config.json` texts of the model's networks, with every field diffusers and
+    /// transformers need to build the same architecture (`tools/bench/diffusers_sdxl.py` does).
+    pub fn configs(self) -> ModelConfigs {
+        match self {
+            BenchModel::Sd15 => ModelConfigs {
+                text_encoders: vec![("text_encoder", CLIP_VIT_L)],
+                unet: SD15_UNET,
+                vae: SD15_VAE,
+            },
+            BenchModel::Sdxl => ModelConfigs {
+                text_encoders: vec![
+                    ("text_encoder", CLIP_VIT_L),
+                    ("text_encoder_2", OPENCLIP_BIG_G),
+                ],
+                unet: SDXL_UNET,
+                vae: SDXL_VAE,
+            },
+        }
+    }
+}
+
+/// A model's network configs as `config.json` texts, in diffusers' folder names.
+#[derive(Debug, Clone)]
+pub struct ModelConfigs {
+    /// `(folder, config)` for `text_encoder` and, in SDXL, `text_encoder_2`.
+    pub text_encoders: Vec<(&'static str, &'static str)>,
+    pub unet: &'static str,
+    pub vae: &'static str,
+}
+
+impl ModelConfigs {
+    pub fn text_encoder(&self, index: usize) -> ClipTextConfig {
+        builtin(self.text_encoders[index].1)
+    }
+
+    pub fn unet(&self) -> UNetConfig {
+        builtin(self.unet)
+    }
+
+    pub fn vae(&self) -> VaeConfig {
+        builtin(self.vae)
+    }
 }
 
 fn builtin<T: serde::de::DeserializeOwned>(json: &str) -> T {
     serde_json::from_str(json).expect("the built-in configs are valid")
+}
+
+/// OpenAI's CLIP ViT-L/14 text tower: SD 1.5's text encoder and SDXL's first.
+const CLIP_VIT_L: &str = r#"{"vocab_size": 49408, "hidden_size": 768,
+    "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768}"#;
+
+/// OpenCLIP's ViT-bigG/14 text tower with its projection: SDXL's `text_encoder_2`.
+const OPENCLIP_BIG_G: &str = r#"{"vocab_size": 49408, "hidden_size": 1280,
+    "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+    "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 1280}"#;
+
+const SD15_UNET: &str = r#"{"block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2, "attention_head_dim": 8, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                         "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                       "CrossAttnUpBlock2D"]}"#;
+
+/// stabilityai/stable-diffusion-xl-base-1.0 `unet/config.json`. `attention_head_dim` is the
+/// head count (64 channels each), as in SD 1.x configs.
+const SDXL_UNET: &str = r#"{"block_out_channels": [320, 640, 1280], "layers_per_block": 2,
+    "attention_head_dim": [5, 10, 20], "transformer_layers_per_block": [1, 2, 10],
+    "cross_attention_dim": 2048, "use_linear_projection": true,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816}"#;
+
+const SD15_VAE: &str = r#"{"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D",
+                         "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D",
+                       "UpDecoderBlock2D"]}"#;
+
+/// SD's VAE architecture; SDXL's latents are scaled differently.
+const SDXL_VAE: &str = r#"{"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D",
+                         "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D",
+                       "UpDecoderBlock2D"],
+    "scaling_factor": 0.13025}"#;
+
+/// SDXL base's micro-conditioning for a square image of `size` pixels, uncropped: original
+/// height and width, crop top and left, target height and width.
+fn sdxl_time_ids(size: usize) -> [f32; 6] {
+    let size = size as f32;
+    [size, size, 0.0, 0.0, size, size]
 }
 
 /// Seeded random weights for any network: a tensor's values depend only on the seed, its name
@@ -116,6 +231,7 @@ fn unit_float(key: u64, index: u64) -> f32 {
 /// What to time.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    pub model: BenchModel,
     /// Image sizes (square, in pixels; multiples of 8).
     pub sizes: Vec<usize>,
     /// Timed runs per measurement, after one untimed warm-up run.
@@ -126,7 +242,8 @@ pub struct BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
-            sizes: vec![512],
+            model: BenchModel::default(),
+            sizes: vec![BenchModel::default().native_size()],
             iters: 3,
             seed: 0,
         }
@@ -136,8 +253,8 @@ impl Default for BenchOptions {
 /// One measured operation.
 #[derive(Debug, Clone)]
 pub struct Timing {
-    /// `text_encoder`, `unet`, `vae_decode`, `vae_encode` (bench_unet.py's names) or
-    /// `taesd_decode`.
+    /// `text_encoder`, `text_encoder_2`, `unet`, `vae_decode`, `vae_encode` (diffusers' and
+    /// bench_unet.py's names) or `taesd_decode`.
     pub component: &'static str,
     pub input: Vec<usize>,
     /// Wall-clock seconds of each timed run, in order.
@@ -192,13 +309,13 @@ fn measure(
     })
 }
 
-/// Builds SD 1.5's networks on random weights, one at a time (TAESD beside the VAE), and times
-/// the text encoder (the CFG batch of two prompts), the UNet at batch 1 and 2, the VAE decoder
-/// and encoder and TAESD's decoder, at every size. `report` sees each timing as soon as it is
-/// measured.
+/// Builds the model's networks on random weights, one at a time (TAESD beside the VAE), and
+/// times each text encoder (the CFG batch of two prompts), the UNet at batch 1 and 2, the VAE
+/// decoder and encoder and TAESD's decoder, at every size. `report` sees each timing as soon as
+/// it is measured.
 pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Vec<Timing>> {
     let device = Device::Cpu;
-    let (text_config, unet_config, vae_config) = sd15_configs();
+    let configs = options.model.configs();
     let weights = RandomWeights { seed: options.seed };
     let inputs = RandomWeights {
         seed: options.seed.wrapping_add(1),
@@ -214,32 +331,44 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
         timings.push(timing);
     };
 
-    {
-        let encoder = ClipTextTransformer::new(weights.var_builder(&device), &text_config)?;
+    for (index, &(component, _)) in configs.text_encoders.iter().enumerate() {
+        let text_config = configs.text_encoder(index);
+        // SDXL's second encoder sits beside the first under `text_encoder_2/`.
+        let encoder =
+            ClipTextTransformer::new(weights.var_builder(&device).pp(component), &text_config)?;
         let tokens = text_config.max_position_embeddings;
         let ids: Vec<u32> = (0..2 * tokens as u32)
             .map(|i| i * 7919 % text_config.vocab_size as u32)
             .collect();
         let ids = Tensor::from_vec(ids, (2, tokens), &device)?;
-        record(measure("text_encoder", &ids, options.iters, || {
+        record(measure(component, &ids, options.iters, || {
             Ok(encoder.forward(&ids)?.last_hidden_state)
         })?);
     }
     {
+        let unet_config = configs.unet();
         let unet = UNet2DConditionModel::new(weights.var_builder(&device), &unet_config)?;
         for &size in &options.sizes {
             for batch in [1, 2] {
                 let latent = size / 8;
                 let sample = random("sample", &[batch, unet_config.in_channels, latent, latent])?;
                 let context = random("context", &[batch, 77, unet_config.cross_attention_dim])?;
+                let added = sdxl_conditions(&unet_config, size, batch, &random)?;
+                let added = added
+                    .as_ref()
+                    .map(|(text_embeds, time_ids)| AddedConditions {
+                        text_embeds,
+                        time_ids,
+                    });
                 record(measure("unet", &sample, options.iters, || {
-                    unet.forward(&sample, 500.0, &context)
+                    unet.forward_with_added(&sample, 500.0, &context, added.as_ref())
                 })?);
             }
         }
     }
+    let vae_config = configs.vae();
     let vae = AutoencoderKL::new(weights.var_builder(&device), &vae_config)?;
-    // TAESD's few megabytes add nothing to the VAE's peak memory.
+    // TAESD's few megabytes add nothing to the VAE's peak memory. TAESDXL has TAESD's shape.
     let taesd = TinyDecoder::new(weights.var_builder(&device), &TinyDecoderConfig::default())?;
     for &size in &options.sizes {
         let latent = size / 8;
@@ -258,8 +387,37 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
     Ok(timings)
 }
 
+/// SDXL's added conditions for a batch at `size` pixels, `None` for UNets without them: a
+/// random pooled text embedding (its width is what `add_embedding` takes beyond the six
+/// embedded numbers) and [`sdxl_time_ids`].
+fn sdxl_conditions(
+    config: &UNetConfig,
+    size: usize,
+    batch: usize,
+    random: &dyn Fn(&str, &[usize]) -> Result<Tensor>,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let (Some(number_channels), Some(input_channels)) = (
+        config.addition_time_embed_dim,
+        config.projection_class_embeddings_input_dim,
+    ) else {
+        return Ok(None);
+    };
+    let time_ids = sdxl_time_ids(size);
+    let pooled = input_channels - time_ids.len() * number_channels;
+    let text_embeds = random("text_embeds", &[batch, pooled])?;
+    let time_ids = Tensor::from_vec(
+        time_ids.repeat(batch),
+        (batch, time_ids.len()),
+        &Device::Cpu,
+    )?;
+    Ok(Some((text_embeds, time_ids)))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -282,13 +440,98 @@ mod tests {
         assert_eq!(weights.values("norm.bias", &[4]), vec![0.0; 4]);
     }
 
+    /// Hands out zero-stride stand-ins for weights and adds up the elements a network asks for,
+    /// so that a full-size network's parameters are counted without allocating them.
+    #[derive(Clone, Default)]
+    struct ParameterCount(Arc<AtomicUsize>);
+
+    impl ParameterCount {
+        fn of<T>(build: impl FnOnce(VarBuilder) -> Result<T>) -> usize {
+            let count = ParameterCount::default();
+            let vb = VarBuilder::from_backend(Box::new(count.clone()), DType::F32, Device::Cpu);
+            build(vb).unwrap();
+            count.0.load(Ordering::Relaxed)
+        }
+    }
+
+    impl SimpleBackend for ParameterCount {
+        fn get(
+            &self,
+            shape: Shape,
+            _: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            device: &Device,
+        ) -> Result<Tensor> {
+            self.0.fetch_add(shape.elem_count(), Ordering::Relaxed);
+            Tensor::zeros((), dtype, device)?.broadcast_as(shape)
+        }
+
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
+            candle_core::bail!("counting needs the shape of {name}")
+        }
+
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// The parameter counts of diffusers' and transformers' networks built from the same
+    /// configs (`sum(p.numel() for p in model.parameters())` on `UNet2DConditionModel`,
+    /// `AutoencoderKL` and `CLIPTextModel` under `torch.device("meta")`; diffusers 0.42.1,
+    /// transformers 5.23). SDXL base's UNet is the published 2.6 billion.
     #[test]
-    fn sd15_configs_have_sd15_sizes() {
-        let (text, unet, vae) = sd15_configs();
-        assert_eq!((text.hidden_size, text.num_hidden_layers), (768, 12));
-        assert_eq!(unet.block_out_channels, [320, 640, 1280, 1280]);
-        assert_eq!(unet.layers_per_block, 2);
-        assert_eq!(vae.block_out_channels, [128, 256, 512, 512]);
-        assert_eq!(vae.scaling_factor, 0.18215);
+    fn configs_build_networks_of_diffusers_parameter_counts() {
+        let sd15 = BenchModel::Sd15.configs();
+        let sdxl = BenchModel::Sdxl.configs();
+        let clip = |configs: &ModelConfigs, index: usize| {
+            let config = configs.text_encoder(index);
+            ParameterCount::of(|vb| ClipTextTransformer::new(vb, &config))
+        };
+        let unet = |configs: &ModelConfigs| {
+            ParameterCount::of(|vb| UNet2DConditionModel::new(vb, &configs.unet()))
+        };
+        let vae = |configs: &ModelConfigs| {
+            ParameterCount::of(|vb| AutoencoderKL::new(vb, &configs.vae()))
+        };
+        assert_eq!(unet(&sdxl), 2_567_463_684);
+        assert_eq!(unet(&sd15), 859_520_964);
+        assert_eq!(clip(&sd15, 0), 123_060_480);
+        assert_eq!(clip(&sdxl, 0), 123_060_480);
+        // OpenCLIP bigG without its 1280×1280 text_projection (694,659,840 with it).
+        assert_eq!(clip(&sdxl, 1), 693_021_440);
+        assert_eq!(vae(&sd15), 83_653_863);
+        assert_eq!(vae(&sdxl), 83_653_863);
+    }
+
+    #[test]
+    fn configs_have_the_models_sizes() {
+        let sd15 = BenchModel::Sd15.configs();
+        assert_eq!(sd15.text_encoder(0).hidden_size, 768);
+        assert_eq!(sd15.unet().cross_attention_dim, 768);
+        assert_eq!(sd15.vae().scaling_factor, 0.18215);
+        let sdxl = BenchModel::Sdxl.configs();
+        let names: Vec<_> = sdxl.text_encoders.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["text_encoder", "text_encoder_2"]);
+        let big_g = sdxl.text_encoder(1);
+        assert_eq!((big_g.hidden_size, big_g.num_hidden_layers), (1280, 32));
+        assert_eq!(big_g.hidden_act, crate::config::Activation::Gelu);
+        // The UNet's context is both encoders' hidden states side by side.
+        assert_eq!(sdxl.unet().cross_attention_dim, 768 + 1280);
+        assert_eq!(sdxl.vae().scaling_factor, 0.13025);
+    }
+
+    #[test]
+    fn sdxl_conditions_fill_the_add_embedding_input() {
+        let config = BenchModel::Sdxl.configs().unet();
+        let random = |_: &str, dims: &[usize]| Tensor::zeros(dims, DType::F32, &Device::Cpu);
+        let (text_embeds, time_ids) = sdxl_conditions(&config, 1024, 2, &random).unwrap().unwrap();
+        assert_eq!(text_embeds.dims(), [2, 1280]);
+        assert_eq!(
+            time_ids.to_vec2::<f32>().unwrap(),
+            vec![vec![1024., 1024., 0., 0., 1024., 1024.]; 2]
+        );
+        let sd15 = BenchModel::Sd15.configs().unet();
+        assert!(sdxl_conditions(&sd15, 512, 1, &random).unwrap().is_none());
     }
 }
