@@ -3,13 +3,19 @@
 //! A GPT-like stack of pre-LayerNorm transformer layers with causal self-attention over the
 //! token and learned position embeddings. SD 1.x uses OpenAI's ViT-L/14 text tower (QuickGELU),
 //! SD 2.x OpenCLIP's ViT-H/14 (exact GELU); the weights use transformers' names under
-//! `text_model.`.
+//! `text_model.`. SDXL adds a second encoder, OpenCLIP's ViT-bigG/14 as transformers'
+//! `CLIPTextModelWithProjection`: the same transformer, whose output at the end-of-text token
+//! is projected into the pooled prompt embedding the SDXL UNet takes besides the sequence.
 
 use candle_core::{bail, DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use crate::config::{Activation, ClipTextConfig};
-use crate::layers::{linear, Linear};
+use crate::layers::{linear, linear_no_bias, Linear};
+
+/// The `eos_token_id` of CLIP configs written before transformers corrected it to 49407. SD's
+/// and SDXL's configs still carry it, and transformers keeps their pooling rule for it.
+const LEGACY_EOS_TOKEN_ID: u32 = 2;
 
 /// What the text transformer computes for a batch of prompts.
 #[derive(Debug, Clone)]
@@ -22,6 +28,33 @@ pub struct ClipTextOutput {
     pub last_hidden_state: Tensor,
 }
 
+impl ClipTextOutput {
+    /// `last_hidden_state` at each sequence's end-of-text token, `[batch, hidden]`:
+    /// transformers' `pooler_output`, the one vector that summarizes a whole prompt (causal
+    /// attention lets only the last token see all the others). `eos_positions` has one
+    /// position per sequence, from [`ClipTextTransformer::eos_positions`].
+    pub fn pooled(&self, eos_positions: &[usize]) -> Result<Tensor> {
+        let (batch, seq_len, _) = self.last_hidden_state.dims3()?;
+        if eos_positions.len() != batch {
+            bail!(
+                "pooling needs one end-of-text position per prompt: got {} for a batch of {batch}",
+                eos_positions.len()
+            );
+        }
+        let rows = eos_positions
+            .iter()
+            .enumerate()
+            .map(|(i, &position)| {
+                if position >= seq_len {
+                    bail!("end-of-text position {position} is past the {seq_len} tokens of prompt {i}");
+                }
+                self.last_hidden_state.get(i)?.get(position)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClipTextTransformer {
     token_embedding: Embedding,
@@ -29,6 +62,7 @@ pub struct ClipTextTransformer {
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
     max_position_embeddings: usize,
+    eos_token_id: u32,
 }
 
 impl ClipTextTransformer {
@@ -62,7 +96,36 @@ impl ClipTextTransformer {
             layers,
             final_layer_norm,
             max_position_embeddings: cfg.max_position_embeddings,
+            eos_token_id: cfg.eos_token_id,
         })
+    }
+
+    /// The position of each sequence's end-of-text token in `input_ids` `[batch, seq]` (any
+    /// integer dtype), where [`ClipTextOutput::pooled`] reads, by transformers' rule: with the
+    /// legacy `eos_token_id` 2 the first position of the highest id (CLIP's end-of-text token,
+    /// 49407, is the last of its vocabulary), otherwise the first position holding
+    /// `eos_token_id`. Callers that encode embeddings rather than ids (textual inversion) pass
+    /// the ids their embeddings stand for.
+    pub fn eos_positions(&self, input_ids: &Tensor) -> Result<Vec<usize>> {
+        let ids = input_ids.to_dtype(DType::I64)?.to_vec2::<i64>()?;
+        ids.iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let position = if self.eos_token_id == LEGACY_EOS_TOKEN_ID {
+                    let highest = row.iter().max();
+                    row.iter().position(|id| Some(id) == highest)
+                } else {
+                    row.iter()
+                        .position(|&id| id == i64::from(self.eos_token_id))
+                };
+                position.ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "prompt {i} has no end-of-text token (id {}) to pool at",
+                        self.eos_token_id
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// Encodes `input_ids`, integer token ids `[batch, seq]` with `seq` at most
@@ -127,6 +190,48 @@ impl ClipTextTransformer {
     /// The `[vocab_size, hidden_size]` token embedding table.
     pub fn token_embedding(&self) -> &Tensor {
         self.token_embedding.embeddings()
+    }
+}
+
+/// transformers' `CLIPTextModelWithProjection`: the text transformer and a bias-free linear map
+/// of its pooled output. SDXL conditions on this projection (`text_embeds`) of its second
+/// encoder, besides both encoders' token sequences.
+#[derive(Debug, Clone)]
+pub struct ClipTextModelWithProjection {
+    text_model: ClipTextTransformer,
+    text_projection: Linear,
+}
+
+impl ClipTextModelWithProjection {
+    /// `vb` is at the root of a `text_encoder_2/model.safetensors`: the transformer under
+    /// `text_model.`, the projection as `text_projection.weight` `[projection_dim, hidden]`.
+    pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
+        Ok(Self {
+            text_model: ClipTextTransformer::new(vb.clone(), cfg)?,
+            text_projection: linear_no_bias(
+                cfg.hidden_size,
+                cfg.projection_dim,
+                vb.pp("text_projection"),
+            )?,
+        })
+    }
+
+    /// The transformer, for its hidden states (SDXL takes the penultimate layer's) and for
+    /// encoding embeddings.
+    pub fn text_model(&self) -> &ClipTextTransformer {
+        &self.text_model
+    }
+
+    /// `[batch, projection_dim]`: the projected pooled output, transformers' `text_embeds`.
+    pub fn text_embeds(&self, output: &ClipTextOutput, eos_positions: &[usize]) -> Result<Tensor> {
+        self.text_projection.forward(&output.pooled(eos_positions)?)
+    }
+
+    /// Encodes `input_ids` `[batch, seq]`: the transformer's output and its `text_embeds`.
+    pub fn forward(&self, input_ids: &Tensor) -> Result<(ClipTextOutput, Tensor)> {
+        let output = self.text_model.forward(input_ids)?;
+        let text_embeds = self.text_embeds(&output, &self.text_model.eos_positions(input_ids)?)?;
+        Ok((output, text_embeds))
     }
 }
 

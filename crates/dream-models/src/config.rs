@@ -117,6 +117,14 @@ pub struct ClipTextConfig {
     pub hidden_act: Activation,
     #[serde(default = "norm_eps")]
     pub layer_norm_eps: f64,
+    /// Output width of `text_projection`, which only `CLIPTextModelWithProjection` (SDXL's
+    /// second encoder) has; plain `CLIPTextModel` configs carry the field unused.
+    #[serde(default = "five_hundred_twelve")]
+    pub projection_dim: usize,
+    /// Decides where the pooled output is read (see `ClipTextTransformer::eos_positions`): the
+    /// legacy value 2, which SD and SDXL configs still carry, means "the highest token id".
+    #[serde(default = "clip_eos_token")]
+    pub eos_token_id: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -145,6 +153,12 @@ fn thirty_two() -> usize {
 }
 fn seventy_seven() -> usize {
     77
+}
+fn five_hundred_twelve() -> usize {
+    512
+}
+fn clip_eos_token() -> u32 {
+    49407
 }
 fn yes() -> bool {
     true
