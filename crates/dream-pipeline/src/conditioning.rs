@@ -288,7 +288,7 @@ impl StableDiffusion {
             .map_err(|e| DreamError::InvalidRequest(e.to_string()))?;
         PromptConditioning::encode(
             &self.tokenizer,
-            &self.text_encoder,
+            &*self.text_encoder.get()?,
             &self.embeddings,
             plan,
             options,
@@ -314,7 +314,7 @@ impl StableDiffusion {
     /// prompts by `name` as a word, InvokeAI prompts as `<name>`.
     pub fn add_embedding(&mut self, name: &str, vectors: &Tensor) -> Result<(), DreamError> {
         self.embeddings
-            .insert(&self.tokenizer, &self.text_encoder, name, vectors)
+            .insert(&self.tokenizer, &*self.text_encoder.get()?, name, vectors)
     }
 }
 

@@ -1,6 +1,7 @@
 //! A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and noise schedule.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use dream_core::schedule::SchedulerConfig;
@@ -10,10 +11,12 @@ use dream_models::config::VaeConfig;
 use dream_models::detect::Prediction;
 use dream_models::taesd::TinyDecoder;
 use dream_models::unet::UNet2DConditionModel;
-use dream_models::vae::{AutoencoderKL, DiagonalGaussian};
+use dream_models::vae::DiagonalGaussian;
 use dream_models::weights;
 
 use crate::conditioning::TextualInversions;
+use crate::offload::{DeviceSlot, Staged};
+use crate::precision::{Precision, Vae};
 use crate::tiling::VaeTiling;
 use crate::DreamError;
 
@@ -27,6 +30,11 @@ pub struct LoadOptions {
     /// `from_single_file(config=...)`).
     pub config_dir: Option<PathBuf>,
     pub device: Device,
+    /// The networks' dtype on `device` (`--precision`): float16 on a GPU by default.
+    pub precision: Precision,
+    /// InvokeAI's `--free_gpu_mem`: the device holds one network at a time, each built there
+    /// from the weights in host memory for its stage of a generation.
+    pub free_gpu_mem: bool,
     /// When the VAE decodes in tiles (`None`: never). The default tiles only images over
     /// 1024 pixels on a side; [`VaeTiling::always`] is InvokeAI's/diffusers' `--vae_tiling`.
     pub vae_tiling: Option<VaeTiling>,
@@ -41,6 +49,8 @@ impl Default for LoadOptions {
             vae: None,
             config_dir: None,
             device: default_device(),
+            precision: Precision::default(),
+            free_gpu_mem: false,
             vae_tiling: Some(VaeTiling::default()),
             taesd: None,
         }
@@ -62,9 +72,11 @@ pub fn default_device() -> Device {
 
 pub struct StableDiffusion {
     pub(crate) tokenizer: ClipTokenizer,
-    pub(crate) text_encoder: ClipTextTransformer,
-    pub(crate) unet: UNet2DConditionModel,
-    pub(crate) vae: AutoencoderKL,
+    pub(crate) text_encoder: Staged<ClipTextTransformer>,
+    pub(crate) unet: Staged<UNet2DConditionModel>,
+    pub(crate) vae: Vae,
+    /// The networks' dtype; latents and noise are always float32.
+    pub(crate) dtype: DType,
     pub(crate) vae_config: VaeConfig,
     pub(crate) unet_in_channels: usize,
     pub(crate) scheduler: SchedulerConfig,
@@ -106,7 +118,8 @@ impl StableDiffusion {
             Some(vae_path) => weights::load_vae(vae_path)?,
             None => components.vae,
         };
-        let (dtype, device) = (DType::F32, &options.device);
+        let device = &options.device;
+        let dtype = options.precision.dtype(device);
         let build_error = |source: candle_core::Error| DreamError::BadModel {
             path: path.to_path_buf(),
             source,
@@ -124,22 +137,41 @@ impl StableDiffusion {
             }
             None => None,
         };
+        // With --free_gpu_mem the networks share one place on the device; otherwise each has
+        // its own and stays there.
+        let shared = Arc::new(DeviceSlot::default());
+        let slot = || match options.free_gpu_mem {
+            true => Arc::clone(&shared),
+            false => Arc::default(),
+        };
+        let text_encoder = Staged::of(
+            "text encoder",
+            &components.text_encoder,
+            dtype,
+            device,
+            slot(),
+            ClipTextTransformer::new,
+        );
+        let unet = Staged::of(
+            "unet",
+            &components.unet,
+            dtype,
+            device,
+            slot(),
+            UNet2DConditionModel::new,
+        );
+        let vae_networks = Vae::new(&vae, dtype, device, &slot());
+        // Weights that do not fit their network fail here, not at the first image.
+        text_encoder.get().map_err(build_error)?;
+        unet.get().map_err(build_error)?;
+        vae_networks.current().0.get().map_err(build_error)?;
         let unet_config = &components.unet.config;
-        let text_encoder = &components.text_encoder;
         Ok(StableDiffusion {
             tokenizer,
-            text_encoder: ClipTextTransformer::new(
-                text_encoder.weights.var_builder(dtype, device),
-                &text_encoder.config,
-            )
-            .map_err(build_error)?,
-            unet: UNet2DConditionModel::new(
-                components.unet.weights.var_builder(dtype, device),
-                unet_config,
-            )
-            .map_err(build_error)?,
-            vae: AutoencoderKL::new(vae.weights.var_builder(dtype, device), &vae.config)
-                .map_err(build_error)?,
+            text_encoder,
+            unet,
+            vae: vae_networks,
+            dtype,
             unet_in_channels: unet_config.in_channels,
             vae_config: vae.config,
             scheduler,
@@ -160,6 +192,26 @@ impl StableDiffusion {
         self.vae_config.latent_channels
     }
 
+    /// The networks on the device now: all three once loaded, or with
+    /// [`LoadOptions::free_gpu_mem`] the one whose stage ran last. The VAE's float32 copy,
+    /// made when a half-precision decode overflowed, is `"vae (float32)"`.
+    pub fn networks_on_device(&self) -> Vec<&'static str> {
+        let text_encoder =
+            std::iter::once(self.text_encoder.name()).filter(|_| self.text_encoder.is_loaded());
+        let unet = std::iter::once(self.unet.name()).filter(|_| self.unet.is_loaded());
+        let vae = self
+            .vae
+            .networks()
+            .filter(|v| v.is_loaded())
+            .map(|v| v.name());
+        text_encoder.chain(unet).chain(vae).collect()
+    }
+
+    /// The dtype the networks run in (`--precision` on this device).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     pub fn set_vae_tiling(&mut self, tiling: Option<VaeTiling>) {
         self.vae_tiling = tiling;
     }
@@ -167,17 +219,18 @@ impl StableDiffusion {
     /// The VAE's image for latents, unclamped, `[B, 3, H, W]` in about [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, DreamError> {
         if let Some(taesd) = &self.taesd {
-            return Ok(taesd.decode(&(latents / taesd.config().scaling_factor)?)?);
+            let z = (latents / taesd.config().scaling_factor)?.to_dtype(self.dtype)?;
+            return Ok(taesd.decode(&z)?.to_dtype(DType::F32)?);
         }
         let z = (latents / self.vae_config.scaling_factor)?;
         let (_, _, height, width) = z.dims4()?;
         let factor = self.vae_factor();
-        Ok(match self.vae_tiling {
+        Ok(self.vae.decode_with(&z, |vae, z| match self.vae_tiling {
             Some(tiling) if tiling.applies(height * factor, width * factor) => {
-                tiling.decode(&z, factor, |tile| self.vae.decode(tile))?
+                tiling.decode(z, factor, |tile| vae.decode(tile))
             }
-            _ => self.vae.decode(&z)?,
-        })
+            _ => vae.decode(z),
+        })?)
     }
 
     /// The VAE's posterior over (unscaled) latents for images `[B, 3, H, W]` in [-1, 1], tiled
@@ -185,14 +238,14 @@ impl StableDiffusion {
     pub fn encode(&self, pixels: &Tensor) -> Result<DiagonalGaussian, DreamError> {
         let (_, _, height, width) = pixels.dims4()?;
         let factor = self.vae_factor();
-        Ok(match self.vae_tiling {
-            Some(tiling) if tiling.applies(height, width) => {
-                let moments =
-                    tiling.encode(pixels, factor, |tile| self.vae.encode_moments(tile))?;
-                self.vae.posterior(&moments)?
-            }
-            _ => self.vae.encode(pixels)?,
-        })
+        Ok(self
+            .vae
+            .encode_with(pixels, |vae, pixels| match self.vae_tiling {
+                Some(tiling) if tiling.applies(height, width) => {
+                    tiling.encode(pixels, factor, |tile| vae.encode_moments(tile))
+                }
+                _ => vae.encode_moments(pixels),
+            })?)
     }
 
     /// Image pixels per latent pixel: each VAE level after the first halves the resolution.
