@@ -29,6 +29,10 @@ rm -rf $FX/tiny
 # 2b. Tiny SDXL pipeline (two text encoders, text_time UNet), fp16 weights rounded as tiny/'s.
 "$PY" "$TOOLS/make_tiny_sdxl.py" $FX/tiny-sdxl --tokenizer $FX/tiny/tokenizer >"$WORK/make_tiny_sdxl.log"
 
+# SDXL's networks (both text encoders, the text_time UNet) on the tiny SDXL model.
+mkdir -p $FX/sdxl
+"$PY" "$TOOLS/sdxl_network_fixtures.py" $FX/tiny-sdxl $FX/sdxl/networks.safetensors
+
 # 3. Malicious pickles for the pickle guard (never loaded).
 "$PY" "$TOOLS/make_hostile.py" $FX
 
