@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use dream_pipeline::registry::ModelRegistry;
-use dream_pipeline::{DreamError, LoadOptions, VaeTiling};
+use dream_pipeline::{DreamError, LoadOptions, Precision, VaeTiling};
 
 use models::Models;
 use repl::Session;
@@ -49,10 +49,15 @@ struct Cli {
     /// folder, the diffusers folder whose configs describe a single-file checkpoint.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model precision: auto or float32 (Dream computes in float32); autocast and float16 are
-    /// not supported yet [default: auto].
-    #[arg(long, value_parser = ["auto", "float32", "autocast", "float16"])]
-    precision: Option<String>,
+    /// The networks' precision: auto (float16 on a GPU, float32 on the CPU), float32, float16
+    /// or autocast (as float16). Latents and noise are float32 in every precision, and a
+    /// float16 VAE that overflows decodes again in float32 [default: auto].
+    #[arg(long, value_parser = str::parse::<Precision>)]
+    precision: Option<Precision>,
+    /// On a GPU, keep the weights in host memory and move each network (text encoder, UNet,
+    /// VAE) to the GPU only for its stage of a generation: slower, for GPUs short of memory.
+    #[arg(long = "free_gpu_mem")]
+    free_gpu_mem: bool,
     /// How many models to keep loaded for fast switching [default: 2].
     #[arg(long = "max_loaded_models")]
     max_loaded_models: Option<usize>,
@@ -88,14 +93,9 @@ impl Cli {
             ("--host", self.host.is_some()),
             ("--port", self.port.is_some()),
         ];
-        if let Some((switch, _)) = asked.iter().find(|(_, asked)| *asked) {
-            return Err(DreamError::NotSupported(switch.to_string()).into());
-        }
-        match self.precision.as_deref() {
-            Some(half @ ("autocast" | "float16")) => {
-                Err(DreamError::NotSupported(format!("--precision {half}")).into())
-            }
-            _ => Ok(()),
+        match asked.iter().find(|(_, asked)| *asked) {
+            Some((switch, _)) => Err(DreamError::NotSupported(switch.to_string()).into()),
+            None => Ok(()),
         }
     }
 }
@@ -202,16 +202,22 @@ fn models(cli: &Cli) -> Result<Models> {
         .filter(is_registry)
         .cloned()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_REGISTRY));
+    let defaults = LoadOptions::default();
+    if cli.free_gpu_mem && defaults.device.is_cpu() {
+        eprintln!("note: --free_gpu_mem has no effect without a GPU");
+    }
     let overrides = LoadOptions {
+        precision: cli.precision.unwrap_or_default(),
+        free_gpu_mem: cli.free_gpu_mem && !defaults.device.is_cpu(),
         vae: cli.vae.clone(),
         config_dir: cli.config.clone().filter(|p| !is_registry(&p)),
         vae_tiling: if cli.vae_tiling {
             Some(VaeTiling::always())
         } else {
-            LoadOptions::default().vae_tiling
+            defaults.vae_tiling
         },
         taesd: cli.fast_decode.clone(),
-        ..LoadOptions::default()
+        ..defaults
     };
     Models::new(
         ModelRegistry::open(&registry_file)?,

@@ -379,16 +379,52 @@ fn unbuilt_switches_are_refused_before_the_model_loads() {
             "-ft/--facetool is not supported yet",
         ),
         (&["--web"], "--web is not supported yet"),
-        (
-            &["--precision", "float16"],
-            "--precision float16 is not supported yet",
-        ),
     ];
     for (args, message) in cases {
         let stderr = failed(&render("x", &out, args));
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("loading"), "{args:?}: {stderr}");
     }
+}
+
+/// float16 runs on the CPU as well (dream-pipeline's tests/precision.rs holds it against
+/// diffusers); --free_gpu_mem is taken and said to change nothing without a GPU.
+#[test]
+fn precision_and_free_gpu_mem_on_the_cpu() {
+    let out = temp_dir("precision");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-s", "2", "-W", "64", "-H", "64", "-A", "ddim", "-S", "5"];
+        args.extend_from_slice(extra);
+        render("a red apple", &out, &args)
+    };
+    succeeded(&run(&["--fnformat", "full.png"]));
+    let half = run(&[
+        "--precision",
+        "float16",
+        "--free_gpu_mem",
+        "--fnformat",
+        "half.png",
+    ]);
+    succeeded(&half);
+    let stderr = String::from_utf8_lossy(&half.stderr);
+    assert!(
+        stderr.contains("--free_gpu_mem has no effect without a GPU"),
+        "{stderr}"
+    );
+    // The same picture to within float16's rounding, a few levels of 255 at most.
+    let (full, half) = (
+        read_rgb(&out.join("full.png")),
+        read_rgb(&out.join("half.png")),
+    );
+    let largest = full
+        .pixels
+        .iter()
+        .zip(&half.pixels)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max();
+    assert!(largest.is_some_and(|d| d <= 4), "{largest:?}");
+    let stderr = failed(&run(&["--precision", "half"]));
+    assert!(stderr.contains("unknown precision \"half\""), "{stderr}");
 }
 
 #[test]
