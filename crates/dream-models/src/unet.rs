@@ -220,6 +220,8 @@ pub struct AddedConditions<'a> {
 #[derive(Debug, Clone)]
 struct TextTimeEmbedding {
     number_channels: usize,
+    /// `add_embedding`'s input width: pooled text width + numbers × `number_channels`.
+    input_channels: usize,
     add_embedding: TimestepEmbedding,
 }
 
@@ -229,8 +231,24 @@ impl TextTimeEmbedding {
         added: &AddedConditions,
         flip_sin_to_cos: bool,
         freq_shift: f64,
+        batch: usize,
     ) -> Result<Tensor> {
-        let (batch, numbers) = added.time_ids.dims2()?;
+        let (text_batch, pooled) = added.text_embeds.dims2()?;
+        let (ids_batch, numbers) = added.time_ids.dims2()?;
+        if text_batch != batch || ids_batch != batch {
+            bail!(
+                "SDXL's text_embeds ({text_batch} rows) and time_ids ({ids_batch} rows) need \
+                 one row per latent ({batch})"
+            );
+        }
+        if pooled + numbers * self.number_channels != self.input_channels {
+            bail!(
+                "this SDXL UNet takes {} channels of pooled text embedding and micro-conditioning \
+                 ({} per number), not {pooled} pooled + {numbers} numbers",
+                self.input_channels,
+                self.number_channels
+            );
+        }
         let time_embeds = timestep_embedding(
             &added.time_ids.flatten_all()?,
             self.number_channels,
@@ -441,6 +459,7 @@ impl UNet2DConditionModel {
                 };
                 Some(TextTimeEmbedding {
                     number_channels,
+                    input_channels,
                     add_embedding: TimestepEmbedding::new(
                         vb.pp("add_embedding"),
                         input_channels,
@@ -514,7 +533,7 @@ impl UNet2DConditionModel {
             .forward(&t_emb.to_dtype(sample.dtype())?)?;
         match (&self.text_time_embedding, added) {
             (Some(embedding), Some(added)) => {
-                let aug = embedding.forward(added, self.flip_sin_to_cos, self.freq_shift)?;
+                let aug = embedding.forward(added, self.flip_sin_to_cos, self.freq_shift, batch)?;
                 temb = (temb + aug)?;
             }
             (None, None) => {}

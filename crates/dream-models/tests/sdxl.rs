@@ -209,3 +209,44 @@ fn sdxl_unet_refuses_a_call_without_added_conditions() {
         "{err}"
     );
 }
+
+/// Added conditions of the wrong widths or batch are refused by name, before any matmul.
+#[test]
+fn sdxl_unet_refuses_misshapen_added_conditions() {
+    let reference = reference();
+    let unet = unet();
+    let (text_embeds, time_ids) = (&reference["unet.text_embeds"], &reference["unet.time_ids"]);
+    for (text_embeds, time_ids, expected) in [
+        (
+            text_embeds.narrow(1, 0, 16).unwrap(),
+            time_ids.clone(),
+            "takes 80 channels of pooled text embedding and micro-conditioning (8 per number), \
+             not 16 pooled + 6 numbers",
+        ),
+        (
+            text_embeds.clone(),
+            time_ids.narrow(1, 0, 5).unwrap(),
+            "not 32 pooled + 5 numbers",
+        ),
+        (
+            text_embeds.narrow(0, 0, 1).unwrap(),
+            time_ids.clone(),
+            "text_embeds (1 rows) and time_ids (2 rows) need one row per latent (2)",
+        ),
+    ] {
+        let added = AddedConditions {
+            text_embeds: &text_embeds,
+            time_ids: &time_ids,
+        };
+        let err = unet
+            .forward_with_added(
+                &reference["unet.sample"],
+                701.0,
+                &reference["unet.encoder_hidden_states"],
+                Some(&added),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{err}");
+    }
+}
