@@ -3,7 +3,9 @@
 //! The networks are written against diffusers' names (`down_blocks.0.resnets.1.conv1.weight`).
 //! Single-file checkpoints (CompVis/RunwayML `.ckpt`, AUTOMATIC1111 and most model sites'
 //! `.safetensors`) use the original latent-diffusion names instead
-//! (`model.diffusion_model.input_blocks.2.0.in_layers.2.weight`), standalone VAE files use the
+//! (`model.diffusion_model.input_blocks.2.0.in_layers.2.weight`); SDXL's (Stability's `sgm`
+//! code) are the same but for its two text encoders under `conditioner.embedders.*` and the
+//! `label_emb` of its added conditioning. Standalone VAE files use the
 //! same names without their `first_stage_model.` prefix, and diffusers folders written before
 //! diffusers 0.14 name the VAE attention `query/key/value/proj_attn`. This module turns all of
 //! them into maps from diffusers names to [`Source`]s, the inverse of diffusers'
@@ -25,6 +27,14 @@ pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 /// Prefix of an SD 2.x text encoder (OpenCLIP ViT-H/14).
 pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+/// Prefix of SDXL's text encoders.
+pub const SDXL_CONDITIONER_PREFIX: &str = "conditioner.embedders.";
+/// Prefix of SDXL's first text encoder (OpenAI CLIP ViT-L/14, in transformers' naming).
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// Prefix of SDXL's second text encoder (OpenCLIP ViT-bigG/14).
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
+/// Where the SDXL refiner keeps its only text encoder (OpenCLIP ViT-bigG/14).
+const SDXL_REFINER_PREFIX: &str = "conditioner.embedders.0.model.";
 
 /// Where one diffusers tensor is found in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +44,9 @@ pub struct Source {
     /// Set when the checkpoint stores it fused with others (OpenCLIP's `in_proj_weight` holds q,
     /// k and v): the tensor is slice `index` of `of` equal slices along the first dimension.
     pub part: Option<Part>,
+    /// Set when the checkpoint stores the transpose of a linear layer's `[out, in]` weight:
+    /// OpenCLIP's `text_projection` is a `[width, projection]` matrix applied as `x @ P`.
+    pub transposed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +56,12 @@ pub struct Part {
 }
 
 impl Source {
-    fn whole(key: &str) -> Source {
+    /// The tensor stored under `key`, as it is.
+    pub fn whole(key: &str) -> Source {
         Source {
             key: key.to_owned(),
             part: None,
+            transposed: false,
         }
     }
 }
@@ -54,7 +69,8 @@ impl Source {
 /// diffusers name → where it is stored.
 pub type KeyMap = BTreeMap<String, Source>;
 
-/// Which text encoder a single file carries.
+/// Which text encoder a single file carries (SDXL's first is OpenAI CLIP; its second, OpenCLIP
+/// ViT-bigG/14, is always stored in OpenCLIP's layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextEncoderLayout {
     /// SD 1.x: OpenAI CLIP ViT-L/14, stored with transformers' names.
@@ -69,6 +85,8 @@ pub struct SingleFileMap {
     pub unet: KeyMap,
     pub vae: KeyMap,
     pub text_encoder: KeyMap,
+    /// SDXL's second text encoder, in transformers' `CLIPTextModelWithProjection` names.
+    pub text_encoder_2: Option<KeyMap>,
     pub text_encoder_layout: TextEncoderLayout,
     pub layers_per_block: usize,
 }
@@ -81,13 +99,13 @@ pub enum KeyMapError {
     NoVae,
     #[error("no cond_stage_model.* (text encoder) tensors; a UNet-only file needs a separate VAE and text encoder, which single-file loading does not support")]
     NoTextEncoder,
-    #[error(
-        "it is an SDXL checkpoint (conditioner.embedders.* tensors), and SDXL is not supported"
-    )]
-    Sdxl,
+    #[error("it is an SDXL refiner checkpoint (its only text encoder, OpenCLIP ViT-bigG, is conditioner.embedders.0.model.*): the SDXL refiner is not supported yet")]
+    SdxlRefiner,
+    #[error("no {prefix}* tensors: an SDXL checkpoint needs both of its text encoders")]
+    NoSdxlTextEncoder { prefix: &'static str },
     #[error("cannot tell the UNet's layers per block from its input_blocks.* tensors")]
     UnetLayout,
-    #[error("unrecognised {component} tensor {key}: not a Stable Diffusion 1.x/2.x layout")]
+    #[error("unrecognised {component} tensor {key}: not a Stable Diffusion 1.x/2.x/XL layout")]
     Unrecognised {
         component: &'static str,
         key: String,
@@ -96,14 +114,21 @@ pub enum KeyMapError {
     NotVae,
 }
 
-/// Maps every tensor of an original latent-diffusion / A1111 checkpoint. Tensors outside the
-/// three networks (the DDPM schedule buffers `betas`, `alphas_cumprod`…, EMA copies under
-/// `model_ema.*`, OpenCLIP's `logit_scale` and `text_projection`) are not needed and are left out;
-/// an unrecognised name *inside* a network's prefix is an error, since it means an architecture
-/// this code does not know.
+/// Maps every tensor of an original latent-diffusion / A1111 checkpoint, SD 1.x, 2.x or XL.
+/// Tensors outside the networks (the DDPM schedule buffers `betas`, `alphas_cumprod`…, EMA
+/// copies under `model_ema.*`, OpenCLIP's `logit_scale`, and SD 2.x's unused `text_projection`)
+/// are not needed and are left out; an unrecognised name *inside* a network's prefix is an
+/// error, since it means an architecture this code does not know.
 pub fn map_single_file(keys: &[&str]) -> Result<SingleFileMap, KeyMapError> {
-    if keys.iter().any(|k| k.starts_with("conditioner.embedders.")) {
-        return Err(KeyMapError::Sdxl);
+    let with_prefix = |prefix: &str| -> Vec<&str> {
+        keys.iter()
+            .copied()
+            .filter(|k| k.starts_with(prefix))
+            .collect()
+    };
+    let sdxl = keys.iter().any(|k| k.starts_with(SDXL_CONDITIONER_PREFIX));
+    if sdxl && !with_prefix(SDXL_REFINER_PREFIX).is_empty() {
+        return Err(KeyMapError::SdxlRefiner);
     }
     let unet_keys: Vec<&str> = keys
         .iter()
@@ -117,72 +142,121 @@ pub fn map_single_file(keys: &[&str]) -> Result<SingleFileMap, KeyMapError> {
     let mut unet = KeyMap::new();
     for key in unet_keys {
         let full = format!("{UNET_PREFIX}{key}");
-        let Some(name) = unet_ldm_to_diffusers(key, layers_per_block) else {
+        let name = match sdxl {
+            true => sdxl_added_conditioning(key),
+            false => None,
+        };
+        let Some(name) = name.or_else(|| unet_ldm_to_diffusers(key, layers_per_block)) else {
             return Err(KeyMapError::Unrecognised {
                 component: "UNet",
                 key: full,
             });
         };
-        unet.insert(
-            name,
-            Source {
-                key: full,
-                part: None,
-            },
-        );
+        unet.insert(name, Source::whole(&full));
     }
 
-    let vae_keys: Vec<&str> = keys
-        .iter()
-        .copied()
-        .filter(|k| k.starts_with(VAE_PREFIX))
-        .collect();
+    let vae_keys = with_prefix(VAE_PREFIX);
     if vae_keys.is_empty() {
         return Err(KeyMapError::NoVae);
     }
     let vae = map_vae(vae_keys, VAE_PREFIX)?;
 
-    let with_prefix = |prefix: &str| -> Vec<&str> {
-        keys.iter()
-            .copied()
-            .filter(|k| k.starts_with(prefix))
-            .collect()
-    };
-    let clip_keys = with_prefix(CLIP_PREFIX);
-    let open_clip_keys = with_prefix(OPEN_CLIP_PREFIX);
-    let mut text_encoder = KeyMap::new();
-    let text_encoder_layout = if !clip_keys.is_empty() {
-        for key in clip_keys {
-            if let Some(name) = clip_to_diffusers(&key[CLIP_PREFIX.len()..]) {
-                text_encoder.insert(name, Source::whole(key));
+    let (text_encoder, text_encoder_2, text_encoder_layout) = if sdxl {
+        let present = |prefix: &'static str| {
+            let keys = with_prefix(prefix);
+            match keys.is_empty() {
+                true => Err(KeyMapError::NoSdxlTextEncoder { prefix }),
+                false => Ok(keys),
             }
+        };
+        let clip = map_clip(present(SDXL_CLIP_PREFIX)?, SDXL_CLIP_PREFIX);
+        let open_clip =
+            map_open_clip(present(SDXL_OPEN_CLIP_PREFIX)?, SDXL_OPEN_CLIP_PREFIX, true)?;
+        if let Some(key) = with_prefix(SDXL_CONDITIONER_PREFIX)
+            .into_iter()
+            .find(|k| !k.starts_with(SDXL_CLIP_PREFIX) && !k.starts_with(SDXL_OPEN_CLIP_PREFIX))
+        {
+            return Err(KeyMapError::Unrecognised {
+                component: "text encoder",
+                key: key.to_owned(),
+            });
         }
-        TextEncoderLayout::OpenAiClip
-    } else if !open_clip_keys.is_empty() {
-        for key in open_clip_keys {
-            let Some(targets) = open_clip_to_diffusers(&key[OPEN_CLIP_PREFIX.len()..]) else {
-                return Err(KeyMapError::Unrecognised {
-                    component: "text encoder",
-                    key: key.to_owned(),
-                });
-            };
-            for (name, part) in targets {
-                let key = key.to_owned();
-                text_encoder.insert(name, Source { key, part });
-            }
-        }
-        TextEncoderLayout::OpenClip
+        (clip, Some(open_clip), TextEncoderLayout::OpenAiClip)
     } else {
-        return Err(KeyMapError::NoTextEncoder);
+        let clip_keys = with_prefix(CLIP_PREFIX);
+        let open_clip_keys = with_prefix(OPEN_CLIP_PREFIX);
+        if !clip_keys.is_empty() {
+            let clip = map_clip(clip_keys, CLIP_PREFIX);
+            (clip, None, TextEncoderLayout::OpenAiClip)
+        } else if !open_clip_keys.is_empty() {
+            let open_clip = map_open_clip(open_clip_keys, OPEN_CLIP_PREFIX, false)?;
+            (open_clip, None, TextEncoderLayout::OpenClip)
+        } else {
+            return Err(KeyMapError::NoTextEncoder);
+        }
     };
 
     Ok(SingleFileMap {
         unet,
         vae,
         text_encoder,
+        text_encoder_2,
         text_encoder_layout,
         layers_per_block,
     })
+}
+
+/// The diffusers name of SDXL's `label_emb`, the MLP that embeds the pooled text embedding and
+/// the size/crop numbers (`add_embedding`), or `None` for any other UNet tensor.
+fn sdxl_added_conditioning(key: &str) -> Option<String> {
+    let table: &[(&str, &str)] = &[
+        ("label_emb.0.0", "add_embedding.linear_1"),
+        ("label_emb.0.2", "add_embedding.linear_2"),
+    ];
+    rename(key, table)
+}
+
+/// A CLIP text encoder stored with transformers' names under `prefix`.
+fn map_clip(keys: Vec<&str>, prefix: &str) -> KeyMap {
+    keys.into_iter()
+        .filter_map(|key| Some((clip_to_diffusers(&key[prefix.len()..])?, Source::whole(key))))
+        .collect()
+}
+
+/// An OpenCLIP text tower stored under `prefix`, in transformers' `CLIPTextModel` names, or,
+/// `with_projection`, `CLIPTextModelWithProjection`'s: SDXL projects the pooled output of its
+/// second encoder with OpenCLIP's `text_projection`, which SD 2.x leaves unused.
+fn map_open_clip(
+    keys: Vec<&str>,
+    prefix: &str,
+    with_projection: bool,
+) -> Result<KeyMap, KeyMapError> {
+    let mut map = KeyMap::new();
+    for key in keys {
+        let rest = &key[prefix.len()..];
+        if with_projection && rest == "text_projection" {
+            let source = Source {
+                transposed: true,
+                ..Source::whole(key)
+            };
+            map.insert("text_projection.weight".to_owned(), source);
+            continue;
+        }
+        let Some(targets) = open_clip_to_diffusers(rest) else {
+            return Err(KeyMapError::Unrecognised {
+                component: "text encoder",
+                key: key.to_owned(),
+            });
+        };
+        for (name, part) in targets {
+            let source = Source {
+                part,
+                ..Source::whole(key)
+            };
+            map.insert(name, source);
+        }
+    }
+    Ok(map)
 }
 
 /// Maps a standalone VAE file: latent-diffusion names with or without the `first_stage_model.`
@@ -477,11 +551,13 @@ pub fn clip_to_diffusers(key: &str) -> Option<String> {
     if key.ends_with("embeddings.position_ids") {
         return None;
     }
-    Some(if key.starts_with("text_model.") || key.starts_with("text_projection.") {
-        key.to_owned()
-    } else {
-        format!("text_model.{key}")
-    })
+    Some(
+        if key.starts_with("text_model.") || key.starts_with("text_projection.") {
+            key.to_owned()
+        } else {
+            format!("text_model.{key}")
+        },
+    )
 }
 
 /// The transformers `CLIPTextModel` names an OpenCLIP text-tower tensor (after
@@ -793,10 +869,10 @@ mod tests {
         );
         assert_eq!(
             map_single_file(&[
-                "conditioner.embedders.0.transformer.x",
+                "conditioner.embedders.0.model.ln_final.weight",
                 "model.diffusion_model.out.2.weight"
             ]),
-            Err(KeyMapError::Sdxl)
+            Err(KeyMapError::SdxlRefiner)
         );
         let mut keys: Vec<String> = SD15_INPUT_BLOCKS
             .iter()
@@ -822,6 +898,143 @@ mod tests {
                 key: "model.diffusion_model.label_emb.0.0.weight".into()
             })
         );
+    }
+
+    /// The names of an SDXL base file (sd_xl_base_1.0.safetensors' layout: 3 levels, 2 layers
+    /// per block), one or two tensors per module.
+    fn sdxl_keys() -> Vec<String> {
+        let unet = [
+            "time_embed.0.weight",
+            "label_emb.0.0.weight",
+            "label_emb.0.2.bias",
+            "input_blocks.0.0.weight",
+            "input_blocks.1.0.in_layers.0.weight",
+            "input_blocks.2.0.in_layers.0.weight",
+            "input_blocks.3.0.op.weight",
+            "input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight",
+            "input_blocks.6.0.op.weight",
+            "input_blocks.8.1.transformer_blocks.9.attn1.to_q.weight",
+            "middle_block.1.proj_in.weight",
+            "output_blocks.2.2.conv.weight",
+            "output_blocks.8.0.skip_connection.weight",
+            "out.2.weight",
+        ];
+        let clip = [
+            "text_model.embeddings.position_ids",
+            "text_model.embeddings.token_embedding.weight",
+            "text_model.encoder.layers.11.mlp.fc2.bias",
+        ];
+        let open_clip = [
+            "positional_embedding",
+            "text_projection",
+            "logit_scale",
+            "transformer.resblocks.31.attn.in_proj_bias",
+            "ln_final.weight",
+        ];
+        let prefixed = |prefix: &str, names: &[&str]| -> Vec<String> {
+            names.iter().map(|n| format!("{prefix}{n}")).collect()
+        };
+        [
+            prefixed(UNET_PREFIX, &unet),
+            prefixed(VAE_PREFIX, &["encoder.down.0.block.0.conv1.weight"]),
+            prefixed(SDXL_CLIP_PREFIX, &clip),
+            prefixed(SDXL_OPEN_CLIP_PREFIX, &open_clip),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn sdxl_single_file_names() {
+        let keys = sdxl_keys();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let map = map_single_file(&refs).unwrap();
+        assert_eq!(map.layers_per_block, 2);
+        assert_eq!(map.text_encoder_layout, TextEncoderLayout::OpenAiClip);
+        // Pairs from diffusers' convert_diffusers_to_original_sdxl.py.
+        for (diffusers, ldm) in [
+            ("add_embedding.linear_1.weight", "label_emb.0.0.weight"),
+            ("add_embedding.linear_2.bias", "label_emb.0.2.bias"),
+            (
+                "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k.weight",
+                "input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight",
+            ),
+            (
+                "down_blocks.2.attentions.1.transformer_blocks.9.attn1.to_q.weight",
+                "input_blocks.8.1.transformer_blocks.9.attn1.to_q.weight",
+            ),
+            (
+                "up_blocks.0.upsamplers.0.conv.weight",
+                "output_blocks.2.2.conv.weight",
+            ),
+            (
+                "up_blocks.2.resnets.2.conv_shortcut.weight",
+                "output_blocks.8.0.skip_connection.weight",
+            ),
+        ] {
+            assert_eq!(
+                map.unet[diffusers],
+                Source::whole(&format!("{UNET_PREFIX}{ldm}")),
+                "{diffusers}"
+            );
+        }
+        assert_eq!(map.unet.len(), 14);
+        let clip: Vec<&str> = map.text_encoder.keys().map(String::as_str).collect();
+        assert_eq!(
+            clip,
+            [
+                "text_model.embeddings.token_embedding.weight",
+                "text_model.encoder.layers.11.mlp.fc2.bias",
+            ]
+        );
+        let open_clip = map.text_encoder_2.unwrap();
+        let projection = &open_clip["text_projection.weight"];
+        assert_eq!(
+            (projection.key.as_str(), projection.transposed),
+            ("conditioner.embedders.1.model.text_projection", true)
+        );
+        let v = &open_clip["text_model.encoder.layers.31.self_attn.v_proj.bias"];
+        assert_eq!(v.part, Some(Part { index: 2, of: 3 }));
+        assert!(!v.transposed);
+        // 3 fused projections, the positional embedding, ln_final and text_projection:
+        // logit_scale is left out.
+        assert_eq!(open_clip.len(), 6);
+
+        let without = |prefix: &str| -> Vec<String> {
+            keys.iter()
+                .filter(|k| !k.starts_with(prefix))
+                .cloned()
+                .collect()
+        };
+        let refs = |keys: &[String]| -> Result<SingleFileMap, KeyMapError> {
+            map_single_file(&keys.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            refs(&without(SDXL_OPEN_CLIP_PREFIX)),
+            Err(KeyMapError::NoSdxlTextEncoder {
+                prefix: SDXL_OPEN_CLIP_PREFIX
+            })
+        );
+        assert_eq!(
+            refs(&without(SDXL_CLIP_PREFIX)),
+            Err(KeyMapError::NoSdxlTextEncoder {
+                prefix: SDXL_CLIP_PREFIX
+            })
+        );
+        let mut extra = keys.clone();
+        extra.push("conditioner.embedders.2.model.weight".into());
+        assert_eq!(
+            refs(&extra),
+            Err(KeyMapError::Unrecognised {
+                component: "text encoder",
+                key: "conditioner.embedders.2.model.weight".into()
+            })
+        );
+        // The refiner: OpenCLIP bigG alone, as embedders.0.
+        let refiner: Vec<String> = without("conditioner.")
+            .into_iter()
+            .chain([format!("{SDXL_REFINER_PREFIX}text_projection")])
+            .collect();
+        assert_eq!(refs(&refiner), Err(KeyMapError::SdxlRefiner));
     }
 
     #[test]

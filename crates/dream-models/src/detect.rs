@@ -5,10 +5,14 @@
 //! attention, the conditioning width, whether the transformers project linearly. They cannot
 //! show three things, and for those this module applies Stable Diffusion's own values:
 //!
-//! * **GroupNorm groups**: 32, as in every SD 1.x/2.x UNet and VAE.
+//! * **GroupNorm groups**: 32, as in every SD 1.x/2.x/XL UNet and VAE.
 //! * **Attention heads**: in the UNet, 8 heads (SD 1.x) or, with a 1024-wide (OpenCLIP ViT-H)
-//!   conditioning, 64-channel heads (SD 2.x: 5/10/20/20 heads per level); in the text encoder,
-//!   64-channel heads (ViT-L/14: 12, ViT-H/14: 16).
+//!   conditioning or SDXL's added conditioning, 64-channel heads (SD 2.x: 5/10/20/20 heads per
+//!   level, SDXL 5/10/20); in the text encoders, 64-channel heads (ViT-L/14: 12, ViT-H/14: 16,
+//!   ViT-bigG/14: 20).
+//! * **SDXL's micro-conditioning**: six numbers (original size, crop offset, target size), as
+//!   the base model has ([`sdxl_unet_config`]).
+//! * **VAE scaling factor**: SD's 0.18215, SDXL's [`SDXL_VAE_SCALING_FACTOR`].
 //! * **Prediction type** ([`default_prediction`]).
 //! * **fp16 attention upcasting** (`upcast_attention`, set in SD 2.1's diffusers config): off;
 //!   it changes nothing in f32.
@@ -121,8 +125,58 @@ fn build<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| undetectable(w, what, e.to_string()))
 }
 
-/// A UNet config from diffusers-named UNet weights (see the module docs for what is assumed).
+/// The SDXL VAE's latent scaling (its diffusers config's `scaling_factor`): its latents are
+/// spread wider than SD 1.x/2.x's.
+pub const SDXL_VAE_SCALING_FACTOR: f64 = 0.13025;
+
+/// The number of micro-conditioning numbers the SDXL base UNet embeds beside the pooled text:
+/// original height and width, crop top and left, target height and width.
+const SDXL_TIME_IDS: usize = 6;
+
+/// Where SDXL's added conditioning (`label_emb` in single files) lives.
+const ADD_EMBEDDING: &str = "add_embedding.linear_1.weight";
+
+/// A UNet config from diffusers-named SD 1.x/2.x UNet weights (see the module docs for what is
+/// assumed). An SDXL UNet needs [`sdxl_unet_config`].
 pub fn unet_config(w: &Weights) -> Result<UNetConfig, WeightsError> {
+    if w.contains(ADD_EMBEDDING) {
+        return Err(undetectable(
+            w,
+            "UNet config",
+            "it has SDXL's added conditioning (add_embedding), whose layout depends on the \
+             second text encoder's width",
+        ));
+    }
+    build(w, "UNet config", unet_fields(w)?)
+}
+
+/// An SDXL UNet config: [`unet_config`]'s fields plus the `text_time` added conditioning, whose
+/// MLP reads the pooled text embedding (`pooled_width` wide: the second text encoder's
+/// projection) next to the six micro-conditioning numbers, each embedded sinusoidally.
+pub fn sdxl_unet_config(w: &Weights, pooled_width: usize) -> Result<UNetConfig, WeightsError> {
+    const WHAT: &str = "SDXL UNet config";
+    let input = dim(w, WHAT, ADD_EMBEDDING, 1)?;
+    let numbers = input.saturating_sub(pooled_width);
+    if numbers == 0 || numbers % SDXL_TIME_IDS != 0 {
+        return Err(undetectable(
+            w,
+            WHAT,
+            format!(
+                "add_embedding reads {input} values, which is not the {pooled_width}-wide \
+                 pooled text plus {SDXL_TIME_IDS} equally wide numbers (the SDXL refiner's 5 \
+                 are not supported yet)"
+            ),
+        ));
+    }
+    let mut fields = unet_fields(w)?;
+    fields["addition_embed_type"] = json!("text_time");
+    fields["addition_time_embed_dim"] = json!(numbers / SDXL_TIME_IDS);
+    fields["projection_class_embeddings_input_dim"] = json!(input);
+    build(w, WHAT, fields)
+}
+
+/// The `config.json` fields a UNet's shapes tell, with SD's assumptions for the rest.
+fn unet_fields(w: &Weights) -> Result<serde_json::Value, WeightsError> {
     const WHAT: &str = "UNet config";
     let levels = count(w, "down_blocks.");
     let layers_per_block = count(w, "down_blocks.0.resnets.");
@@ -186,7 +240,7 @@ pub fn unet_config(w: &Weights) -> Result<UNetConfig, WeightsError> {
     } else {
         json!(transformer_layers)
     };
-    let heads = if cross_attention_dim == 1024 {
+    let heads = if cross_attention_dim == 1024 || w.contains(ADD_EMBEDDING) {
         json!(block_out_channels
             .iter()
             .map(|c| c / 64)
@@ -194,10 +248,7 @@ pub fn unet_config(w: &Weights) -> Result<UNetConfig, WeightsError> {
     } else {
         json!(8)
     };
-    build(
-        w,
-        WHAT,
-        json!({
+    Ok(json!({
             "in_channels": dim(w, WHAT, "conv_in.weight", 1)?,
             "out_channels": dim(w, WHAT, "conv_out.weight", 0)?,
             "block_out_channels": block_out_channels,
@@ -208,8 +259,7 @@ pub fn unet_config(w: &Weights) -> Result<UNetConfig, WeightsError> {
             "cross_attention_dim": cross_attention_dim,
             "use_linear_projection": proj_in_rank == 2,
             "transformer_layers_per_block": transformer_layers,
-        }),
-    )
+    }))
 }
 
 /// A VAE config from diffusers-named VAE weights (32 groups and SD's 0.18215 scaling assumed).
@@ -244,7 +294,9 @@ pub fn vae_config(w: &Weights) -> Result<VaeConfig, WeightsError> {
 
 /// A CLIP text-model config from transformers-named weights. SD 2.x uses the penultimate layer
 /// of OpenCLIP's 24, and diffusers' SD 2.x configs say 23 layers: the same is done here, so the
-/// last layer's weights are left unused.
+/// last layer's weights are left unused. SDXL's second encoder (with a `text_projection`) keeps
+/// all its layers: the UNet reads its penultimate layer, but the pooled output comes from the
+/// last.
 pub fn text_encoder_config(
     w: &Weights,
     layout: TextEncoderLayout,
@@ -263,14 +315,13 @@ pub fn text_encoder_config(
         ));
     }
     let layers = count(w, "text_model.encoder.layers.");
+    let projection = w.shape("text_projection.weight");
     let (layers, activation) = match layout {
         TextEncoderLayout::OpenAiClip => (layers, "quick_gelu"),
+        TextEncoderLayout::OpenClip if projection.is_some() => (layers, "gelu"),
         TextEncoderLayout::OpenClip => (layers.saturating_sub(1), "gelu"),
     };
-    build(
-        w,
-        WHAT,
-        json!({
+    let mut fields = json!({
             "vocab_size": dim(w, WHAT, token_embedding, 0)?,
             "hidden_size": hidden,
             "intermediate_size": dim(w, WHAT, "text_model.encoder.layers.0.mlp.fc1.weight", 0)?,
@@ -278,6 +329,9 @@ pub fn text_encoder_config(
             "num_attention_heads": hidden / 64,
             "max_position_embeddings": dim(w, WHAT, "text_model.embeddings.position_embedding.weight", 0)?,
             "hidden_act": activation,
-        }),
-    )
+    });
+    if let Some(projection) = projection {
+        fields["projection_dim"] = json!(projection[0]);
+    }
+    build(w, WHAT, fields)
 }

@@ -642,13 +642,7 @@ impl Weights {
         let file = Arc::new(Checkpoint::open(path)?);
         let map = file
             .names()
-            .filter_map(|key| {
-                let source = Source {
-                    key: key.to_owned(),
-                    part: None,
-                };
-                Some((rename(key)?, source))
-            })
+            .filter_map(|key| Some((rename(key)?, Source::whole(key))))
             .collect();
         Ok(Weights::renamed(file, map))
     }
@@ -676,17 +670,21 @@ impl Weights {
         self.map.contains_key(name)
     }
 
-    /// The shape as stored (a fused tensor's slice has its share of the first dimension).
+    /// The shape as served: a fused tensor's slice has its share of the first dimension, a
+    /// transposed one its two dimensions swapped.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let (file, source) = self.map.get(name)?;
         let mut shape = self.files[*file].shape(&source.key)?.to_vec();
         if let (Some(part), Some(first)) = (source.part, shape.first_mut()) {
             *first /= part.of;
         }
+        if source.transposed {
+            shape.reverse();
+        }
         Some(shape)
     }
 
-    /// The tensor as stored (dtype and shape), on `device`.
+    /// The tensor as served (see [`Weights::shape`]), in its stored dtype, on `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, WeightsError> {
         let Some((file, source)) = self.map.get(name) else {
             return Err(WeightsError::Tensor {
@@ -696,28 +694,37 @@ impl Weights {
             });
         };
         let file = &self.files[*file];
-        let tensor = file.tensor(&source.key, device)?;
-        match source.part {
-            None => Ok(tensor),
-            Some(Part { index, of }) => {
-                let rows = tensor.dim(0).unwrap_or(0);
-                if rows % of != 0 {
-                    return Err(WeightsError::Tensor {
-                        path: file.path().to_path_buf(),
-                        name: source.key.clone(),
-                        problem: format!("{rows} rows cannot be split into {of} equal parts"),
-                    });
-                }
-                let step = rows / of;
-                tensor
-                    .narrow(0, index * step, step)
-                    .map_err(|e| WeightsError::Tensor {
-                        path: file.path().to_path_buf(),
-                        name: source.key.clone(),
-                        problem: e.to_string(),
-                    })
+        let fail = |problem: String| WeightsError::Tensor {
+            path: file.path().to_path_buf(),
+            name: source.key.clone(),
+            problem,
+        };
+        let mut tensor = file.tensor(&source.key, device)?;
+        if let Some(Part { index, of }) = source.part {
+            let rows = tensor.dim(0).unwrap_or(0);
+            if rows % of != 0 {
+                return Err(fail(format!(
+                    "{rows} rows cannot be split into {of} equal parts"
+                )));
             }
+            let step = rows / of;
+            tensor = tensor
+                .narrow(0, index * step, step)
+                .map_err(|e| fail(e.to_string()))?;
         }
+        if source.transposed {
+            if tensor.rank() != 2 {
+                return Err(fail(format!(
+                    "shape {:?}, where a projection matrix was expected",
+                    tensor.dims()
+                )));
+            }
+            tensor = tensor
+                .t()
+                .and_then(|t| t.contiguous())
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(tensor)
     }
 
     /// A VarBuilder over these weights: every tensor is converted to `dtype` as it is loaded.
@@ -803,14 +810,15 @@ pub struct SdComponents {
     pub kind: ModelKind,
 }
 
-/// Loads an original latent-diffusion / A1111 single-file checkpoint (`.safetensors` or `.ckpt`).
+/// Loads an original latent-diffusion / A1111 single-file checkpoint (`.safetensors` or `.ckpt`):
+/// SD 1.x, 2.x, or SDXL base (Stability's `sgm` layout, with both text encoders).
 ///
 /// Without `config_dir`, the networks' configs are inferred from the tensor shapes by
 /// [`detect`], which assumes what shapes cannot show: Stable Diffusion's 32 GroupNorm groups, its
 /// head counts, and its prediction type (see [`detect::model_kind`]). With `config_dir` (a
 /// diffusers model folder, as in diffusers' `from_single_file(config=...)`), its
-/// `unet/config.json`, `vae/config.json`, `text_encoder/config.json` and
-/// `scheduler/scheduler_config.json` are used instead; a config that does not fit the tensors
+/// `unet/config.json`, `vae/config.json`, `text_encoder/config.json` (and for SDXL
+/// `text_encoder_2/config.json`) and `scheduler/scheduler_config.json` are used instead; a config that does not fit the tensors
 /// shows up as a shape error naming the tensor when the network is built.
 pub fn load_single_file(
     path: &Path,
@@ -825,23 +833,43 @@ pub fn load_single_file(
         })?;
     let unet = Weights::renamed(file.clone(), map.unet);
     let vae = Weights::renamed(file.clone(), map.vae);
-    let text_encoder = Weights::renamed(file, map.text_encoder);
+    let text_encoder = Weights::renamed(file.clone(), map.text_encoder);
+    let text_encoder_2 = map
+        .text_encoder_2
+        .map(|map| Weights::renamed(file.clone(), map));
 
-    let (unet_config, vae_config, text_config, prediction) = match config_dir {
+    let (unet_config, vae_config, text_config, text_config_2, prediction) = match config_dir {
         Some(dir) => (
             read_config(&dir.join("unet").join("config.json"))?,
             read_config(&dir.join("vae").join("config.json"))?,
             read_config(&dir.join("text_encoder").join("config.json"))?,
+            match text_encoder_2 {
+                Some(_) => Some(read_config(
+                    &dir.join("text_encoder_2").join("config.json"),
+                )?),
+                None => None,
+            },
             read_prediction(dir)?,
         ),
         None => {
-            let unet_config = detect::unet_config(&unet)?;
+            let text_config = detect::text_encoder_config(&text_encoder, map.text_encoder_layout)?;
+            let mut vae_config = detect::vae_config(&vae)?;
+            let (unet_config, text_config_2) = match &text_encoder_2 {
+                Some(w) => {
+                    let config = detect::text_encoder_config(w, TextEncoderLayout::OpenClip)?;
+                    vae_config.scaling_factor = detect::SDXL_VAE_SCALING_FACTOR;
+                    let unet_config = detect::sdxl_unet_config(&unet, config.projection_dim)?;
+                    (unet_config, Some(config))
+                }
+                None => (detect::unet_config(&unet)?, None),
+            };
             let open_clip = map.text_encoder_layout == TextEncoderLayout::OpenClip;
             let prediction = detect::default_prediction(open_clip, unet_config.in_channels == 9);
             (
                 unet_config,
-                detect::vae_config(&vae)?,
-                detect::text_encoder_config(&text_encoder, map.text_encoder_layout)?,
+                vae_config,
+                text_config,
+                text_config_2,
                 prediction,
             )
         }
@@ -860,7 +888,9 @@ pub fn load_single_file(
             config: text_config,
             weights: text_encoder,
         },
-        text_encoder_2: None,
+        text_encoder_2: text_encoder_2
+            .zip(text_config_2)
+            .map(|(weights, config)| Component { config, weights }),
     })
 }
 
@@ -1084,11 +1114,7 @@ fn folder_weights(
         let file = Arc::new(Checkpoint::open(&path)?);
         for key in file.names() {
             if let Some(name) = rename(key) {
-                let source = Source {
-                    key: key.to_owned(),
-                    part: None,
-                };
-                map.insert(name, (index, source));
+                map.insert(name, (index, Source::whole(key)));
             }
         }
         files.push(file);
