@@ -54,6 +54,12 @@ REF=("$PY" "$TOOLS/reference_torch_seed.py" --model "$WORK/tiny" --model-label "
 "${REF[@]}" --negative "" --seed 1234 --width 64 --height 48 --scheduler euler \
     --out $FX/ref/txt2img_euler_64x48.safetensors --png "$WORK/txt2img_euler_64x48.png"
 
+# 4b. SDXL pipeline references: diffusers' StableDiffusionXLPipeline (Euler, DDIM with the zero
+#     negative, an A1111-weighted prompt) and its img2img pipeline on the tiny SDXL model.
+mkdir -p $FX/sdxl_pipeline
+"$PY" "$TOOLS/sdxl_pipeline_fixtures.py" --model $FX/tiny-sdxl --init $FX/images/init_64x64.png \
+    --out $FX/sdxl_pipeline >"$WORK/sdxl_pipeline.log"
+
 # 5-6. torch CPU randn values and CLIP tokenizer ids.
 "$PY" "$TOOLS/make_rng.py" $FX/rng/torch_randn.safetensors
 "$PY" "$TOOLS/make_tokenizer_cases.py" $FX/tiny/tokenizer $FX/tokenizer/cases.json

@@ -5,6 +5,11 @@
 //! parts (composable diffusion). For InvokeAI syntax it is compel's `EmbeddingsProvider` as
 //! InvokeAI runs it (`truncate_long_prompts=False`, downweighting by masking).
 //!
+//! For SDXL, A1111's syntax is read as A1111 reads it for SDXL: each text goes through both
+//! encoders (each with its own tokenizer, chunks and emphasis), their penultimate hidden states
+//! are joined along the features, and the second encoder's pooled output of the first chunk is
+//! the text's pooled embedding (`sd_hijack_clip` with `sgm`'s two embedders).
+//!
 //! All conditionings of a run have one length, so that the negative prompt and every `AND` part
 //! go through the UNet as one batch: `AND` parts are lengthened by repeating their last vector
 //! (A1111's `stack_conds`), and the negative prompt and the positive parts by the empty
@@ -16,7 +21,7 @@ use dream_core::prompt::{
     self, ConditioningPlan, Fragment, PromptOptions, PromptText, SubPrompt, Syntax, TokenTable,
 };
 use dream_core::tokenizer::ClipTokenizer;
-use dream_models::clip::ClipTextTransformer;
+use dream_models::clip::{ClipTextModelWithProjection, ClipTextOutput, ClipTextTransformer};
 
 use crate::model::StableDiffusion;
 use crate::DreamError;
@@ -159,17 +164,33 @@ impl TextualInversions {
 /// The encoded plan: for each step, the negative prompt's and each `AND` part's embeddings.
 pub struct PromptConditioning {
     plan: ConditioningPlan,
-    /// Per `AND` part, per distinct text of the part, `[1, L, D]`.
-    positive: Vec<Vec<Tensor>>,
-    /// Per distinct negative text, `[1, L, D]`.
-    negative: Vec<Tensor>,
-    /// `context_at` of every step when nothing changes during the run.
-    constant: Option<Tensor>,
+    /// Per `AND` part, its distinct texts.
+    positive: Vec<Texts>,
+    /// The negative prompt's distinct texts.
+    negative: Texts,
+    /// `context_at` and `pooled_at` of every step when nothing changes during the run.
+    constant: Option<(Tensor, Option<Tensor>)>,
+}
+
+/// The encodings of a sub-prompt's distinct texts.
+struct Texts {
+    /// Per text, `[1, L, D]`.
+    context: Vec<Tensor>,
+    /// SDXL: per text, the pooled embedding `[1, P]`; empty for SD 1.x/2.x.
+    pooled: Vec<Tensor>,
+}
+
+/// The text encoders a model conditions on, and the rule for its empty negative prompt.
+pub(crate) struct Encoders<'a> {
+    pub(crate) first: (&'a ClipTokenizer, &'a ClipTextTransformer),
+    pub(crate) embeddings: &'a TextualInversions,
+    /// SDXL's second encoder, and whether an empty negative prompt conditions with zeros.
+    pub(crate) second: Option<(&'a ClipTokenizer, &'a ClipTextModelWithProjection, bool)>,
 }
 
 impl PromptConditioning {
     /// Encodes a conditioning plan with a tokenizer, a CLIP text encoder and the
-    /// textual-inversion embeddings the prompts may name.
+    /// textual-inversion embeddings the prompts may name (an SD 1.x/2.x model's one encoder).
     pub fn encode(
         tokenizer: &ClipTokenizer,
         text_encoder: &ClipTextTransformer,
@@ -177,21 +198,73 @@ impl PromptConditioning {
         plan: ConditioningPlan,
         options: &ConditioningOptions,
     ) -> Result<Self, DreamError> {
+        let encoders = Encoders {
+            first: (tokenizer, text_encoder),
+            embeddings,
+            second: None,
+        };
+        Self::encode_with(&encoders, plan, options, false)
+    }
+
+    /// Encodes a conditioning plan with a model's text encoders and the textual-inversion
+    /// embeddings the prompts may name. `empty_negative` says the negative prompt was empty,
+    /// which SDXL models may answer with zeros.
+    pub(crate) fn encode_with(
+        encoders: &Encoders,
+        plan: ConditioningPlan,
+        options: &ConditioningOptions,
+        empty_negative: bool,
+    ) -> Result<Self, DreamError> {
         if plan.syntax == Syntax::InvokeAi && options.emphasis != Emphasis::Original {
             return Err(DreamError::NotSupported(
                 "A1111's emphasis modes for InvokeAI prompts (compel weighs tokens its own way)"
                     .into(),
             ));
         }
-        let encoder = TextEncoder {
+        let (tokenizer, text_encoder) = encoders.first;
+        let mut encoder = TextEncoder {
             text_encoder,
-            embeddings,
-            chunker: embeddings.chunker(tokenizer),
+            projection: None,
+            embeddings: encoders.embeddings,
+            chunker: encoders.embeddings.chunker(tokenizer),
             options,
+            layer: Layer::ClipSkip,
+        };
+        // SDXL's second encoder knows no embeddings (refused by `add_embedding`).
+        let no_embeddings = TextualInversions::default();
+        let mut second = None;
+        if let Some((tokenizer, text_encoder, _)) = encoders.second {
+            if plan.syntax == Syntax::InvokeAi {
+                return Err(DreamError::NotSupported(
+                    "InvokeAI (compel) prompt syntax with SDXL models".into(),
+                ));
+            }
+            // A1111 keeps SDXL's penultimate layers whatever its clip skip (2 names the same
+            // layer); a deeper one is what neither A1111 nor diffusers agree on.
+            if options.clip_skip > 2 {
+                return Err(DreamError::NotSupported(format!(
+                    "clip skip {} with SDXL models (A1111 uses the penultimate layers, clip skip 1 or 2)",
+                    options.clip_skip
+                )));
+            }
+            encoder.layer = Layer::Penultimate;
+            second = Some(TextEncoder {
+                text_encoder: text_encoder.text_model(),
+                projection: Some(text_encoder),
+                embeddings: &no_embeddings,
+                chunker: no_embeddings.chunker(tokenizer),
+                options,
+                layer: Layer::Penultimate,
+            });
+        }
+        let encoders = TextEncoders {
+            first: encoder,
+            second,
+            zeros_for_empty_negative: encoders.second.is_some_and(|(_, _, zeros)| zeros),
         };
         let sub_prompt = |part: &SubPrompt| match plan.syntax {
-            Syntax::A1111 => encoder.sub_prompt(part),
-            Syntax::InvokeAi => encoder.compel_sub_prompt(part),
+            Syntax::A1111 => encoders.sub_prompt(part),
+            Syntax::InvokeAi => encoders.first.compel_sub_prompt(part),
         };
         let mut positive = plan
             .positive
@@ -199,22 +272,25 @@ impl PromptConditioning {
             .map(sub_prompt)
             .collect::<Result<Vec<_>, _>>()?;
         let mut negative = sub_prompt(&plan.negative)?;
+        if empty_negative && encoders.zeros_for_empty_negative() {
+            negative = negative.zeroed()?;
+        }
 
         let positive_len = positive
             .iter()
-            .flatten()
+            .flat_map(|part| &part.context)
             .map(token_count)
             .max()
             .unwrap_or(0);
-        for text in positive.iter_mut().flatten() {
+        for text in positive.iter_mut().flat_map(|part| &mut part.context) {
             *text = repeat_last_token(text, positive_len)?;
         }
-        let negative_len = negative.iter().map(token_count).max().unwrap_or(0);
-        let empty = encoder.empty_chunk()?;
-        for text in negative.iter_mut() {
+        let negative_len = negative.context.iter().map(token_count).max().unwrap_or(0);
+        let empty = encoders.empty_chunk()?;
+        for text in negative.context.iter_mut() {
             *text = append_chunks(text, &empty, positive_len)?;
         }
-        for text in positive.iter_mut().flatten() {
+        for text in positive.iter_mut().flat_map(|part| &mut part.context) {
             *text = append_chunks(text, &empty, negative_len)?;
         }
 
@@ -225,7 +301,7 @@ impl PromptConditioning {
             constant: None,
         };
         if conditioning.plan.is_constant() {
-            conditioning.constant = Some(conditioning.context_at(0)?);
+            conditioning.constant = Some((conditioning.context_at(0)?, conditioning.pooled_at(0)?));
         }
         Ok(conditioning)
     }
@@ -236,23 +312,54 @@ impl PromptConditioning {
 
     /// The embeddings of `AND` part `part`'s text `text` (an index into its `texts`), `[1, L, D]`.
     pub fn positive(&self, part: usize, text: usize) -> Option<&Tensor> {
-        self.positive.get(part)?.get(text)
+        self.positive.get(part)?.context.get(text)
     }
 
     /// The embeddings of the negative prompt's text `text`, `[1, L, D]`.
     pub fn negative(&self, text: usize) -> Option<&Tensor> {
-        self.negative.get(text)
+        self.negative.context.get(text)
+    }
+
+    /// SDXL: the pooled embedding of `AND` part `part`'s text `text`, `[1, P]`.
+    pub fn positive_pooled(&self, part: usize, text: usize) -> Option<&Tensor> {
+        self.positive.get(part)?.pooled.get(text)
+    }
+
+    /// SDXL: the pooled embedding of the negative prompt's text `text`, `[1, P]`.
+    pub fn negative_pooled(&self, text: usize) -> Option<&Tensor> {
+        self.negative.pooled.get(text)
     }
 
     /// The UNet's text context for sampling step `step` (from 0): `[1 + parts, L, D]`, the
     /// negative prompt first, then each `AND` part.
     pub fn context_at(&self, step: usize) -> candle_core::Result<Tensor> {
-        if let Some(context) = &self.constant {
+        if let Some((context, _)) = &self.constant {
             return Ok(context.clone());
         }
-        let mut rows = vec![&self.negative[self.plan.negative.text_index_at(step)]];
+        self.rows_at(step, |texts| &texts.context)
+    }
+
+    /// SDXL's pooled embeddings for sampling step `step`, `[1 + parts, P]` in the order of
+    /// [`Self::context_at`]; `None` for models without them.
+    pub fn pooled_at(&self, step: usize) -> candle_core::Result<Option<Tensor>> {
+        if let Some((_, pooled)) = &self.constant {
+            return Ok(pooled.clone());
+        }
+        if self.negative.pooled.is_empty() {
+            return Ok(None);
+        }
+        self.rows_at(step, |texts| &texts.pooled).map(Some)
+    }
+
+    /// The negative prompt's and each `AND` part's tensor of `step`, stacked.
+    fn rows_at(
+        &self,
+        step: usize,
+        of: impl Fn(&Texts) -> &Vec<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let mut rows = vec![&of(&self.negative)[self.plan.negative.text_index_at(step)]];
         for (part, texts) in self.plan.positive.iter().zip(&self.positive) {
-            rows.push(&texts[part.text_index_at(step)]);
+            rows.push(&of(texts)[part.text_index_at(step)]);
         }
         Tensor::cat(&rows, 0)
     }
@@ -286,13 +393,23 @@ impl StableDiffusion {
     ) -> Result<PromptConditioning, DreamError> {
         let plan = prompt::plan(prompt, negative_prompt, &options.prompt)
             .map_err(|e| DreamError::InvalidRequest(e.to_string()))?;
-        PromptConditioning::encode(
-            &self.tokenizer,
-            &*self.text_encoder.get()?,
-            &self.embeddings,
-            plan,
-            options,
-        )
+        let text_encoder = self.text_encoder.get()?;
+        let second = match &self.text_encoder_2 {
+            Some(second) => Some((second, second.text_encoder.get()?)),
+            None => None,
+        };
+        let encoders = Encoders {
+            first: (&self.tokenizer, &text_encoder),
+            embeddings: &self.embeddings,
+            second: second.as_ref().map(|(second, text_encoder)| {
+                (
+                    &second.tokenizer,
+                    &**text_encoder,
+                    second.zeros_for_empty_negative,
+                )
+            }),
+        };
+        PromptConditioning::encode_with(&encoders, plan, options, negative_prompt.is_empty())
     }
 
     /// `-t`: how the text encoder sees the prompts (see [`prompt::tokenization_log`]).
@@ -313,8 +430,14 @@ impl StableDiffusion {
     /// Adds a textual-inversion embedding, `[vectors, hidden]`, that prompts can name: A1111
     /// prompts by `name` as a word, InvokeAI prompts as `<name>`.
     pub fn add_embedding(&mut self, name: &str, vectors: &Tensor) -> Result<(), DreamError> {
+        if self.text_encoder_2.is_some() {
+            return Err(DreamError::NotSupported(
+                "textual-inversion embeddings for SDXL models".into(),
+            ));
+        }
+        let text_encoder = self.text_encoder.get()?;
         self.embeddings
-            .insert(&self.tokenizer, &*self.text_encoder.get()?, name, vectors)
+            .insert(&self.tokenizer, &text_encoder, name, vectors)
     }
 }
 
@@ -349,20 +472,103 @@ fn append_chunks(embeddings: &Tensor, chunk: &Tensor, len: usize) -> Result<Tens
     )?)
 }
 
+impl Texts {
+    /// The same texts conditioning with zeros (SDXL's empty negative prompt).
+    fn zeroed(&self) -> Result<Texts, DreamError> {
+        let zeros = |tensors: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+            tensors.iter().map(Tensor::zeros_like).collect()
+        };
+        Ok(Texts {
+            context: zeros(&self.context)?,
+            pooled: zeros(&self.pooled)?,
+        })
+    }
+}
+
+/// A model's text encoders: SD 1.x/2.x's one, or SDXL's two side by side.
+struct TextEncoders<'a> {
+    first: TextEncoder<'a>,
+    second: Option<TextEncoder<'a>>,
+    zeros_for_empty_negative: bool,
+}
+
+impl TextEncoders<'_> {
+    /// A1111 syntax: each encoder reads the texts with its own tokenizer and weighs them on its
+    /// own; the sequences are joined along the features, and the pooled embeddings are the
+    /// second encoder's.
+    fn sub_prompt(&self, part: &SubPrompt) -> Result<Texts, DreamError> {
+        let first = self.first.sub_prompt(part)?;
+        let Some(second) = &self.second else {
+            return Ok(first);
+        };
+        let second = second.sub_prompt(part)?;
+        let context = first
+            .context
+            .iter()
+            .zip(&second.context)
+            .map(|(a, b)| side_by_side(a, b))
+            .collect::<Result<_, _>>()?;
+        Ok(Texts {
+            context,
+            pooled: second.pooled,
+        })
+    }
+
+    /// The empty prompt's chunk through every encoder, `[1, 77, D]`.
+    fn empty_chunk(&self) -> Result<Tensor, DreamError> {
+        let first = self.first.empty_chunk()?;
+        match &self.second {
+            Some(second) => side_by_side(&first, &second.empty_chunk()?),
+            None => Ok(first),
+        }
+    }
+
+    fn zeros_for_empty_negative(&self) -> bool {
+        self.zeros_for_empty_negative
+    }
+}
+
+/// Two encoders' sequences for one text joined along the features: `[1, L, D₁ + D₂]`.
+fn side_by_side(first: &Tensor, second: &Tensor) -> Result<Tensor, DreamError> {
+    let (a, b) = (token_count(first), token_count(second));
+    if a != b {
+        return Err(DreamError::InvalidRequest(format!(
+            "the two tokenizers split the prompt differently ({a} and {b} tokens)"
+        )));
+    }
+    Ok(Tensor::cat(&[first, second], 2)?)
+}
+
+/// Which hidden state of the encoder conditions the UNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    /// SD 1.x/2.x: the output through the final LayerNorm, or with A1111's clip skip an
+    /// earlier layer's output through it.
+    ClipSkip,
+    /// SDXL: the penultimate layer's output as it is, without the final LayerNorm.
+    Penultimate,
+}
+
 struct TextEncoder<'a> {
     text_encoder: &'a ClipTextTransformer,
+    /// SDXL's second encoder: the projection of its pooled output.
+    projection: Option<&'a ClipTextModelWithProjection>,
+    /// The textual-inversion embeddings the chunker knows.
     embeddings: &'a TextualInversions,
     chunker: Chunker<'a>,
     options: &'a ConditioningOptions,
+    layer: Layer,
 }
 
 impl TextEncoder<'_> {
-    /// The embeddings of each distinct text of a sub-prompt, `[1, L, D]` each, one length.
+    /// The embeddings of each distinct text of a sub-prompt, `[1, L, D]` each, one length, and
+    /// with a projection their pooled embeddings, from each text's first chunk as A1111 takes
+    /// them.
     ///
     /// As A1111 does, chunk `c` of every schedule row goes through the encoder in one batch (a
     /// row with fewer chunks gets the empty prompt's chunk), and "Original" emphasis restores
     /// the mean of that whole batch; rows that repeat a text count as often as they repeat.
-    fn sub_prompt(&self, part: &SubPrompt) -> Result<Vec<Tensor>, DreamError> {
+    fn sub_prompt(&self, part: &SubPrompt) -> Result<Texts, DreamError> {
         let chunks = part
             .texts
             .iter()
@@ -380,25 +586,37 @@ impl TextEncoder<'_> {
         let empty = self.chunker.empty_chunk();
         let chunk_count = chunks.iter().map(Vec::len).max().unwrap_or(0);
         let mut per_text: Vec<Vec<Tensor>> = vec![Vec::new(); part.texts.len()];
+        let mut pooled = Vec::new();
         for c in 0..chunk_count {
             let batch: Vec<&Chunk> = chunks.iter().map(|t| t.get(c).unwrap_or(&empty)).collect();
-            let z = self.weighted(&batch, &repeats)?;
+            let (z, batch_pooled) = self.weighted(&batch, &repeats)?;
             for (i, text) in per_text.iter_mut().enumerate() {
                 text.push(z.narrow(0, i, 1)?);
             }
+            if let (0, Some(batch_pooled)) = (c, batch_pooled) {
+                pooled = (0..part.texts.len())
+                    .map(|i| batch_pooled.narrow(0, i, 1))
+                    .collect::<candle_core::Result<_>>()?;
+            }
         }
-        per_text
+        let context = per_text
             .iter()
-            .map(|text| Ok(Tensor::cat(text, 1)?))
-            .collect()
+            .map(|text| Tensor::cat(text, 1))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Texts { context, pooled })
     }
 
     /// The embeddings of each distinct text of a sub-prompt, as compel encodes them.
-    fn compel_sub_prompt(&self, part: &SubPrompt) -> Result<Vec<Tensor>, DreamError> {
-        part.texts
+    fn compel_sub_prompt(&self, part: &SubPrompt) -> Result<Texts, DreamError> {
+        let context = part
+            .texts
             .iter()
             .map(|text| self.compel_text(text))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Texts {
+            context,
+            pooled: Vec::new(),
+        })
     }
 
     /// compel's conditioning of a prompt, a `.blend()` or an `.and()`: `[1, L, D]`.
@@ -514,26 +732,54 @@ impl TextEncoder<'_> {
         self.encode(&[&self.chunker.empty_chunk()])
     }
 
-    /// The text encoder's output for a batch of chunks, `[n, 77, D]`, at the clip skip layer.
+    /// The text encoder's output for a batch of chunks, `[n, 77, D]`, at its conditioning layer.
     fn encode(&self, batch: &[&Chunk]) -> Result<Tensor, DreamError> {
         self.encode_masked(batch, None)
     }
 
     /// [`Self::encode`] with an attention mask `[n, 77]` (1 to attend, 0 to ignore).
     fn encode_masked(&self, batch: &[&Chunk], mask: Option<&Tensor>) -> Result<Tensor, DreamError> {
+        Ok(self.encode_pooled(batch, mask)?.0)
+    }
+
+    /// [`Self::encode_masked`], and with a projection the pooled embeddings `[n, P]`.
+    fn encode_pooled(
+        &self,
+        batch: &[&Chunk],
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>), DreamError> {
         let ids: Vec<u32> = batch.iter().flat_map(|c| c.ids.iter().copied()).collect();
-        let width = batch.first().map_or(0, |c| c.ids.len());
-        let embeddings = self.embeddings.embed(
-            self.text_encoder.token_embedding(),
-            &ids,
-            (batch.len(), width),
-        )?;
+        let shape = (batch.len(), batch.first().map_or(0, |c| c.ids.len()));
+        let embeddings = self
+            .embeddings
+            .embed(self.text_encoder.token_embedding(), &ids, shape)?;
         let output = self.text_encoder.forward_embeddings(&embeddings, mask)?;
+        let pooled = match self.projection {
+            Some(projection) => {
+                let ids = Tensor::from_vec(ids, shape, &candle_core::Device::Cpu)?;
+                let positions = self.text_encoder.eos_positions(&ids)?;
+                Some(projection.text_embeds(&output, &positions)?)
+            }
+            None => None,
+        };
+        Ok((self.conditioning_layer(output)?, pooled))
+    }
+
+    /// The hidden state that conditions the UNet (see [`Layer`]).
+    fn conditioning_layer(&self, output: ClipTextOutput) -> Result<Tensor, DreamError> {
+        let layers = output.hidden_states.len();
+        if self.layer == Layer::Penultimate {
+            return layers
+                .checked_sub(2)
+                .map(|i| output.hidden_states[i].clone())
+                .ok_or_else(|| {
+                    DreamError::InvalidRequest("the text encoder has no penultimate layer".into())
+                });
+        }
         let skip = self.options.clip_skip;
         if skip <= 1 {
             return Ok(output.last_hidden_state);
         }
-        let layers = output.hidden_states.len();
         let hidden = layers
             .checked_sub(skip)
             .map(|i| &output.hidden_states[i])
@@ -545,12 +791,17 @@ impl TextEncoder<'_> {
         Ok(self.text_encoder.final_layer_norm(hidden)?)
     }
 
-    /// A batch of chunks encoded with their emphasis weights applied; `repeats[i]` is how many
-    /// schedule rows chunk `i` stands for in the batch mean.
-    fn weighted(&self, batch: &[&Chunk], repeats: &[usize]) -> Result<Tensor, DreamError> {
-        let z = self.encode(batch)?;
+    /// A batch of chunks encoded with their emphasis weights applied, and their pooled
+    /// embeddings (which emphasis leaves alone, as in A1111); `repeats[i]` is how many schedule
+    /// rows chunk `i` stands for in the batch mean.
+    fn weighted(
+        &self,
+        batch: &[&Chunk],
+        repeats: &[usize],
+    ) -> Result<(Tensor, Option<Tensor>), DreamError> {
+        let (z, pooled) = self.encode_pooled(batch, None)?;
         let weights = weights_of(batch, &z)?;
-        Ok(match self.options.emphasis {
+        let z = match self.options.emphasis {
             Emphasis::NoNorm => z.broadcast_mul(&weights)?,
             Emphasis::Original => {
                 let scaled = z.broadcast_mul(&weights)?;
@@ -558,7 +809,8 @@ impl TextEncoder<'_> {
                 (scaled * ratio)?
             }
             Emphasis::ComfyUi => self.move_from_empty(&z, &weights)?,
-        })
+        };
+        Ok((z, pooled))
     }
 }
 

@@ -5,14 +5,16 @@
 use std::cell::Cell;
 
 use candle_core::{Result, Tensor};
+use dream_models::unet::AddedConditions;
 
 use crate::conditioning::PromptConditioning;
 use crate::model::StableDiffusion;
 use crate::sampling::Predictor;
+use crate::sdxl::size_conditioning;
 
 /// Classifier-free guidance: the UNet sees the negative prompt's and every `AND` part's
-/// conditioning of the current step as one batch, and `PromptConditioning::guide` combines the
-/// predictions with the CFG scale.
+/// conditioning of the current step as one batch (for SDXL with their pooled embeddings and the
+/// image size), and `PromptConditioning::guide` combines the predictions with the CFG scale.
 pub struct Guided<'a> {
     model: &'a StableDiffusion,
     conditioning: &'a PromptConditioning,
@@ -36,9 +38,30 @@ impl Guided<'_> {
 
 impl Predictor for Guided<'_> {
     fn predict(&mut self, latents: &Tensor, timestep: f64) -> Result<Tensor> {
-        let context = self.conditioning.context_at(self.step.get())?;
+        let step = self.step.get();
+        let context = self.conditioning.context_at(step)?;
         let batch = latents.repeat((context.dim(0)?, 1, 1, 1))?;
-        let predictions = self.model.unet.forward(&batch, timestep, &context)?;
+        let predictions = match self.conditioning.pooled_at(step)? {
+            // SDXL: the pooled prompt embeddings and the image's size go in beside the text.
+            Some(pooled) => {
+                let (_, _, height, width) = latents.dims4()?;
+                let factor = self.model.vae_factor();
+                let sizes = size_conditioning(
+                    height * factor,
+                    width * factor,
+                    pooled.dim(0)?,
+                    latents.device(),
+                )?;
+                let added = AddedConditions {
+                    text_embeds: &pooled,
+                    time_ids: &sizes,
+                };
+                self.model
+                    .unet
+                    .forward_with_added(&batch, timestep, &context, Some(&added))?
+            }
+            None => self.model.unet.forward(&batch, timestep, &context)?,
+        };
         let guided = self.conditioning.guide(&predictions, self.cfg_scale)?;
         if self.guidance_rescale == 0.0 {
             return Ok(guided);

@@ -1,4 +1,5 @@
-//! A loaded Stable Diffusion model: tokenizer, text encoder, UNet, VAE and noise schedule.
+//! A loaded Stable Diffusion model: tokenizer, text encoder (SDXL: two of each), UNet, VAE and
+//! noise schedule.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -6,9 +7,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use dream_core::schedule::SchedulerConfig;
 use dream_core::tokenizer::ClipTokenizer;
-use dream_models::clip::ClipTextTransformer;
+use dream_models::clip::{ClipTextModelWithProjection, ClipTextTransformer};
 use dream_models::config::VaeConfig;
-use dream_models::detect::Prediction;
+use dream_models::detect::{Prediction, SdVersion};
 use dream_models::taesd::TinyDecoder;
 use dream_models::unet::UNet2DConditionModel;
 use dream_models::vae::DiagonalGaussian;
@@ -17,6 +18,7 @@ use dream_models::weights;
 use crate::conditioning::TextualInversions;
 use crate::offload::{DeviceSlot, Staged};
 use crate::precision::{Precision, Vae};
+use crate::sdxl::SecondTextEncoder;
 use crate::tiling::VaeTiling;
 use crate::DreamError;
 
@@ -85,6 +87,10 @@ pub struct StableDiffusion {
     taesd: Option<TinyDecoder>,
     name: String,
     pub(crate) embeddings: TextualInversions,
+    /// SDXL's second tokenizer and text encoder.
+    pub(crate) text_encoder_2: Option<SecondTextEncoder>,
+    /// The side of the square images the model was trained on.
+    native_size: usize,
 }
 
 impl StableDiffusion {
@@ -96,11 +102,15 @@ impl StableDiffusion {
 
     pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, DreamError> {
         let path = path.as_ref();
+        // The folder whose configs and tokenizers describe the model.
+        let config_dir = match path.is_dir() {
+            true => Some(path),
+            false => options.config_dir.as_deref(),
+        };
         let (components, tokenizer, scheduler) = if path.is_dir() {
             let components = weights::load_diffusers_folder(path)?;
             (components, folder_tokenizer(path)?, folder_scheduler(path)?)
         } else {
-            let config_dir = options.config_dir.as_deref();
             let components = weights::load_single_file(path, config_dir)?;
             let tokenizer =
                 config_dir.map_or_else(|| Ok(ClipTokenizer::bundled()), folder_tokenizer)?;
@@ -163,6 +173,25 @@ impl StableDiffusion {
         let vae_networks = Vae::new(&vae, dtype, device, &slot());
         // Weights that do not fit their network fail here, not at the first image.
         text_encoder.get().map_err(build_error)?;
+        let text_encoder_2 = match &components.text_encoder_2 {
+            Some(component) => {
+                let text_encoder = Staged::of(
+                    "text encoder 2",
+                    component,
+                    dtype,
+                    device,
+                    slot(),
+                    ClipTextModelWithProjection::new,
+                );
+                text_encoder.get().map_err(build_error)?;
+                Some(SecondTextEncoder {
+                    tokenizer: second_tokenizer(config_dir)?,
+                    text_encoder,
+                    zeros_for_empty_negative: zeros_for_empty_prompt(config_dir)?,
+                })
+            }
+            None => None,
+        };
         unet.get().map_err(build_error)?;
         vae_networks.current().0.get().map_err(build_error)?;
         let unet_config = &components.unet.config;
@@ -179,8 +208,16 @@ impl StableDiffusion {
             vae_tiling: options.vae_tiling,
             taesd,
             embeddings: TextualInversions::default(),
+            text_encoder_2,
+            native_size: trained_size(config_dir, components.kind.version)?,
             name: model_name(path),
         })
+    }
+
+    /// The side of the square images the model was trained on (SD 1.x 512, SDXL 1024), which
+    /// the CLI renders by default as InvokeAI takes a model's width and height.
+    pub fn native_size(&self) -> usize {
+        self.native_size
     }
 
     /// The model's name as image metadata records it: its file or folder name.
@@ -263,12 +300,27 @@ fn read_text(path: &Path) -> Result<String, DreamError> {
 
 /// The folder's own `tokenizer/` vocabulary, or OpenAI's CLIP vocabulary when it has none.
 fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer, DreamError> {
-    let (vocab, merges) = (
-        dir.join("tokenizer/vocab.json"),
-        dir.join("tokenizer/merges.txt"),
-    );
+    Ok(tokenizer_in(&dir.join("tokenizer"))?.unwrap_or_else(ClipTokenizer::bundled))
+}
+
+/// SDXL's second tokenizer: the config folder's `tokenizer_2/`, else OpenAI's CLIP vocabulary
+/// padding with `!` (id 0) as SDXL's OpenCLIP tokenizer and A1111 do.
+fn second_tokenizer(config_dir: Option<&Path>) -> Result<ClipTokenizer, DreamError> {
+    if let Some(tokenizer) = config_dir.map(|dir| tokenizer_in(&dir.join("tokenizer_2"))) {
+        if let Some(tokenizer) = tokenizer? {
+            return Ok(tokenizer);
+        }
+    }
+    ClipTokenizer::bundled()
+        .with_pad_token("!")
+        .map_err(|e| DreamError::InvalidRequest(e.to_string()))
+}
+
+/// The tokenizer of a transformers tokenizer folder (`vocab.json`, `merges.txt`), if it has one.
+fn tokenizer_in(dir: &Path) -> Result<Option<ClipTokenizer>, DreamError> {
+    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
     if !vocab.exists() || !merges.exists() {
-        return Ok(ClipTokenizer::bundled());
+        return Ok(None);
     }
     let tokenizer = ClipTokenizer::from_vocab_and_merges(&read_text(&vocab)?, &read_text(&merges)?)
         .map_err(|e| DreamError::InvalidModelFile {
@@ -276,21 +328,25 @@ fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer, DreamError> {
             message: e.to_string(),
         })?;
     match folder_pad_token(dir)? {
-        Some(pad) => tokenizer
-            .with_pad_token(&pad)
-            .map_err(|e| DreamError::InvalidModelFile {
-                path: vocab,
-                message: e.to_string(),
-            }),
-        None => Ok(tokenizer),
+        Some(pad) => {
+            tokenizer
+                .with_pad_token(&pad)
+                .map(Some)
+                .map_err(|e| DreamError::InvalidModelFile {
+                    path: vocab,
+                    message: e.to_string(),
+                })
+        }
+        None => Ok(Some(tokenizer)),
     }
 }
 
-/// The `pad_token` of the folder's `tokenizer/special_tokens_map.json`, else of its
-/// `tokenizer_config.json` (a string, or an object with its `content`): `!` for SD 2.x.
+/// The `pad_token` of a tokenizer folder's `special_tokens_map.json`, else of its
+/// `tokenizer_config.json` (a string, or an object with its `content`): `!` for SD 2.x and
+/// SDXL's second tokenizer.
 fn folder_pad_token(dir: &Path) -> Result<Option<String>, DreamError> {
     for name in ["special_tokens_map.json", "tokenizer_config.json"] {
-        let path = dir.join("tokenizer").join(name);
+        let path = dir.join(name);
         if !path.exists() {
             continue;
         }
@@ -305,6 +361,69 @@ fn folder_pad_token(dir: &Path) -> Result<Option<String>, DreamError> {
         }
     }
     Ok(None)
+}
+
+/// A JSON file of a config folder, if it has it.
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>, DreamError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    serde_json::from_str(&read_text(path)?)
+        .map(Some)
+        .map_err(|e| DreamError::InvalidModelFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// diffusers' SDXL `force_zeros_for_empty_prompt` from the config folder's `model_index.json`;
+/// true (SDXL base's value, and A1111's rule) when nothing says otherwise.
+fn zeros_for_empty_prompt(config_dir: Option<&Path>) -> Result<bool, DreamError> {
+    let Some(dir) = config_dir else {
+        return Ok(true);
+    };
+    Ok(read_json(&dir.join("model_index.json"))?
+        .and_then(|index| index["force_zeros_for_empty_prompt"].as_bool())
+        .unwrap_or(true))
+}
+
+/// The side of the images a model was trained on: its config folder's UNet `sample_size`
+/// latents times the VAE's downscaling, else SDXL's 1024 or SD's 512.
+fn trained_size(config_dir: Option<&Path>, version: SdVersion) -> Result<usize, DreamError> {
+    let from_configs = match config_dir {
+        Some(dir) => {
+            let unet = read_json(&dir.join("unet/config.json"))?;
+            let vae = read_json(&dir.join("vae/config.json"))?;
+            let sample_size = unet.as_ref().and_then(|u| u["sample_size"].as_u64());
+            let levels = vae
+                .as_ref()
+                .and_then(|v| v["block_out_channels"].as_array().map(Vec::len));
+            sample_size
+                .zip(levels)
+                .map(|(size, levels)| (size as usize) << levels.saturating_sub(1))
+        }
+        None => None,
+    };
+    Ok(from_configs.unwrap_or(match version {
+        SdVersion::Xl => 1024,
+        SdVersion::V1 | SdVersion::V2 => 512,
+    }))
+}
+
+/// [`StableDiffusion::native_size`] of the model at `path` without loading it (a single file
+/// without a config folder is opened to tell SDXL from SD): the CLI's default size, known
+/// before any slow load. `None` when the model cannot be read; loading it says why.
+pub fn native_size(path: &Path, options: &LoadOptions) -> Option<usize> {
+    if path.is_dir() {
+        let version = weights::load_diffusers_folder(path).ok()?.kind.version;
+        return trained_size(Some(path), version).ok();
+    }
+    let config_dir = options.config_dir.as_deref();
+    let version = weights::load_single_file(path, config_dir)
+        .ok()?
+        .kind
+        .version;
+    trained_size(config_dir, version).ok()
 }
 
 /// The folder's `scheduler/scheduler_config.json`, or SD 1.x's schedule when it has none.

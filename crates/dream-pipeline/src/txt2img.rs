@@ -514,6 +514,11 @@ impl StableDiffusion {
         request: &Txt2Img,
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
+        if request.inpaint.is_some() && self.text_encoder_2.is_some() {
+            return Err(DreamError::NotSupported(
+                "inpainting and outpainting with SDXL models".into(),
+            ));
+        }
         if let Some(padding) = request.inpaint.as_ref().and_then(|i| i.only_masked_padding) {
             return self.generate_only_masked(request, padding, progress);
         }

@@ -2,14 +2,12 @@
 //! same latents and image as the references in fixtures/ref (made by
 //! tools/parity/reference_torch_seed.py from diffusers 0.42.1 with a torch CPU generator).
 
-use std::cell::Cell;
-
-use candle_core::Tensor;
-use dream_core::schedule::{euler_schedule, NoiseSchedule, PredictionType, SchedulerConfig};
 use dream_pipeline::conditioning::ConditioningOptions;
-use dream_pipeline::sampling::{sample_euler, Denoiser, StepInfo};
+use dream_pipeline::sampling::StepInfo;
 use dream_pipeline::{LoadOptions, Sampler, ScheduleKind, StableDiffusion, Txt2Img};
-use dream_test_support::{fixture, load_fixture, max_abs_diff, tiny_model};
+use dream_test_support::{
+    euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, tiny_model,
+};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -21,40 +19,6 @@ fn single_file_model(file: &str) -> StableDiffusion {
         ..LoadOptions::default()
     };
     StableDiffusion::load_with(fixture(file), &options).unwrap()
-}
-
-/// Euler on diffusers' own schedule. diffusers' EulerDiscreteScheduler interpolates σ linearly
-/// between training timesteps, where k-diffusion (Dream's "normal" schedule, what A1111 and
-/// InvokeAI use) interpolates log σ; the sampler is the same, so this runs it on diffusers'
-/// schedule. `generate` with Euler is checked against k-diffusion in tests/samplers.rs.
-fn euler_on_diffusers_schedule(
-    model: &StableDiffusion,
-    request: &Txt2Img,
-    on_step: &mut dyn FnMut(StepInfo<'_>),
-) -> Tensor {
-    let config = std::fs::read_to_string(fixture("tiny/scheduler/scheduler_config.json")).unwrap();
-    let config = SchedulerConfig::from_json_str(&config).unwrap();
-    let schedule = euler_schedule(&config, request.steps).unwrap();
-    let conditioning = model
-        .condition(
-            &request.prompt,
-            &request.negative_prompt,
-            &ConditioningOptions::new(request.steps),
-        )
-        .unwrap();
-    let step = Cell::new(0);
-    let mut guided = model.guided(&conditioning, request.cfg_scale, &step);
-    let noise_schedule = NoiseSchedule::new(&config).unwrap();
-    let mut denoiser = Denoiser::new(&mut guided, &noise_schedule, PredictionType::Epsilon);
-    let noise = model
-        .initial_noise(request.seed, request.width, request.height)
-        .unwrap();
-    let x = (noise * schedule.init_noise_sigma as f64).unwrap();
-    sample_euler(&mut denoiser, &schedule, x, &mut |info| {
-        on_step(info);
-        Ok(())
-    })
-    .unwrap()
 }
 
 /// Generates as the reference was made and checks each stage against it.
@@ -109,7 +73,12 @@ fn check_generation(
         steps_seen += 1;
     };
     let latents = match sampler {
-        Sampler::Euler => euler_on_diffusers_schedule(model, &request, &mut check_step),
+        Sampler::Euler => euler_on_diffusers_schedule(
+            model,
+            &request,
+            &fixture("tiny/scheduler/scheduler_config.json"),
+            &mut check_step,
+        ),
         _ => model.generate(&request, &mut check_step).unwrap().latents,
     };
     assert_eq!(steps_seen, 20);

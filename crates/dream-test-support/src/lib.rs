@@ -1,11 +1,15 @@
 //! What Dream's test suites share: where the fixtures are, how tensors are compared, and the
 //! tiny model with its usual request.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
+use dream_core::schedule::{euler_schedule, NoiseSchedule, PredictionType, SchedulerConfig};
+use dream_pipeline::conditioning::ConditioningOptions;
+use dream_pipeline::sampling::{sample_euler, Denoiser, StepInfo};
 use dream_pipeline::{Sampler, StableDiffusion, Txt2Img};
 
 /// A path inside the workspace's `fixtures/` folder.
@@ -61,6 +65,43 @@ pub fn euler_request(prompt: &str, seed: u32, steps: usize, size: (usize, usize)
         sampler: Sampler::Euler,
         ..Txt2Img::new(prompt, seed)
     }
+}
+
+/// Euler on diffusers' own schedule, as its `EulerDiscreteScheduler` builds it from the
+/// `scheduler_config.json` at `scheduler_config` (with its timestep spacing and starting noise).
+/// diffusers interpolates σ linearly between training timesteps, where k-diffusion (Dream's
+/// "normal" schedule, what A1111 and InvokeAI use) interpolates log σ; the sampler is the same,
+/// so this runs it on diffusers' schedule. `generate` with Euler is checked against k-diffusion
+/// in dream-pipeline's tests/samplers.rs.
+pub fn euler_on_diffusers_schedule(
+    model: &StableDiffusion,
+    request: &Txt2Img,
+    scheduler_config: &Path,
+    on_step: &mut dyn FnMut(StepInfo<'_>),
+) -> Tensor {
+    let config = std::fs::read_to_string(scheduler_config).unwrap();
+    let config = SchedulerConfig::from_json_str(&config).unwrap();
+    let schedule = euler_schedule(&config, request.steps).unwrap();
+    let conditioning = model
+        .condition(
+            &request.prompt,
+            &request.negative_prompt,
+            &ConditioningOptions::new(request.steps),
+        )
+        .unwrap();
+    let step = Cell::new(0);
+    let mut guided = model.guided(&conditioning, request.cfg_scale, &step);
+    let noise_schedule = NoiseSchedule::new(&config).unwrap();
+    let mut denoiser = Denoiser::new(&mut guided, &noise_schedule, PredictionType::Epsilon);
+    let noise = model
+        .initial_noise(request.seed, request.width, request.height)
+        .unwrap();
+    let x = (noise * schedule.init_noise_sigma as f64).unwrap();
+    sample_euler(&mut denoiser, &schedule, x, &mut |info| {
+        on_step(info);
+        Ok(())
+    })
+    .unwrap()
 }
 
 /// Every tensor of a safetensors file in `fixtures/`, on the CPU.

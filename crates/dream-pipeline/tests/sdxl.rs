@@ -1,0 +1,207 @@
+//! SDXL generations against diffusers' StableDiffusionXLPipeline and its img2img pipeline on
+//! the tiny SDXL model (fixtures/tiny-sdxl): the references in fixtures/sdxl_pipeline are made
+//! by tools/parity/sdxl_pipeline_fixtures.py (diffusers 0.42.1, torch CPU generator, seed 42,
+//! 64×64, CFG 7.5).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use dream_pipeline::conditioning::{ConditioningOptions, PromptConditioning};
+use dream_pipeline::{InitImage, LoadOptions, Sampler, StableDiffusion, Syntax, Txt2Img};
+use dream_test_support::{euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff};
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+
+fn tiny_sdxl() -> StableDiffusion {
+    StableDiffusion::load(fixture("tiny-sdxl")).unwrap_or_else(|e| panic!("tiny-sdxl: {e}"))
+}
+
+/// The references' settings: 64×64, seed 42, CFG 7.5.
+fn request(prompt: &str, negative: &str, sampler: Sampler, steps: usize) -> Txt2Img {
+    Txt2Img {
+        negative_prompt: negative.into(),
+        steps,
+        cfg_scale: 7.5,
+        width: 64,
+        height: 64,
+        sampler,
+        ..Txt2Img::new(prompt, 42)
+    }
+}
+
+fn conditioning(model: &StableDiffusion, request: &Txt2Img) -> PromptConditioning {
+    model
+        .condition(
+            &request.prompt,
+            &request.negative_prompt,
+            &ConditioningOptions::new(request.steps),
+        )
+        .unwrap()
+}
+
+/// The prompt's and the negative prompt's sequences and pooled embeddings against the
+/// reference's; returns the largest difference.
+fn check_conditioning(name: &str, c: &PromptConditioning, r: &HashMap<String, Tensor>) -> f32 {
+    let pairs = [
+        ("prompt_embeds", c.positive(0, 0)),
+        ("negative_prompt_embeds", c.negative(0)),
+        ("pooled_prompt_embeds", c.positive_pooled(0, 0)),
+        ("negative_pooled_prompt_embeds", c.negative_pooled(0)),
+    ];
+    let mut worst = 0f32;
+    for (key, ours) in pairs {
+        let ours = ours.unwrap_or_else(|| panic!("{name}: no {key}"));
+        let err = max_abs_diff(ours, &r[key]);
+        assert!(err <= 1e-5, "{name}: {key} differs by {err}");
+        worst = worst.max(err);
+    }
+    worst
+}
+
+/// Final latents within `1e-4`, and the image's pixels within 1 (a value within the latents'
+/// error of a rounding boundary may round the other way).
+fn check_result(
+    name: &str,
+    model: &StableDiffusion,
+    latents: &Tensor,
+    r: &HashMap<String, Tensor>,
+) {
+    let latents_err = max_abs_diff(latents, &r["final_latents"]);
+    let image = model.decode_to_image(latents).unwrap();
+    let expected = r["image_u8"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    assert_eq!((image.width, image.height), (64, 64));
+    let pixel_err = image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    println!("{name}: final latents differ by {latents_err:.2e}, pixels by {pixel_err}");
+    assert!(
+        latents_err <= 1e-4,
+        "{name}: final latents differ by {latents_err}"
+    );
+    assert!(pixel_err <= 1, "{name}: pixels differ by {pixel_err}");
+}
+
+#[test]
+fn euler_with_a_negative_prompt_matches_diffusers() {
+    let model = tiny_sdxl();
+    let r = load_fixture("sdxl_pipeline/euler.safetensors");
+    let request = request(PROMPT, "blurry", Sampler::Euler, 4);
+    let err = check_conditioning("euler", &conditioning(&model, &request), &r);
+    println!("euler: conditioning differs by {err:.2e}");
+    // The folder's scheduler: Euler with SDXL's "leading" timesteps 751, 501, 251, 1.
+    let mut steps = 0;
+    let latents = euler_on_diffusers_schedule(
+        &model,
+        &request,
+        &fixture("tiny-sdxl/scheduler/scheduler_config.json"),
+        &mut |_| steps += 1,
+    );
+    assert_eq!(steps, 4);
+    check_result("euler", &model, &latents, &r);
+}
+
+#[test]
+fn empty_negative_prompt_conditions_with_zeros_as_diffusers() {
+    let model = tiny_sdxl();
+    let r = load_fixture("sdxl_pipeline/ddim.safetensors");
+    let request = request(PROMPT, "", Sampler::Ddim, 4);
+    let c = conditioning(&model, &request);
+    check_conditioning("ddim", &c, &r);
+    let zeros = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    for negative in [c.negative(0).unwrap(), c.negative_pooled(0).unwrap()] {
+        assert_eq!(zeros(negative).to_scalar::<f32>().unwrap(), 0.0);
+    }
+    let generated = model.generate(&request, &mut |_| {}).unwrap();
+    check_result("ddim", &model, &generated.latents, &r);
+}
+
+#[test]
+fn a1111_emphasis_and_break_match_a1111s_sdxl_weighting() {
+    // The reference weighs diffusers' own encoder outputs as A1111 does for SDXL (per
+    // encoder, per chunk, mean restored) and lengthens the negative prompt with the empty
+    // prompt's chunk; see the fixture script.
+    let model = tiny_sdxl();
+    let r = load_fixture("sdxl_pipeline/emphasis.safetensors");
+    let prompt = "a (photograph:1.3) of an [astronaut] BREAK riding a horse";
+    let request = request(prompt, "blurry", Sampler::Ddim, 4);
+    let c = conditioning(&model, &request);
+    assert_eq!(c.positive(0, 0).unwrap().dims(), &[1, 154, 64]);
+    let err = check_conditioning("emphasis", &c, &r);
+    println!("emphasis: conditioning differs by {err:.2e}");
+    let generated = model.generate(&request, &mut |_| {}).unwrap();
+    check_result("emphasis", &model, &generated.latents, &r);
+}
+
+#[test]
+fn img2img_matches_diffusers_sdxl_img2img() {
+    let model = tiny_sdxl();
+    let r = load_fixture("sdxl_pipeline/img2img.safetensors");
+    let request = Txt2Img {
+        init: Some(InitImage::open(fixture("images/init_64x64.png"), 0.6).unwrap()),
+        ..request(PROMPT, "blurry", Sampler::Ddim, 10)
+    };
+    let mut steps = 0;
+    let generated = model.generate(&request, &mut |_| steps += 1).unwrap();
+    assert_eq!(steps, 6);
+    check_result("img2img", &model, &generated.latents, &r);
+}
+
+#[test]
+fn the_native_size_comes_from_the_unet_config() {
+    // sample_size 8 latents × the VAE's 8: 64 (SDXL base: 128 × 8 = 1024).
+    let model = tiny_sdxl();
+    assert_eq!(model.native_size(), 64);
+    let options = LoadOptions::default();
+    let size = dream_pipeline::model::native_size(&fixture("tiny-sdxl"), &options);
+    assert_eq!(size, Some(64));
+}
+
+#[test]
+fn clip_skip_2_is_sdxls_own_layer_and_deeper_is_refused() {
+    let model = tiny_sdxl();
+    let base = request(PROMPT, "blurry", Sampler::Ddim, 4);
+    let skip = |n| ConditioningOptions {
+        clip_skip: n,
+        ..ConditioningOptions::new(4)
+    };
+    let one = model.condition(PROMPT, "blurry", &skip(1)).unwrap();
+    let two = model.condition(PROMPT, "blurry", &skip(2)).unwrap();
+    assert_eq!(
+        max_abs_diff(&one.context_at(0).unwrap(), &two.context_at(0).unwrap()),
+        0.0
+    );
+    let err = model
+        .condition(PROMPT, "blurry", &skip(3))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("clip skip 3 with SDXL models") && err.ends_with("is not supported yet"),
+        "{err}"
+    );
+    let invokeai = Txt2Img {
+        syntax: Syntax::InvokeAi,
+        ..base
+    };
+    let err = model.generate(&invokeai, &mut |_| {}).err().unwrap();
+    assert!(err.to_string().contains("not supported yet"), "{err}");
+}
+
+#[test]
+fn textual_inversion_is_refused_for_sdxl() {
+    let mut model = tiny_sdxl();
+    let vector = Tensor::zeros((1, 32), DType::F32, &candle_core::Device::Cpu).unwrap();
+    let err = model.add_embedding("my-style", &vector).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "textual-inversion embeddings for SDXL models is not supported yet"
+    );
+}
