@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use dream_pipeline::model::native_size;
 use dream_pipeline::registry::{ModelEntry, ModelRegistry};
 use dream_pipeline::{LoadOptions, StableDiffusion};
 
@@ -93,15 +94,42 @@ impl Models {
         self.current.as_ref()
     }
 
-    /// The default image size of the current model (registry entries may set one).
+    /// The default image size of the current model: its registry entry's width and height
+    /// (InvokeAI's `models.yaml`), else the size the model was trained at (SD 512, SDXL 1024),
+    /// read from its configs without loading it.
     pub fn default_size(&self) -> (Option<usize>, Option<usize>) {
-        match &self.current {
-            Some(ModelRef::Named(name)) => self
+        let Some(current) = &self.current else {
+            return (None, None);
+        };
+        let (width, height) = match current {
+            ModelRef::Named(name) => self
                 .registry
                 .get(name)
                 .map_or((None, None), |e| (e.width, e.height)),
-            _ => (None, None),
+            ModelRef::Path(_) => (None, None),
+        };
+        if width.is_some() && height.is_some() {
+            return (width, height);
         }
+        let native = match self.loaded.iter().find(|(m, _)| m == current) {
+            Some((_, model)) => Some(model.native_size()),
+            None => self
+                .local_model(current)
+                .and_then(|(path, options)| native_size(&path, &options)),
+        };
+        (width.or(native), height.or(native))
+    }
+
+    /// The model's path and load options when it is on disk (a hub entry not yet fetched is
+    /// not).
+    fn local_model(&self, model: &ModelRef) -> Option<(PathBuf, LoadOptions)> {
+        if let ModelRef::Named(name) = model {
+            let entry = self.registry.get(name)?;
+            if entry.weights.is_none() && entry.path.is_none() {
+                return None;
+            }
+        }
+        self.load_options(model).ok()
     }
 
     /// The SHA-256 of the current model's weights file (`None` for a diffusers folder).

@@ -28,10 +28,10 @@ pub struct Switches {
     /// Number of images to make [default: 1].
     #[arg(short = 'n', long)]
     pub iterations: Option<u32>,
-    /// Image width [default: 512, or the init image's width].
+    /// Image width [default: the model's (SD 512, SDXL 1024), or the init image's width].
     #[arg(short = 'W', long)]
     pub width: Option<usize>,
-    /// Image height [default: 512, or the init image's height].
+    /// Image height [default: the model's (SD 512, SDXL 1024), or the init image's height].
     #[arg(short = 'H', long)]
     pub height: Option<usize>,
     /// Classifier-free guidance scale [default: 7.5].

@@ -1,0 +1,86 @@
+//! `dream` with an SDXL diffusers folder (fixtures/tiny-sdxl).
+
+mod common;
+
+use std::path::Path;
+
+use common::{dream, failed, fixture, png_text, read_rgb, succeeded, temp_dir};
+use dream_test_support::load_fixture;
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+
+/// Runs `dream PROMPT --model <fixtures/tiny-sdxl> -o OUT ARGS…`.
+fn render_sdxl(out: &Path, args: &[&str]) -> std::process::Output {
+    let model = fixture("tiny-sdxl");
+    let mut all = vec![
+        PROMPT,
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    dream(&all)
+}
+
+#[test]
+fn renders_diffusers_sdxl_image_at_the_models_size_with_its_metadata() {
+    let out = temp_dir("sdxl-render");
+    let stdout = succeeded(&render_sdxl(
+        &out,
+        &["-s", "4", "-S", "42", "-C", "7.5", "-A", "ddim"],
+    ));
+    let path = out.join("000001.42.png");
+    // No -W/-H: the model's own size, its UNet's sample_size (8 latents) × the VAE's 8.
+    assert!(stdout.contains("-W64 -H64"), "{stdout}");
+    assert_eq!(
+        png_text(&path, "parameters").unwrap(),
+        format!(
+            "{PROMPT}\nSteps: 4, Sampler: DDIM, Schedule type: Uniform, CFG scale: 7.5, Seed: 42, \
+             Size: 64x64, Model: tiny-sdxl, Version: dream {}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    // The same settings as diffusers' StableDiffusionXLPipeline run of
+    // fixtures/sdxl_pipeline/ddim.safetensors (no negative prompt: zeros).
+    let image = read_rgb(&path);
+    assert_eq!((image.width, image.height), (64, 64));
+    let expected = load_fixture("sdxl_pipeline/ddim.safetensors")["image_u8"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let pixel_err = image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        pixel_err <= 1,
+        "pixels differ from diffusers' by {pixel_err}"
+    );
+}
+
+#[test]
+fn inpainting_with_sdxl_is_refused() {
+    let out = temp_dir("sdxl-inpaint");
+    let init = fixture("images/init_64x64.png");
+    let mask = fixture("images/mask_64x64.png");
+    let stderr = failed(&render_sdxl(
+        &out,
+        &[
+            "-s",
+            "2",
+            "-I",
+            init.to_str().unwrap(),
+            "-M",
+            mask.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        stderr.contains("inpainting and outpainting with SDXL models is not supported yet"),
+        "{stderr}"
+    );
+}
