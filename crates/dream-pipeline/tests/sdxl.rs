@@ -205,3 +205,44 @@ fn textual_inversion_is_refused_for_sdxl() {
         "textual-inversion embeddings for SDXL models is not supported yet"
     );
 }
+
+#[test]
+fn a_single_file_checkpoint_matches_diffusers() {
+    // fixtures/tiny-sdxl.safetensors holds the same weights in the sgm (A1111) layout; its
+    // 32-wide encoders' head counts need the folder's configs.
+    let options = LoadOptions {
+        config_dir: Some(fixture("tiny-sdxl")),
+        ..LoadOptions::default()
+    };
+    let model = StableDiffusion::load_with(fixture("tiny-sdxl.safetensors"), &options).unwrap();
+    assert_eq!(model.native_size(), 64);
+    let r = load_fixture("sdxl_pipeline/ddim.safetensors");
+    let generated = model
+        .generate(&request(PROMPT, "", Sampler::Ddim, 4), &mut |_| {})
+        .unwrap();
+    check_result("single file", &model, &generated.latents, &r);
+}
+
+#[test]
+fn prompt_editing_switches_the_pooled_embedding_with_the_text() {
+    // A1111 conditions each schedule row with both its sequence and its pooled vector.
+    let model = tiny_sdxl();
+    let options = ConditioningOptions::new(4);
+    let edited = model
+        .condition("a [red cat:blue dog:2] on a mat", "blurry", &options)
+        .unwrap();
+    for (step, plain) in [(0, "a red cat on a mat"), (3, "a blue dog on a mat")] {
+        let plain = model.condition(plain, "blurry", &options).unwrap();
+        let (ours, theirs) = (edited.pooled_at(step).unwrap(), plain.pooled_at(0).unwrap());
+        let (ours, theirs) = (ours.unwrap(), theirs.unwrap());
+        assert_eq!(ours.dims(), &[2, 32]);
+        assert!(max_abs_diff(&ours, &theirs) <= 1e-6, "step {step}");
+        let context = max_abs_diff(
+            &edited.context_at(step).unwrap(),
+            &plain.context_at(0).unwrap(),
+        );
+        assert!(context <= 1e-6, "step {step}: context differs by {context}");
+    }
+    let (first, last) = (edited.pooled_at(0).unwrap(), edited.pooled_at(3).unwrap());
+    assert!(max_abs_diff(&first.unwrap(), &last.unwrap()) > 1e-3);
+}
