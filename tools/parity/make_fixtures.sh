@@ -28,6 +28,8 @@ rm -rf $FX/tiny
 
 # 2b. Tiny SDXL pipeline (two text encoders, text_time UNet), fp16 weights rounded as tiny/'s.
 "$PY" "$TOOLS/make_tiny_sdxl.py" $FX/tiny-sdxl --tokenizer $FX/tiny/tokenizer >"$WORK/make_tiny_sdxl.log"
+# 2c. The same SDXL model as one original-layout (sgm/A1111) file, verified with diffusers.
+"$PY" "$TOOLS/make_sdxl_single_file.py" $FX/tiny-sdxl $FX/tiny-sdxl.safetensors >"$WORK/make_sdxl_single_file.log"
 
 # SDXL's networks (both text encoders, the text_time UNet) on the tiny SDXL model.
 mkdir -p $FX/sdxl
