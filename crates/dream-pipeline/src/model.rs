@@ -229,19 +229,24 @@ impl StableDiffusion {
         self.vae_config.latent_channels
     }
 
-    /// The networks on the device now: all three once loaded, or with
-    /// [`LoadOptions::free_gpu_mem`] the one whose stage ran last. The VAE's float32 copy,
-    /// made when a half-precision decode overflowed, is `"vae (float32)"`.
+    /// The networks on the device now: all of them once loaded, or with
+    /// [`LoadOptions::free_gpu_mem`] the one whose stage ran last. SDXL's second text encoder
+    /// is `"text encoder 2"`; the VAE's float32 copy, made when a half-precision decode
+    /// overflowed, is `"vae (float32)"`.
     pub fn networks_on_device(&self) -> Vec<&'static str> {
-        let text_encoder =
-            std::iter::once(self.text_encoder.name()).filter(|_| self.text_encoder.is_loaded());
-        let unet = std::iter::once(self.unet.name()).filter(|_| self.unet.is_loaded());
-        let vae = self
-            .vae
-            .networks()
-            .filter(|v| v.is_loaded())
-            .map(|v| v.name());
-        text_encoder.chain(unet).chain(vae).collect()
+        let second = self
+            .text_encoder_2
+            .as_ref()
+            .map(|second| &second.text_encoder);
+        let second = second.map(|t| (t.name(), t.is_loaded()));
+        let vae = self.vae.networks().map(|v| (v.name(), v.is_loaded()));
+        [(self.text_encoder.name(), self.text_encoder.is_loaded())]
+            .into_iter()
+            .chain(second)
+            .chain([(self.unet.name(), self.unet.is_loaded())])
+            .chain(vae)
+            .filter_map(|(name, loaded)| loaded.then_some(name))
+            .collect()
     }
 
     /// The dtype the networks run in (`--precision` on this device).

@@ -186,37 +186,48 @@ fn a_vae_that_overflows_in_float16_decodes_again_in_float32() {
 }
 
 /// With free_gpu_mem each stage builds its network and releases the one before: the device
-/// holds one network at a time, and the images are the same.
+/// holds one network at a time, and the images are the same (SD 1.x and SDXL).
 #[test]
 fn free_gpu_mem_makes_the_same_image_one_network_at_a_time() {
-    let request = euler_request("a red apple", 7, 3, (64, 64));
-    let resident = tiny(Precision::Float32, false);
-    let staged = tiny(Precision::Float32, true);
-    assert_eq!(
-        resident.networks_on_device(),
-        ["text encoder", "unet", "vae"]
-    );
+    let cases: [(&str, &[&str]); 2] = [
+        ("tiny", &["text encoder", "unet", "vae"]),
+        (
+            "tiny-sdxl",
+            &["text encoder", "text encoder 2", "unet", "vae"],
+        ),
+    ];
+    for (model, all) in cases {
+        let load = |free_gpu_mem| {
+            let options = LoadOptions {
+                device: Device::Cpu,
+                free_gpu_mem,
+                ..LoadOptions::default()
+            };
+            StableDiffusion::load_with(fixture(model), &options).unwrap()
+        };
+        let request = euler_request("a red apple", 7, 3, (64, 64));
+        let (resident, staged) = (load(false), load(true));
+        assert_eq!(resident.networks_on_device(), all, "{model}");
 
-    staged
-        .condition("a red apple", "", &ConditioningOptions::new(3))
-        .unwrap();
-    assert_eq!(staged.networks_on_device(), ["text encoder"]);
+        staged
+            .condition("a red apple", "", &ConditioningOptions::new(3))
+            .unwrap();
+        let last_encoder = all[all.len() - 3];
+        assert_eq!(staged.networks_on_device(), [last_encoder], "{model}");
 
-    let expected = resident.generate(&request, &mut |_| {}).unwrap();
-    let mut stages = Vec::new();
-    let generated = staged
-        .generate(&request, &mut |_| stages.push(staged.networks_on_device()))
-        .unwrap();
-    assert_eq!(stages.len(), request.steps);
-    assert!(
-        stages.iter().all(|on_device| on_device == &["unet"]),
-        "{stages:?}"
-    );
-    assert_eq!(staged.networks_on_device(), ["vae"]);
-    assert_eq!(max_abs_diff(&generated.latents, &expected.latents), 0.0);
-    assert_eq!(generated.image, expected.image);
-    assert_eq!(
-        resident.networks_on_device(),
-        ["text encoder", "unet", "vae"]
-    );
+        let expected = resident.generate(&request, &mut |_| {}).unwrap();
+        let mut stages = Vec::new();
+        let generated = staged
+            .generate(&request, &mut |_| stages.push(staged.networks_on_device()))
+            .unwrap();
+        assert_eq!(stages.len(), request.steps, "{model}");
+        assert!(
+            stages.iter().all(|on_device| on_device == &["unet"]),
+            "{model}: {stages:?}"
+        );
+        assert_eq!(staged.networks_on_device(), ["vae"], "{model}");
+        assert_eq!(max_abs_diff(&generated.latents, &expected.latents), 0.0);
+        assert_eq!(generated.image, expected.image, "{model}");
+        assert_eq!(resident.networks_on_device(), all, "{model}");
+    }
 }
