@@ -138,6 +138,54 @@ fn a_float16_generation_follows_diffusers() {
     assert!(image_err <= HALF_TOLERANCE, "image: {image_err}");
 }
 
+/// SDXL in float16: both text encoders' embeddings (sequence and pooled) and the final latents
+/// of diffusers' StableDiffusionXLPipeline run (fixtures/sdxl_pipeline, 4 Euler steps).
+#[test]
+fn a_float16_sdxl_generation_follows_diffusers() {
+    let r = load_fixture("sdxl_pipeline/euler.safetensors");
+    let options = LoadOptions {
+        device: Device::Cpu,
+        precision: Precision::Float16,
+        ..LoadOptions::default()
+    };
+    let model = StableDiffusion::load_with(fixture("tiny-sdxl"), &options).unwrap();
+    let request = Txt2Img {
+        negative_prompt: "blurry".into(),
+        steps: 4,
+        cfg_scale: 7.5,
+        width: 64,
+        height: 64,
+        sampler: Sampler::Euler,
+        ..Txt2Img::new(PROMPT, 42)
+    };
+    let c = model
+        .condition(PROMPT, "blurry", &ConditioningOptions::new(4))
+        .unwrap();
+    let embeddings = [
+        ("prompt_embeds", c.positive(0, 0)),
+        ("negative_prompt_embeds", c.negative(0)),
+        ("pooled_prompt_embeds", c.positive_pooled(0, 0)),
+        ("negative_pooled_prompt_embeds", c.negative_pooled(0)),
+    ];
+    for (key, ours) in embeddings {
+        let err = relative_error(ours.unwrap(), &r[key]);
+        println!("float16 sdxl, relative error: {key} {err:e}");
+        assert!(err <= HALF_TOLERANCE, "{key}: {err}");
+    }
+    let latents = euler_on_diffusers_schedule(
+        &model,
+        &request,
+        &fixture("tiny-sdxl/scheduler/scheduler_config.json"),
+        &mut |_| {},
+    );
+    let latents_err = relative_error(&latents, &r["final_latents"]);
+    println!("float16 sdxl, relative error: final latents {latents_err:e}");
+    assert!(
+        latents_err <= HALF_TOLERANCE,
+        "final latents: {latents_err}"
+    );
+}
+
 #[test]
 fn auto_precision_is_float32_on_the_cpu() {
     let model = tiny(Precision::Auto, false);
