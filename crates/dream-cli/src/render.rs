@@ -27,7 +27,8 @@ use crate::switches::Switches;
 pub const DEFAULT_SAMPLER: &str = "k_lms";
 pub const DEFAULT_STRENGTH: f64 = 0.75;
 pub const DEFAULT_OUTDIR: &str = "outputs/img-samples";
-/// The side of the square SD 1.x was trained on, for the hires fix's first pass.
+/// The side of the square SD 1.x was trained on, for the hires fix's first pass of a model
+/// whose size is not known.
 const MODEL_RESOLUTION: usize = 512;
 
 /// An image this session made.
@@ -168,12 +169,17 @@ impl Plan {
             };
             first.size_to_init(sizing)?;
         }
-        // InvokeAI's --hires_fix, for images larger than the model's square.
-        if switches.hires_fix && first.width * first.height > MODEL_RESOLUTION * MODEL_RESOLUTION {
+        // InvokeAI's --hires_fix, for images larger than the model's square (SD 1.x 512, SDXL
+        // 1024: the first pass renders at the size the model was trained at).
+        let resolution = model_size
+            .0
+            .zip(model_size.1)
+            .map_or(MODEL_RESOLUTION, |(w, h)| w.min(h));
+        if switches.hires_fix && first.width * first.height > resolution * resolution {
             first.hires = Some(HiresFix::invokeai(
                 first.width,
                 first.height,
-                MODEL_RESOLUTION,
+                resolution,
                 strength,
             ));
         }

@@ -84,3 +84,31 @@ fn inpainting_with_sdxl_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn hires_fix_first_renders_at_the_models_size() {
+    let out = temp_dir("sdxl-hires");
+    succeeded(&render_sdxl(
+        &out,
+        &[
+            "-s",
+            "2",
+            "-S",
+            "1",
+            "-A",
+            "ddim",
+            "-W",
+            "128",
+            "-H",
+            "96",
+            "--hires_fix",
+        ],
+    ));
+    // InvokeAI's rule at the model's 64² area (SDXL base: 1024²): for aspect 4:3 the height
+    // is max(64/2, √(64²·3/4)) = 55.4, the width 73.9, floored to multiples of 8.
+    let parameters = png_text(&out.join("000001.1.png"), "parameters").unwrap();
+    assert!(
+        parameters.contains("Size: 72x48") && parameters.contains("Hires resize: 128x96"),
+        "{parameters}"
+    );
+}
