@@ -74,12 +74,12 @@ pub fn bench(args: &[String]) -> Result<()> {
         options.iters
     );
     println!(
-        "{:<14}{:<20}{:>10}{:>10}{:>15}",
+        "{:<16}{:<20}{:>10}{:>10}{:>15}",
         "component", "input", "median s", "min s", "peak RSS GiB"
     );
     let timings = bench::run(&options, &mut |t| {
         println!(
-            "{:<14}{:<20}{:>10.3}{:>10.3}{:>15}",
+            "{:<16}{:<20}{:>10.3}{:>10.3}{:>15}",
             t.component,
             format!("{:?}", t.input),
             t.median(),
@@ -126,7 +126,7 @@ fn to_json(model: BenchModel, timings: &[Timing]) -> String {
     let networks: Vec<String> = configs
         .text_encoders
         .iter()
-        .copied()
+        .map(|encoder| (encoder.name, encoder.config))
         .chain([("unet", configs.unet), ("vae", configs.vae)])
         .map(|(name, config)| format!("\"{name}\": {config}"))
         .collect();

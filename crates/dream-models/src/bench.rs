@@ -15,7 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::clip::ClipTextTransformer;
+use crate::clip::{ClipTextModelWithProjection, ClipTextTransformer};
 use crate::config::{ClipTextConfig, UNetConfig, VaeConfig};
 use crate::taesd::{TinyDecoder, TinyDecoderConfig};
 use crate::unet::{AddedConditions, UNet2DConditionModel};
@@ -61,15 +61,12 @@ impl BenchModel {
     pub fn configs(self) -> ModelConfigs {
         match self {
             BenchModel::Sd15 => ModelConfigs {
-                text_encoders: vec![("text_encoder", CLIP_VIT_L)],
+                text_encoders: vec![CLIP_VIT_L],
                 unet: SD15_UNET,
                 vae: SD15_VAE,
             },
             BenchModel::Sdxl => ModelConfigs {
-                text_encoders: vec![
-                    ("text_encoder", CLIP_VIT_L),
-                    ("text_encoder_2", OPENCLIP_BIG_G),
-                ],
+                text_encoders: vec![CLIP_VIT_L, OPENCLIP_BIG_G],
                 unet: SDXL_UNET,
                 vae: SDXL_VAE,
             },
@@ -77,20 +74,33 @@ impl BenchModel {
     }
 }
 
-/// A model's network configs as `config.json` texts, in diffusers' folder names.
+/// A model's network configs as `config.json` texts.
 #[derive(Debug, Clone)]
 pub struct ModelConfigs {
-    /// `(folder, config)` for `text_encoder` and, in SDXL, `text_encoder_2`.
-    pub text_encoders: Vec<(&'static str, &'static str)>,
+    /// `text_encoder` and, in SDXL, `text_encoder_2`.
+    pub text_encoders: Vec<TextEncoder>,
     pub unet: &'static str,
     pub vae: &'static str,
 }
 
-impl ModelConfigs {
-    pub fn text_encoder(&self, index: usize) -> ClipTextConfig {
-        builtin(self.text_encoders[index].1)
-    }
+/// One of a model's CLIP text encoders.
+#[derive(Debug, Clone, Copy)]
+pub struct TextEncoder {
+    /// Its diffusers folder, also the name its timing goes by.
+    pub name: &'static str,
+    pub config: &'static str,
+    /// transformers' `CLIPTextModelWithProjection` (SDXL's second encoder, whose projected
+    /// pooled output the UNet takes) rather than `CLIPTextModel`.
+    pub with_projection: bool,
+}
 
+impl TextEncoder {
+    pub fn config(&self) -> ClipTextConfig {
+        builtin(self.config)
+    }
+}
+
+impl ModelConfigs {
     pub fn unet(&self) -> UNetConfig {
         builtin(self.unet)
     }
@@ -105,14 +115,22 @@ fn builtin<T: serde::de::DeserializeOwned>(json: &str) -> T {
 }
 
 /// OpenAI's CLIP ViT-L/14 text tower: SD 1.5's text encoder and SDXL's first.
-const CLIP_VIT_L: &str = r#"{"vocab_size": 49408, "hidden_size": 768,
-    "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-    "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768}"#;
+const CLIP_VIT_L: TextEncoder = TextEncoder {
+    name: "text_encoder",
+    config: r#"{"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu", "projection_dim": 768, "eos_token_id": 2}"#,
+    with_projection: false,
+};
 
 /// OpenCLIP's ViT-bigG/14 text tower with its projection: SDXL's `text_encoder_2`.
-const OPENCLIP_BIG_G: &str = r#"{"vocab_size": 49408, "hidden_size": 1280,
-    "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
-    "max_position_embeddings": 77, "hidden_act": "gelu", "projection_dim": 1280}"#;
+const OPENCLIP_BIG_G: TextEncoder = TextEncoder {
+    name: "text_encoder_2",
+    config: r#"{"vocab_size": 49408, "hidden_size": 1280, "intermediate_size": 5120,
+        "num_hidden_layers": 32, "num_attention_heads": 20, "max_position_embeddings": 77,
+        "hidden_act": "gelu", "projection_dim": 1280, "eos_token_id": 2}"#,
+    with_projection: true,
+};
 
 const SD15_UNET: &str = r#"{"block_out_channels": [320, 640, 1280, 1280],
     "layers_per_block": 2, "attention_head_dim": 8, "cross_attention_dim": 768,
@@ -310,7 +328,8 @@ fn measure(
 }
 
 /// Builds the model's networks on random weights, one at a time (TAESD beside the VAE), and
-/// times each text encoder (the CFG batch of two prompts), the UNet at batch 1 and 2, the VAE
+/// times each text encoder (the CFG batch of two prompts; SDXL's second up to its projected
+/// pooled output), the UNet at batch 1 and 2, the VAE
 /// decoder and encoder and TAESD's decoder, at every size. `report` sees each timing as soon as
 /// it is measured.
 pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Vec<Timing>> {
@@ -331,19 +350,27 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
         timings.push(timing);
     };
 
-    for (index, &(component, _)) in configs.text_encoders.iter().enumerate() {
-        let text_config = configs.text_encoder(index);
-        // SDXL's second encoder sits beside the first under `text_encoder_2/`.
-        let encoder =
-            ClipTextTransformer::new(weights.var_builder(&device).pp(component), &text_config)?;
+    for encoder in &configs.text_encoders {
+        let text_config = encoder.config();
         let tokens = text_config.max_position_embeddings;
         let ids: Vec<u32> = (0..2 * tokens as u32)
             .map(|i| i * 7919 % text_config.vocab_size as u32)
             .collect();
         let ids = Tensor::from_vec(ids, (2, tokens), &device)?;
-        record(measure(component, &ids, options.iters, || {
-            Ok(encoder.forward(&ids)?.last_hidden_state)
-        })?);
+        // Each encoder's random weights are named under its own folder.
+        let vb = weights.var_builder(&device).pp(encoder.name);
+        let timing = if encoder.with_projection {
+            let model = ClipTextModelWithProjection::new(vb, &text_config)?;
+            measure(encoder.name, &ids, options.iters, || {
+                Ok(model.forward(&ids)?.1)
+            })?
+        } else {
+            let model = ClipTextTransformer::new(vb, &text_config)?;
+            measure(encoder.name, &ids, options.iters, || {
+                Ok(model.forward(&ids)?.last_hidden_state)
+            })?
+        };
+        record(timing);
     }
     {
         let unet_config = configs.unet();
@@ -485,8 +512,13 @@ mod tests {
         let sd15 = BenchModel::Sd15.configs();
         let sdxl = BenchModel::Sdxl.configs();
         let clip = |configs: &ModelConfigs, index: usize| {
-            let config = configs.text_encoder(index);
-            ParameterCount::of(|vb| ClipTextTransformer::new(vb, &config))
+            let encoder = configs.text_encoders[index];
+            let config = encoder.config();
+            if encoder.with_projection {
+                ParameterCount::of(|vb| ClipTextModelWithProjection::new(vb, &config))
+            } else {
+                ParameterCount::of(|vb| ClipTextTransformer::new(vb, &config))
+            }
         };
         let unet = |configs: &ModelConfigs| {
             ParameterCount::of(|vb| UNet2DConditionModel::new(vb, &configs.unet()))
@@ -498,8 +530,7 @@ mod tests {
         assert_eq!(unet(&sd15), 859_520_964);
         assert_eq!(clip(&sd15, 0), 123_060_480);
         assert_eq!(clip(&sdxl, 0), 123_060_480);
-        // OpenCLIP bigG without its 1280×1280 text_projection (694,659,840 with it).
-        assert_eq!(clip(&sdxl, 1), 693_021_440);
+        assert_eq!(clip(&sdxl, 1), 694_659_840);
         assert_eq!(vae(&sd15), 83_653_863);
         assert_eq!(vae(&sdxl), 83_653_863);
     }
@@ -507,13 +538,14 @@ mod tests {
     #[test]
     fn configs_have_the_models_sizes() {
         let sd15 = BenchModel::Sd15.configs();
-        assert_eq!(sd15.text_encoder(0).hidden_size, 768);
+        assert_eq!(sd15.text_encoders[0].config().hidden_size, 768);
         assert_eq!(sd15.unet().cross_attention_dim, 768);
         assert_eq!(sd15.vae().scaling_factor, 0.18215);
         let sdxl = BenchModel::Sdxl.configs();
-        let names: Vec<_> = sdxl.text_encoders.iter().map(|(name, _)| *name).collect();
+        let names: Vec<_> = sdxl.text_encoders.iter().map(|e| e.name).collect();
         assert_eq!(names, ["text_encoder", "text_encoder_2"]);
-        let big_g = sdxl.text_encoder(1);
+        assert!(sdxl.text_encoders[1].with_projection);
+        let big_g = sdxl.text_encoders[1].config();
         assert_eq!((big_g.hidden_size, big_g.num_hidden_layers), (1280, 32));
         assert_eq!(big_g.hidden_act, crate::config::Activation::Gelu);
         // The UNet's context is both encoders' hidden states side by side.
