@@ -272,7 +272,7 @@ impl PromptConditioning {
             .map(sub_prompt)
             .collect::<Result<Vec<_>, _>>()?;
         let mut negative = sub_prompt(&plan.negative)?;
-        if empty_negative && encoders.zeros_for_empty_negative() {
+        if empty_negative && encoders.zeros_for_empty_negative {
             negative = negative.zeroed()?;
         }
 
@@ -489,6 +489,7 @@ impl Texts {
 struct TextEncoders<'a> {
     first: TextEncoder<'a>,
     second: Option<TextEncoder<'a>>,
+    /// Whether an empty negative prompt conditions with zeros (SDXL).
     zeros_for_empty_negative: bool,
 }
 
@@ -521,10 +522,6 @@ impl TextEncoders<'_> {
             Some(second) => side_by_side(&first, &second.empty_chunk()?),
             None => Ok(first),
         }
-    }
-
-    fn zeros_for_empty_negative(&self) -> bool {
-        self.zeros_for_empty_negative
     }
 }
 
