@@ -74,8 +74,15 @@ pub enum DreamError {
 }
 
 impl StableDiffusion {
-    /// One image with InvokeAI's defaults; see `generate` for every setting.
+    /// One image with InvokeAI's defaults at the model's own size (SD 512², SDXL 1024²); see
+    /// `generate` for every setting.
     pub fn txt2img(&self, prompt: &str, seed: u32) -> Result<Generated, DreamError> {
-        self.generate(&Txt2Img::new(prompt, seed), &mut |_| {})
+        let size = self.native_size();
+        let request = Txt2Img {
+            width: size,
+            height: size,
+            ..Txt2Img::new(prompt, seed)
+        };
+        self.generate(&request, &mut |_| {})
     }
 }

@@ -246,3 +246,11 @@ fn prompt_editing_switches_the_pooled_embedding_with_the_text() {
     let (first, last) = (edited.pooled_at(0).unwrap(), edited.pooled_at(3).unwrap());
     assert!(max_abs_diff(&first.unwrap(), &last.unwrap()) > 1e-3);
 }
+
+#[test]
+fn txt2img_renders_at_the_models_size() {
+    let model = tiny_sdxl();
+    let generated = model.txt2img(PROMPT, 42).unwrap();
+    assert_eq!((generated.image.width, generated.image.height), (64, 64));
+    assert_eq!((generated.request.width, generated.request.height), (64, 64));
+}
