@@ -252,5 +252,8 @@ fn txt2img_renders_at_the_models_size() {
     let model = tiny_sdxl();
     let generated = model.txt2img(PROMPT, 42).unwrap();
     assert_eq!((generated.image.width, generated.image.height), (64, 64));
-    assert_eq!((generated.request.width, generated.request.height), (64, 64));
+    assert_eq!(
+        (generated.request.width, generated.request.height),
+        (64, 64)
+    );
 }
