@@ -24,6 +24,7 @@ use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::{ClipTextModelWithProjection, ClipTextOutput, ClipTextTransformer};
 
 use crate::model::StableDiffusion;
+use crate::sdxl::SecondTextEncoder;
 use crate::DreamError;
 
 /// How emphasis weights act on the text encoder's output.
@@ -184,8 +185,9 @@ struct Texts {
 pub(crate) struct Encoders<'a> {
     pub(crate) first: (&'a ClipTokenizer, &'a ClipTextTransformer),
     pub(crate) embeddings: &'a TextualInversions,
-    /// SDXL's second encoder, and whether an empty negative prompt conditions with zeros.
-    pub(crate) second: Option<(&'a ClipTokenizer, &'a ClipTextModelWithProjection, bool)>,
+    /// SDXL's second encoder: its tokenizer, embeddings and empty-negative rule, and the
+    /// network.
+    pub(crate) second: Option<(&'a SecondTextEncoder, &'a ClipTextModelWithProjection)>,
 }
 
 impl PromptConditioning {
@@ -230,10 +232,8 @@ impl PromptConditioning {
             options,
             layer: Layer::ClipSkip,
         };
-        // SDXL's second encoder knows no embeddings (refused by `add_embedding`).
-        let no_embeddings = TextualInversions::default();
         let mut second = None;
-        if let Some((tokenizer, text_encoder, _)) = encoders.second {
+        if let Some((second_encoder, text_encoder)) = encoders.second {
             if plan.syntax == Syntax::InvokeAi {
                 return Err(DreamError::NotSupported(
                     "InvokeAI (compel) prompt syntax with SDXL models".into(),
@@ -251,8 +251,8 @@ impl PromptConditioning {
             second = Some(TextEncoder {
                 text_encoder: text_encoder.text_model(),
                 projection: Some(text_encoder),
-                embeddings: &no_embeddings,
-                chunker: no_embeddings.chunker(tokenizer),
+                embeddings: &second_encoder.embeddings,
+                chunker: second_encoder.embeddings.chunker(&second_encoder.tokenizer),
                 options,
                 layer: Layer::Penultimate,
             });
@@ -260,7 +260,9 @@ impl PromptConditioning {
         let encoders = TextEncoders {
             first: encoder,
             second,
-            zeros_for_empty_negative: encoders.second.is_some_and(|(_, _, zeros)| zeros),
+            zeros_for_empty_negative: encoders
+                .second
+                .is_some_and(|(second, _)| second.zeros_for_empty_negative),
         };
         let sub_prompt = |part: &SubPrompt| match plan.syntax {
             Syntax::A1111 => encoders.sub_prompt(part),
@@ -401,13 +403,9 @@ impl StableDiffusion {
         let encoders = Encoders {
             first: (&self.tokenizer, &text_encoder),
             embeddings: &self.embeddings,
-            second: second.as_ref().map(|(second, text_encoder)| {
-                (
-                    &second.tokenizer,
-                    &**text_encoder,
-                    second.zeros_for_empty_negative,
-                )
-            }),
+            second: second
+                .as_ref()
+                .map(|(second, text_encoder)| (*second, &**text_encoder)),
         };
         PromptConditioning::encode_with(&encoders, plan, options, negative_prompt.is_empty())
     }
@@ -428,16 +426,62 @@ impl StableDiffusion {
     }
 
     /// Adds a textual-inversion embedding, `[vectors, hidden]`, that prompts can name: A1111
-    /// prompts by `name` as a word, InvokeAI prompts as `<name>`.
+    /// prompts by `name` as a word, InvokeAI prompts as `<name>`. SDXL models take a pair
+    /// ([`Self::add_sdxl_embedding`]).
     pub fn add_embedding(&mut self, name: &str, vectors: &Tensor) -> Result<(), DreamError> {
         if self.text_encoder_2.is_some() {
-            return Err(DreamError::NotSupported(
-                "textual-inversion embeddings for SDXL models".into(),
-            ));
+            return Err(DreamError::InvalidRequest(format!(
+                "the embedding {name:?} has one set of vectors; SDXL embeddings have two, \
+                 clip_l and clip_g (add_sdxl_embedding)"
+            )));
         }
         let text_encoder = self.text_encoder.get()?;
         self.embeddings
             .insert(&self.tokenizer, &text_encoder, name, vectors)
+    }
+
+    /// Adds an SDXL textual-inversion embedding as A1111 stores it: `clip_l` `[n, 768]` for the
+    /// first text encoder and `clip_g` `[n, 1280]` for the second, the same `n` vectors in
+    /// each encoder's input space.
+    pub fn add_sdxl_embedding(
+        &mut self,
+        name: &str,
+        clip_l: &Tensor,
+        clip_g: &Tensor,
+    ) -> Result<(), DreamError> {
+        let Some(second) = &mut self.text_encoder_2 else {
+            return Err(DreamError::InvalidRequest(format!(
+                "the embedding {name:?} is an SDXL embedding (clip_l, clip_g); this model is not SDXL"
+            )));
+        };
+        let count = |t: &Tensor| {
+            if t.rank() == 1 {
+                1
+            } else {
+                t.dim(0).unwrap_or(0)
+            }
+        };
+        if count(clip_l) != count(clip_g) {
+            return Err(DreamError::InvalidRequest(format!(
+                "the embedding {name:?} has {} clip_l and {} clip_g vectors; they must pair up",
+                count(clip_l),
+                count(clip_g)
+            )));
+        }
+        // Both tables take the name, or neither: the first is restored if the second refuses.
+        let first_table = self.embeddings.clone();
+        let text_encoder = self.text_encoder.get()?;
+        self.embeddings
+            .insert(&self.tokenizer, &text_encoder, name, clip_l)?;
+        let text_encoder_2 = second.text_encoder.get()?;
+        let inserted =
+            second
+                .embeddings
+                .insert(&second.tokenizer, text_encoder_2.text_model(), name, clip_g);
+        if inserted.is_err() {
+            self.embeddings = first_table;
+        }
+        inserted
     }
 }
 
@@ -753,6 +797,13 @@ impl TextEncoder<'_> {
         let output = self.text_encoder.forward_embeddings(&embeddings, mask)?;
         let pooled = match self.projection {
             Some(projection) => {
+                // A1111 leaves id 0 where an embedding's vectors go, so the end-of-text token
+                // stays the highest id, where the pooled output is read.
+                let vocab = self.text_encoder.token_embedding().dim(0)? as u32;
+                let ids: Vec<u32> = ids
+                    .into_iter()
+                    .map(|id| if id < vocab { id } else { 0 })
+                    .collect();
                 let ids = Tensor::from_vec(ids, shape, &candle_core::Device::Cpu)?;
                 let positions = self.text_encoder.eos_positions(&ids)?;
                 Some(projection.text_embeds(&output, &positions)?)

@@ -187,6 +187,7 @@ impl StableDiffusion {
                 Some(SecondTextEncoder {
                     tokenizer: second_tokenizer(config_dir)?,
                     text_encoder,
+                    embeddings: TextualInversions::default(),
                     zeros_for_empty_negative: zeros_for_empty_prompt(config_dir)?,
                 })
             }

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::ClipTextModelWithProjection;
 
+use crate::conditioning::TextualInversions;
 use crate::offload::Staged;
 
 /// SDXL's second text encoder (OpenCLIP ViT-bigG/14 with its projection) and its tokenizer,
@@ -14,6 +15,9 @@ use crate::offload::Staged;
 pub(crate) struct SecondTextEncoder {
     pub(crate) tokenizer: ClipTokenizer,
     pub(crate) text_encoder: Staged<ClipTextModelWithProjection>,
+    /// The `clip_g` halves of SDXL textual-inversion embeddings, under the same names and ids
+    /// as their `clip_l` halves in the first encoder's table.
+    pub(crate) embeddings: TextualInversions,
     /// diffusers' `force_zeros_for_empty_prompt` (`model_index.json`, true for SDXL base and
     /// what A1111 always does): an empty negative prompt conditions with zeros, sequence and
     /// pooled embedding alike, rather than with the encoding of "".

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use dream_core::tokenizer::ClipTokenizer;
 use dream_pipeline::conditioning::{ConditioningOptions, PromptConditioning};
 use dream_pipeline::{InitImage, LoadOptions, Sampler, StableDiffusion, Syntax, Txt2Img};
 use dream_test_support::{euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff};
@@ -196,14 +197,49 @@ fn clip_skip_2_is_sdxls_own_layer_and_deeper_is_refused() {
 }
 
 #[test]
-fn textual_inversion_is_refused_for_sdxl() {
+fn sdxl_embeddings_of_token_rows_condition_as_those_tokens() {
+    // An A1111 SDXL embedding (clip_l, clip_g) made of each encoder's own rows for "cat horse"
+    // must condition as those words: sequences, emphasis and the pooled embedding, which A1111
+    // reads at the end-of-text token even when an embedding's vectors sit in the chunk.
     let mut model = tiny_sdxl();
-    let vector = Tensor::zeros((1, 32), DType::F32, &candle_core::Device::Cpu).unwrap();
-    let err = model.add_embedding("my-style", &vector).err().unwrap();
-    assert_eq!(
-        err.to_string(),
-        "textual-inversion embeddings for SDXL models is not supported yet"
-    );
+    let ids = ClipTokenizer::bundled().encode("cat horse");
+    let ids = Tensor::from_vec(ids.clone(), ids.len(), &Device::Cpu).unwrap();
+    let rows = |encoder: &str| {
+        let weights = load_fixture(&format!("tiny-sdxl/{encoder}/model.safetensors"));
+        weights["text_model.embeddings.token_embedding.weight"]
+            .to_dtype(DType::F32)
+            .unwrap()
+            .index_select(&ids, 0)
+            .unwrap()
+    };
+    let (clip_l, clip_g) = (rows("text_encoder"), rows("text_encoder_2"));
+    // One set of vectors, unpaired or wrong-width halves are refused, and leave no name behind.
+    let err = model.add_embedding("mystyle", &clip_l).err().unwrap();
+    assert!(err.to_string().contains("clip_l and clip_g"), "{err}");
+    let one = clip_g.narrow(0, 0, 1).unwrap();
+    assert!(model.add_sdxl_embedding("mystyle", &clip_l, &one).is_err());
+    let wide = Tensor::zeros((2, 33), DType::F32, &Device::Cpu).unwrap();
+    assert!(model.add_sdxl_embedding("mystyle", &clip_l, &wide).is_err());
+    model
+        .add_sdxl_embedding("mystyle", &clip_l, &clip_g)
+        .unwrap();
+    let options = ConditioningOptions::new(4);
+    for (with_name, with_words) in [
+        ("a mystyle on a mat", "a cat horse on a mat"),
+        ("a (mystyle:1.3) on a [mat]", "a (cat horse:1.3) on a [mat]"),
+    ] {
+        let named = model.condition(with_name, "blurry", &options).unwrap();
+        let words = model.condition(with_words, "blurry", &options).unwrap();
+        let context = max_abs_diff(&named.context_at(0).unwrap(), &words.context_at(0).unwrap());
+        let pooled = max_abs_diff(
+            &named.pooled_at(0).unwrap().unwrap(),
+            &words.pooled_at(0).unwrap().unwrap(),
+        );
+        assert!(
+            context < 1e-6 && pooled < 1e-6,
+            "{with_name}: {context} {pooled}"
+        );
+    }
 }
 
 #[test]
