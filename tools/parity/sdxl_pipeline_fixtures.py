@@ -30,6 +30,12 @@ Runs:
             encoders along the features; pooled: text_encoder_2's for the first chunk. The
             one-chunk negative is lengthened with the empty prompt's conditioning (A1111's
             "pad prompt/negative prompt to be same length").
+  compel    DDIM, 4 steps, the InvokeAI-syntax prompt "a cat++ (dog)1.3 on a mat-", negative "blurry",
+            conditioned by compel (version in the metadata) as InvokeAI 3's SDXL prompt node runs it:
+            each encoder with its own compel (penultimate hidden states, not normalized,
+            truncate_long_prompts=False; here as one Compel over both, which concatenates the
+            same per-encoder results), the pooled embedding text_encoder_2's of the prompt string
+            as written (compel's get_pooled_embeddings), passed as prompt_embeds.
   img2img   StableDiffusionXLImg2ImgPipeline (requires_aesthetics_score false, as for the base
             model) with the same components: DDIM, 10 steps, strength 0.6 (6 steps run), init
             image --init, negative "blurry". The VAE posterior sample is drawn before the noise.
@@ -50,6 +56,7 @@ EMPHASIS_PROMPT = "a (photograph:1.3) of an [astronaut] BREAK riding a horse"
 EMPHASIS_CHUNKS = [[("a", 1.0), ("photograph", 1.3), ("of an", 1.0), ("astronaut", 1 / 1.1)],
                    [("riding a horse", 1.0)]]
 CHUNK = 75
+COMPEL_PROMPT = "a cat++ (dog)1.3 on a mat-"
 
 
 def a1111_chunk(tokenizer, fragments, pad_id):
@@ -165,6 +172,28 @@ def main():
     run(pipe, "emphasis", a.out,
         dict(prompt=EMPHASIS_PROMPT, negative_prompt=NEGATIVE, steps=4, sampler="ddim",
              conditioning="A1111 SDXL emphasis computed in the script"),
+        prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative,
+        negative_pooled_prompt_embeds=negative_pooled, num_inference_steps=4)
+
+    import types
+    from importlib.metadata import version
+    from compel import Compel
+    from compel.embeddings_provider import ReturnedEmbeddingsType
+    # transformers 5 flattened CLIPTextModel; compel looks for text_model.final_layer_norm.
+    patched = not hasattr(pipe.text_encoder, "text_model")
+    if patched:
+        pipe.text_encoder.text_model = types.SimpleNamespace(final_layer_norm=pipe.text_encoder.final_layer_norm)
+    compel = Compel(tokenizer=[pipe.tokenizer, pipe.tokenizer_2], text_encoder=[pipe.text_encoder, pipe.text_encoder_2],
+                    returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                    requires_pooled=[False, True], truncate_long_prompts=False)
+    with torch.no_grad():
+        embeds, pooled = compel(COMPEL_PROMPT)
+        negative, negative_pooled = compel(NEGATIVE)
+    if patched:
+        del pipe.text_encoder.text_model
+    run(pipe, "compel", a.out,
+        dict(prompt=COMPEL_PROMPT, negative_prompt=NEGATIVE, steps=4, sampler="ddim", syntax="invokeai",
+             conditioning=f"compel {version('compel')}, InvokeAI 3's SDXL prompt node"),
         prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative,
         negative_pooled_prompt_embeds=negative_pooled, num_inference_steps=4)
 

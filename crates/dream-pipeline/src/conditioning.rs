@@ -8,7 +8,9 @@
 //! For SDXL, A1111's syntax is read as A1111 reads it for SDXL: each text goes through both
 //! encoders (each with its own tokenizer, chunks and emphasis), their penultimate hidden states
 //! are joined along the features, and the second encoder's pooled output of the first chunk is
-//! the text's pooled embedding (`sd_hijack_clip` with `sgm`'s two embedders).
+//! the text's pooled embedding (`sd_hijack_clip` with `sgm`'s two embedders). InvokeAI syntax
+//! is read as InvokeAI 3's SDXL prompt node runs compel: each encoder on its own, side by side,
+//! and the pooled embedding of the prompt's text as written, truncated to 77 tokens.
 //!
 //! All conditionings of a run have one length, so that the negative prompt and every `AND` part
 //! go through the UNet as one batch: `AND` parts are lengthened by repeating their last vector
@@ -205,17 +207,15 @@ impl PromptConditioning {
             embeddings,
             second: None,
         };
-        Self::encode_with(&encoders, plan, options, false)
+        Self::encode_with(&encoders, plan, options)
     }
 
     /// Encodes a conditioning plan with a model's text encoders and the textual-inversion
-    /// embeddings the prompts may name. `empty_negative` says the negative prompt was empty,
-    /// which SDXL models may answer with zeros.
+    /// embeddings the prompts may name.
     pub(crate) fn encode_with(
         encoders: &Encoders,
         plan: ConditioningPlan,
         options: &ConditioningOptions,
-        empty_negative: bool,
     ) -> Result<Self, DreamError> {
         if plan.syntax == Syntax::InvokeAi && options.emphasis != Emphasis::Original {
             return Err(DreamError::NotSupported(
@@ -225,6 +225,7 @@ impl PromptConditioning {
         }
         let (tokenizer, text_encoder) = encoders.first;
         let mut encoder = TextEncoder {
+            tokenizer,
             text_encoder,
             projection: None,
             embeddings: encoders.embeddings,
@@ -234,11 +235,6 @@ impl PromptConditioning {
         };
         let mut second = None;
         if let Some((second_encoder, text_encoder)) = encoders.second {
-            if plan.syntax == Syntax::InvokeAi {
-                return Err(DreamError::NotSupported(
-                    "InvokeAI (compel) prompt syntax with SDXL models".into(),
-                ));
-            }
             // A1111 keeps SDXL's penultimate layers whatever its clip skip (2 names the same
             // layer); a deeper one is what neither A1111 nor diffusers agree on.
             if options.clip_skip > 2 {
@@ -249,6 +245,7 @@ impl PromptConditioning {
             }
             encoder.layer = Layer::Penultimate;
             second = Some(TextEncoder {
+                tokenizer: &second_encoder.tokenizer,
                 text_encoder: text_encoder.text_model(),
                 projection: Some(text_encoder),
                 embeddings: &second_encoder.embeddings,
@@ -264,17 +261,18 @@ impl PromptConditioning {
                 .second
                 .is_some_and(|(second, _)| second.zeros_for_empty_negative),
         };
-        let sub_prompt = |part: &SubPrompt| match plan.syntax {
+        let sub_prompt = |part: &SubPrompt, text: &str| match plan.syntax {
             Syntax::A1111 => encoders.sub_prompt(part),
-            Syntax::InvokeAi => encoders.first.compel_sub_prompt(part),
+            Syntax::InvokeAi => encoders.compel_sub_prompt(part, text),
         };
+        let (positive_text, negative_text) = &plan.texts;
         let mut positive = plan
             .positive
             .iter()
-            .map(sub_prompt)
+            .map(|part| sub_prompt(part, positive_text))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut negative = sub_prompt(&plan.negative)?;
-        if empty_negative && encoders.zeros_for_empty_negative {
+        let mut negative = sub_prompt(&plan.negative, negative_text)?;
+        if negative_text.is_empty() && encoders.zeros_for_empty_negative {
             negative = negative.zeroed()?;
         }
 
@@ -407,7 +405,7 @@ impl StableDiffusion {
                 .as_ref()
                 .map(|(second, text_encoder)| (*second, &**text_encoder)),
         };
-        PromptConditioning::encode_with(&encoders, plan, options, negative_prompt.is_empty())
+        PromptConditioning::encode_with(&encoders, plan, options)
     }
 
     /// `-t`: how the text encoder sees the prompts (see [`prompt::tokenization_log`]).
@@ -547,15 +545,25 @@ impl TextEncoders<'_> {
             return Ok(first);
         };
         let second = second.sub_prompt(part)?;
-        let context = first
-            .context
-            .iter()
-            .zip(&second.context)
-            .map(|(a, b)| side_by_side(a, b))
-            .collect::<Result<_, _>>()?;
         Ok(Texts {
-            context,
+            context: side_by_side_texts(&first, &second)?,
             pooled: second.pooled,
+        })
+    }
+
+    /// InvokeAI syntax: compel reads the texts with each encoder on its own; the sequences are
+    /// joined along the features, and the pooled embedding is the second encoder's of `text`
+    /// as written (InvokeAI 3's SDXL prompt node).
+    fn compel_sub_prompt(&self, part: &SubPrompt, text: &str) -> Result<Texts, DreamError> {
+        let first = self.first.compel_sub_prompt(part)?;
+        let Some(second) = &self.second else {
+            return Ok(first);
+        };
+        let context = side_by_side_texts(&first, &second.compel_sub_prompt(part)?)?;
+        let pooled = second.pooled_of_text(text)?;
+        Ok(Texts {
+            pooled: vec![pooled; context.len()],
+            context,
         })
     }
 
@@ -567,6 +575,16 @@ impl TextEncoders<'_> {
             None => Ok(first),
         }
     }
+}
+
+/// Each text's sequences from two encoders, joined along the features.
+fn side_by_side_texts(first: &Texts, second: &Texts) -> Result<Vec<Tensor>, DreamError> {
+    first
+        .context
+        .iter()
+        .zip(&second.context)
+        .map(|(a, b)| side_by_side(a, b))
+        .collect()
 }
 
 /// Two encoders' sequences for one text joined along the features: `[1, L, D₁ + D₂]`.
@@ -591,6 +609,7 @@ enum Layer {
 }
 
 struct TextEncoder<'a> {
+    tokenizer: &'a ClipTokenizer,
     text_encoder: &'a ClipTextTransformer,
     /// SDXL's second encoder: the projection of its pooled output.
     projection: Option<&'a ClipTextModelWithProjection>,
@@ -811,6 +830,19 @@ impl TextEncoder<'_> {
             None => None,
         };
         Ok((self.conditioning_layer(output)?, pooled))
+    }
+
+    /// compel's pooled embedding of `text` as written (weighting syntax and all), truncated to
+    /// one sequence: `[1, P]`.
+    fn pooled_of_text(&self, text: &str) -> Result<Tensor, DreamError> {
+        let ids = self.tokenizer.encode_for_clip(text, CHUNK_TOKENS + 2).ids;
+        let chunk = Chunk {
+            weights: vec![1.0; ids.len()],
+            ids,
+        };
+        self.encode_pooled(&[&chunk], None)?.1.ok_or_else(|| {
+            DreamError::InvalidRequest("this text encoder has no pooled output".into())
+        })
     }
 
     /// The hidden state that conditions the UNet (see [`Layer`]).

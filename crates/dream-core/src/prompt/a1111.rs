@@ -54,6 +54,7 @@ pub fn plan(
         negative,
         networks: Vec::new(),
         negative_networks: Vec::new(),
+        texts: (prompt.to_string(), negative_prompt.to_string()),
     })
 }
 

@@ -67,6 +67,7 @@ pub fn plan(
         negative: SubPrompt::constant(1.0, negative, steps),
         networks,
         negative_networks: Vec::new(),
+        texts: (positive_text, negative_text),
     })
 }
 

@@ -99,6 +99,10 @@ pub struct ConditioningPlan {
     pub networks: Vec<NetworkTag>,
     /// Extra-network tags found in, and removed from, the negative prompt.
     pub negative_networks: Vec<NetworkTag>,
+    /// The prompt and the negative prompt as the syntax's reader takes them, after its own
+    /// pre-steps (extra-network tags out; InvokeAI: `[…]` words moved to the negative prompt).
+    /// compel's pooled embedding for SDXL is of these texts as written.
+    pub texts: (String, String),
 }
 
 impl ConditioningPlan {
