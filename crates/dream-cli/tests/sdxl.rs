@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{dream, failed, fixture, png_text, read_rgb, succeeded, temp_dir};
+use common::{dream, fixture, png_text, read_rgb, succeeded, temp_dir};
 use dream_test_support::load_fixture;
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -64,25 +64,27 @@ fn renders_diffusers_sdxl_image_at_the_models_size_with_its_metadata() {
 }
 
 #[test]
-fn inpainting_with_sdxl_is_refused() {
+fn inpaints_with_sdxl() {
     let out = temp_dir("sdxl-inpaint");
     let init = fixture("images/init_64x64.png");
     let mask = fixture("images/mask_64x64.png");
-    let stderr = failed(&render_sdxl(
+    succeeded(&render_sdxl(
         &out,
         &[
             "-s",
-            "2",
+            "4",
+            "-S",
+            "3",
             "-I",
             init.to_str().unwrap(),
             "-M",
             mask.to_str().unwrap(),
         ],
     ));
-    assert!(
-        stderr.contains("inpainting and outpainting with SDXL models is not supported yet"),
-        "{stderr}"
-    );
+    let path = out.join("000001.3.png");
+    assert_ne!(read_rgb(&path), read_rgb(&init));
+    let parameters = png_text(&path, "parameters").unwrap();
+    assert!(parameters.contains("Mask blur: 4"), "{parameters}");
 }
 
 #[test]

@@ -9,7 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use dream_core::prompt::PromptOptions;
 use dream_core::tokenizer::ClipTokenizer;
 use dream_pipeline::conditioning::{ConditioningOptions, PromptConditioning};
-use dream_pipeline::{InitImage, LoadOptions, Sampler, StableDiffusion, Syntax, Txt2Img};
+use dream_pipeline::image::RgbImage;
+use dream_pipeline::{
+    InitImage, Inpaint, LoadOptions, Mask, Sampler, StableDiffusion, Syntax, Txt2Img,
+};
 use dream_test_support::{euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -308,4 +311,39 @@ fn txt2img_renders_at_the_models_size() {
         (generated.request.width, generated.request.height),
         (64, 64)
     );
+}
+
+#[test]
+fn inpainting_keeps_the_pixels_outside_the_blurred_mask() {
+    // An ordinary SDXL UNet inpaints A1111's way: every x0 estimate keeps the init image's
+    // latents outside the mask, and the decoded image is pasted back through the blurred mask.
+    let model = tiny_sdxl();
+    let original = RgbImage::open(&fixture("images/init_64x64.png")).unwrap();
+    let mut mask = Mask::keep_all(64, 64);
+    for y in 16..40 {
+        for x in 24..48 {
+            mask.values[y * 64 + x] = 1.0;
+        }
+    }
+    let inpaint = Inpaint::new(mask.clone());
+    let blurred = mask.blurred(inpaint.mask_blur);
+    let request = Txt2Img {
+        init: Some(InitImage {
+            image: original.clone(),
+            strength: 0.8,
+        }),
+        inpaint: Some(inpaint),
+        ..request(PROMPT, "blurry", Sampler::Euler, 8)
+    };
+    let generated = model.generate(&request, &mut |_| {}).unwrap();
+    let pixel = |image: &RgbImage, i: usize| image.pixels[i * 3..i * 3 + 3].to_vec();
+    let mut changed = 0;
+    for (i, (&soft, &hard)) in blurred.values.iter().zip(&mask.values).enumerate() {
+        if soft == 0.0 {
+            assert_eq!(pixel(&generated.image, i), pixel(&original, i), "pixel {i}");
+        } else if hard == 1.0 && pixel(&generated.image, i) != pixel(&original, i) {
+            changed += 1;
+        }
+    }
+    assert!(changed > 200, "only {changed} pixels changed");
 }
