@@ -13,6 +13,8 @@ folder's fp16 weights are exact in float32). OUT/{name}.safetensors holds
   add_time_ids                                [1,6]: original size, crop top-left, target size;
   final_latents [1,4,8,8] (what the VAE decodes), image_u8 uint8 [64,64,3] (the saved PNG's pixels);
 and the metadata key "reference" (JSON) with the run's settings.
+OUT/clip_skip.safetensors: `prompt_embeds` [1,77,64] of encode_prompt(prompt, clip_skip=1), diffusers'
+first skipped layer for SDXL: both encoders' hidden_states[-3] (A1111's numbering: clip skip 3).
 
 Runs:
   euler     the folder's own scheduler (EulerDiscrete, SDXL's "leading" spacing, steps_offset 1:
@@ -196,6 +198,11 @@ def main():
              conditioning=f"compel {version('compel')}, InvokeAI 3's SDXL prompt node"),
         prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative,
         negative_pooled_prompt_embeds=negative_pooled, num_inference_steps=4)
+
+    with torch.no_grad():
+        skipped = pipe.encode_prompt(PROMPT, negative_prompt=NEGATIVE, clip_skip=1)[0]
+    save_file({"prompt_embeds": skipped.contiguous()}, os.path.join(a.out, "clip_skip.safetensors"),
+              metadata={"reference": json.dumps(dict(prompt=PROMPT, clip_skip=1))})
 
     img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)

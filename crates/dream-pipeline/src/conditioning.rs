@@ -48,7 +48,8 @@ pub struct ConditioningOptions {
     /// The prompt syntax and the number of steps prompt editing counts in.
     pub prompt: PromptOptions,
     /// A1111's "Clip skip": 1 is the text encoder's output; `n` takes the hidden state `n`
-    /// layers from the end (counting the last) through the final LayerNorm.
+    /// layers from the end (counting the last) through the final LayerNorm. SDXL conditions on
+    /// the penultimate layers without it, for 1 and 2 alike (see `Layer::Unnormalized`).
     pub clip_skip: usize,
     pub emphasis: Emphasis,
 }
@@ -235,15 +236,7 @@ impl PromptConditioning {
         };
         let mut second = None;
         if let Some((second_encoder, text_encoder)) = encoders.second {
-            // A1111 keeps SDXL's penultimate layers whatever its clip skip (2 names the same
-            // layer); a deeper one is what neither A1111 nor diffusers agree on.
-            if options.clip_skip > 2 {
-                return Err(DreamError::NotSupported(format!(
-                    "clip skip {} with SDXL models (A1111 uses the penultimate layers, clip skip 1 or 2)",
-                    options.clip_skip
-                )));
-            }
-            encoder.layer = Layer::Penultimate;
+            encoder.layer = Layer::Unnormalized;
             second = Some(TextEncoder {
                 tokenizer: &second_encoder.tokenizer,
                 text_encoder: text_encoder.text_model(),
@@ -251,7 +244,7 @@ impl PromptConditioning {
                 embeddings: &second_encoder.embeddings,
                 chunker: second_encoder.embeddings.chunker(&second_encoder.tokenizer),
                 options,
-                layer: Layer::Penultimate,
+                layer: Layer::Unnormalized,
             });
         }
         let encoders = TextEncoders {
@@ -604,8 +597,11 @@ enum Layer {
     /// SD 1.x/2.x: the output through the final LayerNorm, or with A1111's clip skip an
     /// earlier layer's output through it.
     ClipSkip,
-    /// SDXL: the penultimate layer's output as it is, without the final LayerNorm.
-    Penultimate,
+    /// SDXL: a layer's output as it is, without the final LayerNorm: the penultimate one for
+    /// clip skip 1 and 2 (A1111 ignores clip skip for SDXL, and 2 names SDXL's own layer),
+    /// `n` layers from the end for clip skip `n` > 2, as diffusers, ComfyUI and InvokeAI skip
+    /// layers of both encoders.
+    Unnormalized,
 }
 
 struct TextEncoder<'a> {
@@ -848,27 +844,22 @@ impl TextEncoder<'_> {
     /// The hidden state that conditions the UNet (see [`Layer`]).
     fn conditioning_layer(&self, output: ClipTextOutput) -> Result<Tensor, DreamError> {
         let layers = output.hidden_states.len();
-        if self.layer == Layer::Penultimate {
-            return layers
-                .checked_sub(2)
-                .map(|i| output.hidden_states[i].clone())
-                .ok_or_else(|| {
-                    DreamError::InvalidRequest("the text encoder has no penultimate layer".into())
-                });
-        }
         let skip = self.options.clip_skip;
-        if skip <= 1 {
-            return Ok(output.last_hidden_state);
+        let from_end = |n: usize| {
+            layers
+                .checked_sub(n)
+                .map(|i| &output.hidden_states[i])
+                .ok_or_else(|| {
+                    DreamError::InvalidRequest(format!(
+                        "clip skip must be between 1 and {layers}, got {skip}"
+                    ))
+                })
+        };
+        match self.layer {
+            Layer::Unnormalized => Ok(from_end(skip.max(2))?.clone()),
+            Layer::ClipSkip if skip <= 1 => Ok(output.last_hidden_state),
+            Layer::ClipSkip => Ok(self.text_encoder.final_layer_norm(from_end(skip)?)?),
         }
-        let hidden = layers
-            .checked_sub(skip)
-            .map(|i| &output.hidden_states[i])
-            .ok_or_else(|| {
-                DreamError::InvalidRequest(format!(
-                    "clip skip must be between 1 and {layers}, got {skip}"
-                ))
-            })?;
-        Ok(self.text_encoder.final_layer_norm(hidden)?)
     }
 
     /// A batch of chunks encoded with their emphasis weights applied, and their pooled

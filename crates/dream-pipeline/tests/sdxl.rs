@@ -192,27 +192,29 @@ fn the_native_size_comes_from_the_unet_config() {
 }
 
 #[test]
-fn clip_skip_2_is_sdxls_own_layer_and_deeper_is_refused() {
+fn clip_skip_counts_from_sdxls_own_penultimate_layer() {
+    // 1 and 2 both name SDXL's penultimate layers (A1111 ignores clip skip for SDXL); 3 is
+    // diffusers' clip_skip=1, hidden_states[-3] of both encoders.
     let model = tiny_sdxl();
     let skip = |n| ConditioningOptions {
         clip_skip: n,
         ..ConditioningOptions::new(4)
     };
-    let one = model.condition(PROMPT, "blurry", &skip(1)).unwrap();
-    let two = model.condition(PROMPT, "blurry", &skip(2)).unwrap();
-    assert_eq!(
-        max_abs_diff(&one.context_at(0).unwrap(), &two.context_at(0).unwrap()),
-        0.0
-    );
+    let positive = |n| {
+        let c = model.condition(PROMPT, "blurry", &skip(n)).unwrap();
+        c.positive(0, 0).unwrap().clone()
+    };
+    assert_eq!(max_abs_diff(&positive(1), &positive(2)), 0.0);
+    let r = load_fixture("sdxl_pipeline/clip_skip.safetensors");
+    let err = max_abs_diff(&positive(3), &r["prompt_embeds"]);
+    assert!(err <= 1e-5, "clip skip 3 differs by {err}");
+    assert!(max_abs_diff(&positive(2), &r["prompt_embeds"]) > 0.1);
     let err = model
-        .condition(PROMPT, "blurry", &skip(3))
+        .condition(PROMPT, "blurry", &skip(6))
         .err()
         .unwrap()
         .to_string();
-    assert!(
-        err.starts_with("clip skip 3 with SDXL models") && err.ends_with("is not supported yet"),
-        "{err}"
-    );
+    assert_eq!(err, "clip skip must be between 1 and 5, got 6");
 }
 
 #[test]
