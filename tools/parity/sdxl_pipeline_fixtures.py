@@ -13,6 +13,13 @@ folder's fp16 weights are exact in float32). OUT/{name}.safetensors holds
   add_time_ids                                [1,6]: original size, crop top-left, target size;
   final_latents [1,4,8,8] (what the VAE decodes), image_u8 uint8 [64,64,3] (the saved PNG's pixels);
 and the metadata key "reference" (JSON) with the run's settings.
+OUT/inpaint_unet/: a 9-channel SDXL inpainting UNet: tiny-sdxl's UNet whose conv_in takes 5 more input
+channels (the mask and the masked image's latents, as diffusers' SDXL inpainting UNets), their weights
+seeded random at the std of the first 4's, rounded through fp16 and stored fp16 (config + weights).
+OUT/inpaint_{ddim,ddim_s075}.safetensors: StableDiffusionXLInpaintPipeline with that UNet, init image
+--init, mask images/mask_64x64.png next to it (white = repaint), negative "blurry", DDIM, 8 steps at
+strength 1.0 and 0.75 (6 run): `final_latents` (output_type "latent": no paste-back) and the steps'
+`step.NNN.latents`.
 OUT/clip_skip.safetensors: `prompt_embeds` [1,77,64] of encode_prompt(prompt, clip_skip=1), diffusers'
 first skipped layer for SDXL: both encoders' hidden_states[-3] (A1111's numbering: clip skip 3).
 
@@ -137,6 +144,44 @@ def run(pipe, name, out_dir, meta, **kw):
     print(f"{name}: final latents std {tensors['final_latents'].std():.4f}", flush=True)
 
 
+def inpaint_fixtures(pipe, a):
+    """The 9-channel UNet and StableDiffusionXLInpaintPipeline's runs with it."""
+    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from PIL import Image
+    state = pipe.unet.state_dict()
+    first = state["conv_in.weight"]
+    g = torch.Generator("cpu").manual_seed(9)
+    extra = torch.randn((first.shape[0], 5) + tuple(first.shape[2:]), generator=g) * first.std()
+    state["conv_in.weight"] = torch.cat([first, extra.half().float()], dim=1)
+    unet = UNet2DConditionModel.from_config(dict(pipe.unet.config, in_channels=9)).eval()
+    unet.load_state_dict(state)
+    folder = os.path.join(a.out, "inpaint_unet")
+    unet.save_pretrained(folder, safe_serialization=True)
+    weights = os.path.join(folder, "diffusion_pytorch_model.safetensors")
+    save_file({k: v.half().contiguous() for k, v in unet.state_dict().items()}, weights, metadata={"format": "pt"})
+    inpaint = StableDiffusionXLInpaintPipeline(**dict(pipe.components, unet=unet))
+    inpaint.set_progress_bar_config(disable=True)
+    image = Image.open(a.init).convert("RGB")
+    mask = Image.open(os.path.join(os.path.dirname(a.init), "mask_64x64.png")).convert("L")
+    for name, strength in (("inpaint_ddim", 1.0), ("inpaint_ddim_s075", 0.75)):
+        steps = {}
+
+        def on_step_end(p, i, t, kw):
+            steps[f"step.{i:03d}.latents"] = kw["latents"].clone()
+            return kw
+
+        with torch.no_grad():
+            latents = inpaint(PROMPT, negative_prompt=NEGATIVE, image=image, mask_image=mask, height=SIZE,
+                              width=SIZE, strength=strength, num_inference_steps=8, guidance_scale=CFG,
+                              generator=generator(), output_type="latent", callback_on_step_end=on_step_end).images
+        tensors = dict(steps, final_latents=latents)
+        meta = dict(prompt=PROMPT, negative_prompt=NEGATIVE, steps=8, strength=strength, sampler="ddim",
+                    seed=SEED, width=SIZE, height=SIZE, cfg=CFG, mask="mask_64x64.png")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(a.out, f"{name}.safetensors"),
+                  metadata={"reference": json.dumps(meta, sort_keys=True)})
+        print(f"{name}: final latents std {latents.std():.4f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -203,6 +248,8 @@ def main():
         skipped = pipe.encode_prompt(PROMPT, negative_prompt=NEGATIVE, clip_skip=1)[0]
     save_file({"prompt_embeds": skipped.contiguous()}, os.path.join(a.out, "clip_skip.safetensors"),
               metadata={"reference": json.dumps(dict(prompt=PROMPT, clip_skip=1))})
+
+    inpaint_fixtures(pipe, a)
 
     img2img = StableDiffusionXLImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)

@@ -514,14 +514,6 @@ impl StableDiffusion {
         request: &Txt2Img,
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
-        // An ordinary SDXL UNet inpaints as any other (A1111's way, see `inpaint`); how
-        // diffusers feeds an SDXL inpainting UNet is not checked yet.
-        if self.text_encoder_2.is_some() && self.unet_in_channels != self.latent_channels() {
-            return Err(DreamError::NotSupported(format!(
-                "SDXL models with a {}-channel (inpainting) UNet",
-                self.unet_in_channels
-            )));
-        }
         if let Some(padding) = request.inpaint.as_ref().and_then(|i| i.only_masked_padding) {
             return self.generate_only_masked(request, padding, progress);
         }

@@ -13,7 +13,9 @@ use dream_pipeline::image::RgbImage;
 use dream_pipeline::{
     InitImage, Inpaint, LoadOptions, Mask, Sampler, StableDiffusion, Syntax, Txt2Img,
 };
-use dream_test_support::{euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff};
+use dream_test_support::{
+    copy_dir, euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, temp_dir,
+};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -348,4 +350,43 @@ fn inpainting_keeps_the_pixels_outside_the_blurred_mask() {
         }
     }
     assert!(changed > 200, "only {changed} pixels changed");
+}
+
+#[test]
+fn nine_channel_sdxl_inpainting_matches_diffusers() {
+    // tiny-sdxl with the 9-channel UNet of fixtures/sdxl_pipeline/inpaint_unet, against
+    // StableDiffusionXLInpaintPipeline (diffusers binarizes the mask and does not blur it).
+    let dir = temp_dir("sdxl-inpaint-model");
+    copy_dir(&fixture("tiny-sdxl"), &dir);
+    copy_dir(&fixture("sdxl_pipeline/inpaint_unet"), &dir.join("unet"));
+    let model = StableDiffusion::load(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mask = Mask::from_white(&RgbImage::open(&fixture("images/mask_64x64.png")).unwrap());
+    for (name, strength, steps_run) in [("inpaint_ddim", 1.0, 8), ("inpaint_ddim_s075", 0.75, 6)] {
+        let r = load_fixture(&format!("sdxl_pipeline/{name}.safetensors"));
+        let request = Txt2Img {
+            init: Some(InitImage::open(fixture("images/init_64x64.png"), strength).unwrap()),
+            inpaint: Some(Inpaint {
+                mask_blur: 0.0,
+                ..Inpaint::new(mask.clone())
+            }),
+            ..request(PROMPT, "blurry", Sampler::Ddim, 8)
+        };
+        let (mut steps, mut step_err) = (0, 0f32);
+        let generated = model
+            .generate(&request, &mut |step| {
+                let expected = &r[&format!("step.{:03}.latents", step.step)];
+                step_err = step_err.max(max_abs_diff(step.latents, expected));
+                steps += 1;
+            })
+            .unwrap();
+        assert_eq!(steps, steps_run, "{name}");
+        let err = max_abs_diff(&generated.latents, &r["final_latents"]);
+        println!("{name}: steps {step_err:.2e}, final latents {err:.2e}");
+        assert!(
+            step_err <= 1e-4,
+            "{name}: step latents differ by {step_err}"
+        );
+        assert!(err <= 1e-4, "{name}: final latents differ by {err}");
+    }
 }
