@@ -62,6 +62,12 @@ mkdir -p $FX/sdxl_pipeline
 "$PY" "$TOOLS/sdxl_pipeline_fixtures.py" --model $FX/tiny-sdxl --init $FX/images/init_64x64.png \
     --out $FX/sdxl_pipeline >"$WORK/sdxl_pipeline.log"
 
+# 4c. The tiny SDXL refiner (folder and sgm single file) and its references: img2img on the
+#     refiner, and tiny-sdxl -> refiner with denoising_end/denoising_start.
+"$PY" "$TOOLS/make_tiny_refiner.py" --base $FX/tiny-sdxl --init $FX/images/init_64x64.png \
+    --out $FX/tiny-sdxl-refiner --single $FX/tiny-sdxl-refiner.safetensors \
+    --refs $FX/sdxl_refiner >"$WORK/make_tiny_refiner.log"
+
 # 5-6. torch CPU randn values and CLIP tokenizer ids.
 "$PY" "$TOOLS/make_rng.py" $FX/rng/torch_randn.safetensors
 "$PY" "$TOOLS/make_tokenizer_cases.py" $FX/tiny/tokenizer $FX/tokenizer/cases.json

@@ -144,6 +144,23 @@ impl Models {
         Ok(Some(self.hashes.sha256(&path)?))
     }
 
+    /// The `--refiner` model `given` (a name or a path, as `--model`), loaded beside the current
+    /// one, and its title as A1111's metadata gives it: its name, and for a weights file the
+    /// short hash, `name [0123456789]`.
+    pub fn refiner(&mut self, given: &str) -> Result<(Rc<StableDiffusion>, String)> {
+        let refiner = self.find(given)?;
+        let (path, _) = self.load_options(&refiner)?;
+        let loaded = self.load(&refiner)?;
+        let title = match path.is_file() {
+            true => {
+                let sha256 = self.hashes.sha256(&path)?;
+                format!("{} [{}]", loaded.name(), &sha256[..10])
+            }
+            false => loaded.name().to_string(),
+        };
+        Ok((loaded, title))
+    }
+
     /// Makes `given` the current model, loading it now.
     pub fn switch(&mut self, given: &str) -> Result<Rc<StableDiffusion>> {
         let model = self.find(given)?;

@@ -14,8 +14,8 @@ use dream_pipeline::sampling::StrengthRule;
 use dream_pipeline::variation::{format_variations, parse_variations};
 use dream_pipeline::{interrupt, Generated, ModelStamp};
 use dream_pipeline::{
-    InitImage, Inpaint, Mask, MaskedContent, Outcrop, Seam, Seamless, StableDiffusion, Syntax,
-    Txt2Img, Variation,
+    InitImage, Inpaint, Mask, MaskedContent, Outcrop, RefinerSwitch, Seam, Seamless,
+    StableDiffusion, Syntax, Txt2Img, Variation,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -27,6 +27,8 @@ use crate::switches::Switches;
 pub const DEFAULT_SAMPLER: &str = "k_lms";
 pub const DEFAULT_STRENGTH: f64 = 0.75;
 pub const DEFAULT_OUTDIR: &str = "outputs/img-samples";
+/// A1111's default "Refiner switch at".
+pub const DEFAULT_REFINER_SWITCH_AT: f64 = 0.8;
 /// The side of the square SD 1.x was trained on, for the hires fix's first pass of a model
 /// whose size is not known.
 const MODEL_RESOLUTION: usize = 512;
@@ -66,6 +68,8 @@ pub struct Plan {
     shaping_switches: String,
     /// `-z`: the zlib level of the PNG files.
     png_compression: PngCompression,
+    /// `--refiner`: the model that takes over the sampling, as given.
+    pub refiner: Option<String>,
 }
 
 impl Plan {
@@ -183,6 +187,27 @@ impl Plan {
                 strength,
             ));
         }
+        let switch_at = switches
+            .refiner_switch_at
+            .unwrap_or(DEFAULT_REFINER_SWITCH_AT);
+        match &switches.refiner {
+            None if switches.refiner_switch_at.is_some() => {
+                return Err(anyhow!("--refiner_switch_at needs --refiner"))
+            }
+            Some(_) if !(switch_at > 0.0 && switch_at <= 1.0) => {
+                return Err(anyhow!(
+                    "--refiner_switch_at must be above 0 and at most 1, got {switch_at}"
+                ))
+            }
+            // Its name for the metadata is known once it is loaded (`run`).
+            Some(refiner) => {
+                first.refiner = Some(RefinerSwitch {
+                    name: refiner.clone(),
+                    switch_at,
+                })
+            }
+            None => {}
+        }
         let variation_amount = switches.variation_amount.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&variation_amount) {
             return Err(anyhow!(
@@ -216,6 +241,7 @@ impl Plan {
                 Some(level) => PngCompression::new(level)?,
                 None => PngCompression::default(),
             },
+            refiner: switches.refiner.clone(),
             first,
             iterations,
             sampler_name: sampler_name.to_string(),
@@ -232,8 +258,14 @@ impl Plan {
     }
 
     /// Renders every image, printing each one's path and command as it is saved;
-    /// `sha256` is the model's weights' hash, for the metadata.
-    pub fn run(&self, model: &StableDiffusion, sha256: Option<&str>) -> Result<Vec<Made>> {
+    /// `sha256` is the model's weights' hash, for the metadata; `refiner` the loaded
+    /// `--refiner` and its title for the metadata (A1111's: name and short hash).
+    pub fn run(
+        &self,
+        model: &StableDiffusion,
+        sha256: Option<&str>,
+        refiner: Option<(&StableDiffusion, &str)>,
+    ) -> Result<Vec<Made>> {
         let stamp = ModelStamp {
             name: model.name(),
             sha256,
@@ -245,7 +277,10 @@ impl Plan {
         let mut made = Vec::new();
         let mut grid = Vec::new();
         for k in 0..self.iterations {
-            let request = self.request(k);
+            let mut request = self.request(k);
+            if let (Some(switch), Some((_, title))) = (&mut request.refiner, refiner) {
+                switch.name = title.to_string();
+            }
             // Every image of a command has the same prompts, except in a prompt matrix.
             if self.log_tokenization && (k == 0 || self.matrix.is_some()) {
                 let options = PromptOptions {
@@ -276,7 +311,11 @@ impl Plan {
             };
             let rendered = match &self.outpaint {
                 Some((canvas, seam)) => model.outpaint(&request, canvas, seam, &mut progress),
-                None => model.generate(&request, &mut progress),
+                None => model.generate_refined(
+                    &request,
+                    refiner.map(|(refiner, _)| refiner),
+                    &mut progress,
+                ),
             };
             bar.finish_and_clear();
             if let Some(error) = preview_error {
@@ -533,6 +572,13 @@ fn shaping_switches(s: &Switches) -> String {
     }
     if s.hires_fix {
         line += " --hires_fix";
+    }
+    if let Some(refiner) = &s.refiner {
+        let switch_at = s.refiner_switch_at.unwrap_or(DEFAULT_REFINER_SWITCH_AT);
+        line += &format!(
+            " --refiner {} --refiner_switch_at {switch_at}",
+            shell_quote(refiner)
+        );
     }
     if s.fit {
         line += " -T";

@@ -73,7 +73,14 @@ impl Session {
         let plan = Plan::new(prompt, switches, &self.previous, self.models.default_size())?;
         let model = self.models.model()?;
         let sha256 = self.models.current_sha256()?;
-        let made = plan.run(&model, sha256.as_deref())?;
+        let refiner = match &plan.refiner {
+            Some(given) => Some(self.models.refiner(given)?),
+            None => None,
+        };
+        let refiner = refiner
+            .as_ref()
+            .map(|(refiner, title)| (&**refiner, title.as_str()));
+        let made = plan.run(&model, sha256.as_deref(), refiner)?;
         self.previous = made;
         Ok(())
     }

@@ -91,6 +91,14 @@ pub struct Switches {
     /// Render small, then enlarge with img2img (against duplicated subjects).
     #[arg(long = "hires_fix")]
     pub hires_fix: bool,
+    /// A1111's "Refiner": a model (a registry name or a path, usually the SDXL refiner) that
+    /// takes over the sampling for its last steps.
+    #[arg(long)]
+    pub refiner: Option<String>,
+    /// A1111's "Refiner switch at": the share of the denoising done before the refiner takes
+    /// over, above 0 to 1 [default: 0.8].
+    #[arg(long = "refiner_switch_at")]
+    pub refiner_switch_at: Option<f64>,
     /// Save every Nth intermediate image; 0 saves none [default: 0].
     #[arg(long = "save_intermediates")]
     pub save_intermediates: Option<usize>,

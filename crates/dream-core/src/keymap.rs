@@ -34,7 +34,7 @@ pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
 /// Prefix of SDXL's second text encoder (OpenCLIP ViT-bigG/14).
 pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 /// Where the SDXL refiner keeps its only text encoder (OpenCLIP ViT-bigG/14).
-const SDXL_REFINER_PREFIX: &str = "conditioner.embedders.0.model.";
+pub const SDXL_REFINER_PREFIX: &str = "conditioner.embedders.0.model.";
 
 /// Where one diffusers tensor is found in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +84,11 @@ pub enum TextEncoderLayout {
 pub struct SingleFileMap {
     pub unet: KeyMap,
     pub vae: KeyMap,
-    pub text_encoder: KeyMap,
+    /// The first text encoder; `None` for the SDXL refiner, which has only the second.
+    pub text_encoder: Option<KeyMap>,
     /// SDXL's second text encoder, in transformers' `CLIPTextModelWithProjection` names.
     pub text_encoder_2: Option<KeyMap>,
+    /// The first text encoder's layout (the SDXL refiner: its one encoder's, OpenCLIP).
     pub text_encoder_layout: TextEncoderLayout,
     pub layers_per_block: usize,
 }
@@ -99,8 +101,6 @@ pub enum KeyMapError {
     NoVae,
     #[error("no cond_stage_model.* (text encoder) tensors; a UNet-only file needs a separate VAE and text encoder, which single-file loading does not support")]
     NoTextEncoder,
-    #[error("it is an SDXL refiner checkpoint (its only text encoder, OpenCLIP ViT-bigG, is conditioner.embedders.0.model.*): the SDXL refiner is not supported yet")]
-    SdxlRefiner,
     #[error("no {prefix}* tensors: an SDXL checkpoint needs both of its text encoders")]
     NoSdxlTextEncoder { prefix: &'static str },
     #[error("cannot tell the UNet's layers per block from its input_blocks.* tensors")]
@@ -127,9 +127,6 @@ pub fn map_single_file(keys: &[&str]) -> Result<SingleFileMap, KeyMapError> {
             .collect()
     };
     let sdxl = keys.iter().any(|k| k.starts_with(SDXL_CONDITIONER_PREFIX));
-    if sdxl && !with_prefix(SDXL_REFINER_PREFIX).is_empty() {
-        return Err(KeyMapError::SdxlRefiner);
-    }
     let unet_keys: Vec<&str> = keys
         .iter()
         .filter_map(|k| k.strip_prefix(UNET_PREFIX))
@@ -169,28 +166,44 @@ pub fn map_single_file(keys: &[&str]) -> Result<SingleFileMap, KeyMapError> {
                 false => Ok(keys),
             }
         };
-        let clip = map_clip(present(SDXL_CLIP_PREFIX)?, SDXL_CLIP_PREFIX);
-        let open_clip =
-            map_open_clip(present(SDXL_OPEN_CLIP_PREFIX)?, SDXL_OPEN_CLIP_PREFIX, true)?;
+        // The refiner's only encoder, OpenCLIP bigG, is embedders.0; the base's are CLIP and
+        // OpenCLIP bigG.
+        let refiner = with_prefix(SDXL_REFINER_PREFIX);
+        let (clip, open_clip, prefixes, layout) = if refiner.is_empty() {
+            let clip = map_clip(present(SDXL_CLIP_PREFIX)?, SDXL_CLIP_PREFIX);
+            let open_clip =
+                map_open_clip(present(SDXL_OPEN_CLIP_PREFIX)?, SDXL_OPEN_CLIP_PREFIX, true)?;
+            let prefixes = [SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX];
+            (
+                Some(clip),
+                open_clip,
+                prefixes,
+                TextEncoderLayout::OpenAiClip,
+            )
+        } else {
+            let open_clip = map_open_clip(refiner, SDXL_REFINER_PREFIX, true)?;
+            let prefixes = [SDXL_REFINER_PREFIX, SDXL_REFINER_PREFIX];
+            (None, open_clip, prefixes, TextEncoderLayout::OpenClip)
+        };
         if let Some(key) = with_prefix(SDXL_CONDITIONER_PREFIX)
             .into_iter()
-            .find(|k| !k.starts_with(SDXL_CLIP_PREFIX) && !k.starts_with(SDXL_OPEN_CLIP_PREFIX))
+            .find(|k| !prefixes.iter().any(|prefix| k.starts_with(prefix)))
         {
             return Err(KeyMapError::Unrecognised {
                 component: "text encoder",
                 key: key.to_owned(),
             });
         }
-        (clip, Some(open_clip), TextEncoderLayout::OpenAiClip)
+        (clip, Some(open_clip), layout)
     } else {
         let clip_keys = with_prefix(CLIP_PREFIX);
         let open_clip_keys = with_prefix(OPEN_CLIP_PREFIX);
         if !clip_keys.is_empty() {
             let clip = map_clip(clip_keys, CLIP_PREFIX);
-            (clip, None, TextEncoderLayout::OpenAiClip)
+            (Some(clip), None, TextEncoderLayout::OpenAiClip)
         } else if !open_clip_keys.is_empty() {
             let open_clip = map_open_clip(open_clip_keys, OPEN_CLIP_PREFIX, false)?;
-            (open_clip, None, TextEncoderLayout::OpenClip)
+            (Some(open_clip), None, TextEncoderLayout::OpenClip)
         } else {
             return Err(KeyMapError::NoTextEncoder);
         }
@@ -867,13 +880,6 @@ mod tests {
             map_single_file(&["foo", "bar.weight"]),
             Err(KeyMapError::NoUnet)
         );
-        assert_eq!(
-            map_single_file(&[
-                "conditioner.embedders.0.model.ln_final.weight",
-                "model.diffusion_model.out.2.weight"
-            ]),
-            Err(KeyMapError::SdxlRefiner)
-        );
         let mut keys: Vec<String> = SD15_INPUT_BLOCKS
             .iter()
             .map(|k| format!("{UNET_PREFIX}{k}"))
@@ -978,7 +984,13 @@ mod tests {
             );
         }
         assert_eq!(map.unet.len(), 14);
-        let clip: Vec<&str> = map.text_encoder.keys().map(String::as_str).collect();
+        let clip: Vec<&str> = map
+            .text_encoder
+            .as_ref()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             clip,
             [
@@ -1029,12 +1041,37 @@ mod tests {
                 key: "conditioner.embedders.2.model.weight".into()
             })
         );
-        // The refiner: OpenCLIP bigG alone, as embedders.0.
+        // The refiner: OpenCLIP bigG alone, as embedders.0, mapped as the base's second.
         let refiner: Vec<String> = without("conditioner.")
             .into_iter()
-            .chain([format!("{SDXL_REFINER_PREFIX}text_projection")])
+            .chain(
+                keys.iter()
+                    .filter_map(|k| k.strip_prefix(SDXL_OPEN_CLIP_PREFIX))
+                    .map(|k| format!("{SDXL_REFINER_PREFIX}{k}")),
+            )
             .collect();
-        assert_eq!(refs(&refiner), Err(KeyMapError::SdxlRefiner));
+        let map = refs(&refiner).unwrap();
+        assert_eq!(map.text_encoder, None);
+        let refiner_clip = map.text_encoder_2.unwrap();
+        assert_eq!(
+            refiner_clip.keys().collect::<Vec<_>>(),
+            open_clip.keys().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            refiner_clip["text_projection.weight"].key,
+            "conditioner.embedders.0.model.text_projection"
+        );
+        let mut extra = refiner.clone();
+        extra.push(format!(
+            "{SDXL_CLIP_PREFIX}text_model.final_layer_norm.weight"
+        ));
+        assert_eq!(
+            refs(&extra),
+            Err(KeyMapError::Unrecognised {
+                component: "text encoder",
+                key: format!("{SDXL_CLIP_PREFIX}text_model.final_layer_norm.weight")
+            })
+        );
     }
 
     #[test]

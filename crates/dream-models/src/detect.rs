@@ -10,8 +10,9 @@
 //!   conditioning or SDXL's added conditioning, 64-channel heads (SD 2.x: 5/10/20/20 heads per
 //!   level, SDXL 5/10/20); in the text encoders, 64-channel heads (ViT-L/14: 12, ViT-H/14: 16,
 //!   ViT-bigG/14: 20).
-//! * **SDXL's micro-conditioning**: six numbers (original size, crop offset, target size), as
-//!   the base model has ([`sdxl_unet_config`]).
+//! * **SDXL's micro-conditioning**: six numbers (original size, crop offset, target size) for
+//!   the base model, five (original size, crop offset, aesthetic score) for the refiner
+//!   ([`sdxl_unet_config`]).
 //! * **VAE scaling factor**: SD's 0.18215, SDXL's [`SDXL_VAE_SCALING_FACTOR`].
 //! * **Prediction type** ([`default_prediction`]).
 //! * **fp16 attention upcasting** (`upcast_attention`, set in SD 2.1's diffusers config): off;
@@ -131,7 +132,9 @@ pub const SDXL_VAE_SCALING_FACTOR: f64 = 0.13025;
 
 /// The number of micro-conditioning numbers the SDXL base UNet embeds beside the pooled text:
 /// original height and width, crop top and left, target height and width.
-const SDXL_TIME_IDS: usize = 6;
+pub const SDXL_TIME_IDS: usize = 6;
+/// The SDXL refiner's: original height and width, crop top and left, aesthetic score.
+pub const SDXL_REFINER_TIME_IDS: usize = 5;
 
 /// Where SDXL's added conditioning (`label_emb` in single files) lives.
 const ADD_EMBEDDING: &str = "add_embedding.linear_1.weight";
@@ -152,25 +155,29 @@ pub fn unet_config(w: &Weights) -> Result<UNetConfig, WeightsError> {
 
 /// An SDXL UNet config: [`unet_config`]'s fields plus the `text_time` added conditioning, whose
 /// MLP reads the pooled text embedding (`pooled_width` wide: the second text encoder's
-/// projection) next to the six micro-conditioning numbers, each embedded sinusoidally.
-pub fn sdxl_unet_config(w: &Weights, pooled_width: usize) -> Result<UNetConfig, WeightsError> {
+/// projection) next to `time_ids` micro-conditioning numbers ([`SDXL_TIME_IDS`] for the base
+/// model, [`SDXL_REFINER_TIME_IDS`] for the refiner), each embedded sinusoidally.
+pub fn sdxl_unet_config(
+    w: &Weights,
+    pooled_width: usize,
+    time_ids: usize,
+) -> Result<UNetConfig, WeightsError> {
     const WHAT: &str = "SDXL UNet config";
     let input = dim(w, WHAT, ADD_EMBEDDING, 1)?;
     let numbers = input.saturating_sub(pooled_width);
-    if numbers == 0 || numbers % SDXL_TIME_IDS != 0 {
+    if numbers == 0 || numbers % time_ids != 0 {
         return Err(undetectable(
             w,
             WHAT,
             format!(
                 "add_embedding reads {input} values, which is not the {pooled_width}-wide \
-                 pooled text plus {SDXL_TIME_IDS} equally wide numbers (the SDXL refiner's 5 \
-                 are not supported yet)"
+                 pooled text plus {time_ids} equally wide numbers"
             ),
         ));
     }
     let mut fields = unet_fields(w)?;
     fields["addition_embed_type"] = json!("text_time");
-    fields["addition_time_embed_dim"] = json!(numbers / SDXL_TIME_IDS);
+    fields["addition_time_embed_dim"] = json!(numbers / time_ids);
     fields["projection_class_embeddings_input_dim"] = json!(input);
     build(w, WHAT, fields)
 }

@@ -801,8 +801,9 @@ pub struct SdComponents {
     pub unet: Component<UNetConfig>,
     pub vae: Component<VaeConfig>,
     /// CLIP ViT-L/14 (SD 1.x, SDXL) or OpenCLIP ViT-H/14 (SD 2.x), as transformers'
-    /// `CLIPTextModel` (`text_model.*`).
-    pub text_encoder: Component<ClipTextConfig>,
+    /// `CLIPTextModel` (`text_model.*`). `None` for the SDXL refiner, whose one encoder is
+    /// `text_encoder_2` (diffusers' layout).
+    pub text_encoder: Option<Component<ClipTextConfig>>,
     /// SDXL's OpenCLIP ViT-bigG/14, as transformers' `CLIPTextModelWithProjection`:
     /// `text_model.*` plus `text_projection.weight` ([projection_dim, hidden_size], no bias),
     /// which projects its pooled output. `None` for SD 1.x/2.x.
@@ -833,7 +834,9 @@ pub fn load_single_file(
         })?;
     let unet = Weights::renamed(file.clone(), map.unet);
     let vae = Weights::renamed(file.clone(), map.vae);
-    let text_encoder = Weights::renamed(file.clone(), map.text_encoder);
+    let text_encoder = map
+        .text_encoder
+        .map(|map| Weights::renamed(file.clone(), map));
     let text_encoder_2 = map
         .text_encoder_2
         .map(|map| Weights::renamed(file.clone(), map));
@@ -842,7 +845,10 @@ pub fn load_single_file(
         Some(dir) => (
             read_config(&dir.join("unet").join("config.json"))?,
             read_config(&dir.join("vae").join("config.json"))?,
-            read_config(&dir.join("text_encoder").join("config.json"))?,
+            match text_encoder {
+                Some(_) => Some(read_config(&dir.join("text_encoder").join("config.json"))?),
+                None => None,
+            },
             match text_encoder_2 {
                 Some(_) => Some(read_config(
                     &dir.join("text_encoder_2").join("config.json"),
@@ -852,18 +858,30 @@ pub fn load_single_file(
             read_prediction(dir)?,
         ),
         None => {
-            let text_config = detect::text_encoder_config(&text_encoder, map.text_encoder_layout)?;
+            let text_config = text_encoder
+                .as_ref()
+                .map(|w| detect::text_encoder_config(w, map.text_encoder_layout))
+                .transpose()?;
             let mut vae_config = detect::vae_config(&vae)?;
             let (unet_config, text_config_2) = match &text_encoder_2 {
                 Some(w) => {
                     let config = detect::text_encoder_config(w, TextEncoderLayout::OpenClip)?;
                     vae_config.scaling_factor = detect::SDXL_VAE_SCALING_FACTOR;
-                    let unet_config = detect::sdxl_unet_config(&unet, config.projection_dim)?;
+                    // The refiner, without the first encoder, reads an aesthetic score
+                    // instead of the target size.
+                    let numbers = match text_encoder {
+                        Some(_) => detect::SDXL_TIME_IDS,
+                        None => detect::SDXL_REFINER_TIME_IDS,
+                    };
+                    let unet_config =
+                        detect::sdxl_unet_config(&unet, config.projection_dim, numbers)?;
                     (unet_config, Some(config))
                 }
                 None => (detect::unet_config(&unet)?, None),
             };
-            let open_clip = map.text_encoder_layout == TextEncoderLayout::OpenClip;
+            // SD 2.x's OpenCLIP ViT-H, not the SDXL refiner's OpenCLIP bigG.
+            let open_clip =
+                map.text_encoder_layout == TextEncoderLayout::OpenClip && text_encoder_2.is_none();
             let prediction = detect::default_prediction(open_clip, unet_config.in_channels == 9);
             (
                 unet_config,
@@ -884,10 +902,9 @@ pub fn load_single_file(
             config: vae_config,
             weights: vae,
         },
-        text_encoder: Component {
-            config: text_config,
-            weights: text_encoder,
-        },
+        text_encoder: text_encoder
+            .zip(text_config)
+            .map(|(weights, config)| Component { config, weights }),
         text_encoder_2: text_encoder_2
             .zip(text_config_2)
             .map(|(weights, config)| Component { config, weights }),
@@ -899,14 +916,6 @@ pub fn load_single_file(
 /// `scheduler/scheduler_config.json` for the prediction type.
 pub fn load_diffusers_folder(dir: &Path) -> Result<SdComponents, WeightsError> {
     let index = ModelIndex::read(dir)?;
-    if index.names("text_encoder_2") && !index.names("text_encoder") {
-        return Err(WeightsError::Unsupported {
-            path: dir.to_path_buf(),
-            problem: "a model with only a second text encoder (the SDXL refiner) is not \
-                      supported yet"
-                .into(),
-        });
-    }
     let unet_dir = dir.join("unet");
     let unet_config: UNetConfig = read_config(&unet_dir.join("config.json"))?;
     let unet = folder_weights(&unet_dir, "diffusion_pytorch_model", |name| {
@@ -924,7 +933,11 @@ pub fn load_diffusers_folder(dir: &Path) -> Result<SdComponents, WeightsError> {
             weights: unet,
         },
         vae: vae_folder(&dir.join("vae"))?,
-        text_encoder: text_encoder_folder(&dir.join("text_encoder"))?,
+        // The SDXL refiner has only the second.
+        text_encoder: match index.names("text_encoder") {
+            true => Some(text_encoder_folder(&dir.join("text_encoder"))?),
+            false => None,
+        },
         text_encoder_2,
     })
 }

@@ -56,11 +56,23 @@ fn single_file_serves_the_folders_tensors() {
     // Tensor counts as diffusers/transformers load them (make_sdxl_single_file.py's log).
     assert_eq!(folder.unet.weights.names().count(), 428);
     assert_eq!(folder.vae.weights.names().count(), 180);
-    assert_eq!(folder.text_encoder.weights.names().count(), 68);
+    assert_eq!(
+        folder
+            .text_encoder
+            .as_ref()
+            .unwrap()
+            .weights
+            .names()
+            .count(),
+        68
+    );
     assert_eq!(folder_2.weights.names().count(), 69);
     assert_identical(&folder.unet.weights, &single.unet.weights, "unet");
     assert_identical(&folder.vae.weights, &single.vae.weights, "vae");
-    let (te, te_single) = (&folder.text_encoder, &single.text_encoder);
+    let (te, te_single) = (
+        folder.text_encoder.as_ref().unwrap(),
+        single.text_encoder.as_ref().unwrap(),
+    );
     assert_identical(&te.weights, &te_single.weights, "text_encoder");
     assert_identical(&folder_2.weights, &single_2.weights, "text_encoder_2");
 
@@ -104,7 +116,8 @@ fn detected_configs_match_the_folder_where_shapes_can_tell() {
     let single = load_single_file(&single_file(), Some(&fixture("tiny-sdxl"))).unwrap();
     let want: UNetConfig = read_json("tiny-sdxl/unet/config.json");
     let pooled = read_json::<ClipTextConfig>("tiny-sdxl/text_encoder_2/config.json").projection_dim;
-    let got = detect::sdxl_unet_config(&single.unet.weights, pooled).unwrap();
+    let got =
+        detect::sdxl_unet_config(&single.unet.weights, pooled, detect::SDXL_TIME_IDS).unwrap();
     // Not in the shapes: the groups and head counts (SDXL's 32 and 64-channel heads assumed;
     // the tiny UNet has 8 groups and 2/4 heads).
     assert_eq!(got.norm_num_groups, 32);
@@ -131,11 +144,11 @@ fn detected_configs_match_the_folder_where_shapes_can_tell() {
         .to_string();
     assert!(err.contains("add_embedding"), "{err}");
     // The micro-conditioning must be six equal widths next to the pooled text.
-    let err = detect::sdxl_unet_config(&single.unet.weights, 30)
+    let err = detect::sdxl_unet_config(&single.unet.weights, 30, detect::SDXL_TIME_IDS)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("80 values") && err.contains("refiner"),
+        err.contains("80 values") && err.contains("plus 6 equally wide numbers"),
         "{err}"
     );
 }
@@ -209,7 +222,7 @@ fn loads_without_a_config_folder() {
     let text =
         |json: serde_json::Value| -> ClipTextConfig { serde_json::from_value(json).unwrap() };
     assert_eq!(
-        model.text_encoder.config,
+        model.text_encoder.as_ref().unwrap().config,
         text(serde_json::json!({
             "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 512,
             "num_hidden_layers": 2, "num_attention_heads": 2, "hidden_act": "quick_gelu",
@@ -235,7 +248,7 @@ fn refuses_what_it_cannot_load() {
     let dir = temp_dir("sdxl-refuse");
     let message = |path: &Path| load_single_file(path, None).unwrap_err().to_string();
 
-    // The refiner: OpenCLIP bigG alone, as embedders.0.
+    // A refiner (OpenCLIP bigG alone, as embedders.0) whose encoder is only a projection.
     let mut refiner = with_detectable_text_encoders();
     refiner.retain(|k, _| !k.starts_with("conditioner."));
     refiner.insert(
@@ -244,7 +257,7 @@ fn refuses_what_it_cannot_load() {
     );
     let err = message(&save(&dir, "refiner.safetensors", &refiner));
     assert!(
-        err.contains("refiner.safetensors") && err.contains("not supported yet"),
+        err.contains("refiner.safetensors") && err.contains("token_embedding"),
         "{err}"
     );
 
@@ -283,18 +296,5 @@ fn refuses_what_it_cannot_load() {
     let err = message(&truncated);
     assert!(err.contains("truncated"), "{err}");
 
-    // A diffusers folder with only the second encoder (the refiner's layout).
-    let folder = dir.join("refiner");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::write(
-        folder.join("model_index.json"),
-        r#"{"text_encoder": [null, null], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}"#,
-    )
-    .unwrap();
-    let err = load_diffusers_folder(&folder).unwrap_err().to_string();
-    assert!(
-        err.contains("refiner") && err.contains("not supported yet"),
-        "{err}"
-    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -77,13 +77,16 @@ fn assert_same_model(want: &SdComponents, got: &SdComponents, what: &str) {
     // Tensor counts from fixtures/README.md (diffusers' own state dicts).
     assert_eq!(want.unet.weights.names().count(), 304);
     assert_eq!(want.vae.weights.names().count(), 180);
-    assert_eq!(want.text_encoder.weights.names().count(), 68);
+    assert_eq!(
+        want.text_encoder.as_ref().unwrap().weights.names().count(),
+        68
+    );
     for (w, g, part) in [
         (&want.unet.weights, &got.unet.weights, "unet"),
         (&want.vae.weights, &got.vae.weights, "vae"),
         (
-            &want.text_encoder.weights,
-            &got.text_encoder.weights,
+            &want.text_encoder.as_ref().unwrap().weights,
+            &got.text_encoder.as_ref().unwrap().weights,
             "text_encoder",
         ),
     ] {
@@ -116,7 +119,15 @@ fn folder_configs_and_kind() {
         read_json::<UNetConfig>("tiny/unet/config.json")
     );
     assert_eq!(model.vae.config.norm_num_groups, 8);
-    assert_eq!(model.text_encoder.config.num_attention_heads, 4);
+    assert_eq!(
+        model
+            .text_encoder
+            .as_ref()
+            .unwrap()
+            .config
+            .num_attention_heads,
+        4
+    );
     let sd1 = ModelKind {
         version: SdVersion::V1,
         inpainting: false,
@@ -127,7 +138,10 @@ fn folder_configs_and_kind() {
     assert_eq!(single.kind, sd1);
     assert_eq!(single.unet.config, model.unet.config);
     assert_eq!(single.vae.config, model.vae.config);
-    assert_eq!(single.text_encoder.config, model.text_encoder.config);
+    assert_eq!(
+        single.text_encoder.as_ref().unwrap().config,
+        model.text_encoder.as_ref().unwrap().config
+    );
 }
 
 #[test]
@@ -191,10 +205,12 @@ fn detected_configs_match_the_folder_where_shapes_can_tell() {
     );
 
     // The tiny text encoder is 32 wide: no 64-channel heads fit, so detection refuses.
-    let err =
-        detect::text_encoder_config(&single.text_encoder.weights, TextEncoderLayout::OpenAiClip)
-            .unwrap_err()
-            .to_string();
+    let err = detect::text_encoder_config(
+        &single.text_encoder.as_ref().unwrap().weights,
+        TextEncoderLayout::OpenAiClip,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("tiny.safetensors") && err.contains("attention heads"),
         "{err}"
@@ -278,7 +294,7 @@ fn open_clip_text_encoder_is_split_into_q_k_v() {
     // The tiny model with its text encoder in OpenCLIP's layout (SD 2.x single files):
     // nn.MultiheadAttention stores q, k and v stacked in that order as `in_proj_weight`.
     let folder = folder();
-    let te = &folder.text_encoder.weights;
+    let te = &folder.text_encoder.as_ref().unwrap().weights;
     let get = |name: &str| te.tensor(name, &Device::Cpu).unwrap();
     let single = Checkpoint::open(fixture("tiny.safetensors")).unwrap();
     let mut tensors: HashMap<String, Tensor> = single
@@ -341,7 +357,11 @@ fn open_clip_text_encoder_is_split_into_q_k_v() {
     );
     let path = save("open_clip.safetensors", &tensors);
     let model = load_single_file(&path, Some(&fixture("tiny"))).unwrap();
-    let max = assert_same_weights(te, &model.text_encoder.weights, "OpenCLIP");
+    let max = assert_same_weights(
+        te,
+        &model.text_encoder.as_ref().unwrap().weights,
+        "OpenCLIP",
+    );
     assert_eq!(max, 0.0);
     // Without a config, an OpenCLIP text encoder means SD 2.x and v-prediction: 32 wide fails
     // head detection first, so the rule is checked directly.
@@ -447,7 +467,7 @@ fn diffusers_folder_variants() {
         dir.join("vae/diffusion_pytorch_model.safetensors"),
     )
     .unwrap();
-    let te = &folder.text_encoder.weights;
+    let te = &folder.text_encoder.as_ref().unwrap().weights;
     let flat: HashMap<String, Tensor> = te
         .names()
         .map(|n| {

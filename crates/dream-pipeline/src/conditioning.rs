@@ -186,7 +186,8 @@ struct Texts {
 
 /// The text encoders a model conditions on, and the rule for its empty negative prompt.
 pub(crate) struct Encoders<'a> {
-    pub(crate) first: (&'a ClipTokenizer, &'a ClipTextTransformer),
+    /// The first encoder (`None`: the SDXL refiner, which has only the second).
+    pub(crate) first: Option<(&'a ClipTokenizer, &'a ClipTextTransformer)>,
     pub(crate) embeddings: &'a TextualInversions,
     /// SDXL's second encoder: its tokenizer, embeddings and empty-negative rule, and the
     /// network.
@@ -204,7 +205,7 @@ impl PromptConditioning {
         options: &ConditioningOptions,
     ) -> Result<Self, DreamError> {
         let encoders = Encoders {
-            first: (tokenizer, text_encoder),
+            first: Some((tokenizer, text_encoder)),
             embeddings,
             second: None,
         };
@@ -224,32 +225,33 @@ impl PromptConditioning {
                     .into(),
             ));
         }
-        let (tokenizer, text_encoder) = encoders.first;
-        let mut encoder = TextEncoder {
+        // SDXL reads its encoders' unnormalized layers, SD 1.x/2.x its one encoder's output.
+        let layer = match encoders.second {
+            Some(_) => Layer::Unnormalized,
+            None => Layer::ClipSkip,
+        };
+        let first = encoders.first.map(|(tokenizer, text_encoder)| TextEncoder {
             tokenizer,
             text_encoder,
             projection: None,
             embeddings: encoders.embeddings,
             chunker: encoders.embeddings.chunker(tokenizer),
             options,
-            layer: Layer::ClipSkip,
-        };
-        let mut second = None;
-        if let Some((second_encoder, text_encoder)) = encoders.second {
-            encoder.layer = Layer::Unnormalized;
-            second = Some(TextEncoder {
+            layer,
+        });
+        let second = encoders
+            .second
+            .map(|(second_encoder, text_encoder)| TextEncoder {
                 tokenizer: &second_encoder.tokenizer,
                 text_encoder: text_encoder.text_model(),
                 projection: Some(text_encoder),
                 embeddings: &second_encoder.embeddings,
                 chunker: second_encoder.embeddings.chunker(&second_encoder.tokenizer),
                 options,
-                layer: Layer::Unnormalized,
+                layer,
             });
-        }
         let encoders = TextEncoders {
-            first: encoder,
-            second,
+            encoders: first.into_iter().chain(second).collect(),
             zeros_for_empty_negative: encoders
                 .second
                 .is_some_and(|(second, _)| second.zeros_for_empty_negative),
@@ -386,13 +388,18 @@ impl StableDiffusion {
     ) -> Result<PromptConditioning, DreamError> {
         let plan = prompt::plan(prompt, negative_prompt, &options.prompt)
             .map_err(|e| DreamError::InvalidRequest(e.to_string()))?;
-        let text_encoder = self.text_encoder.get()?;
+        let text_encoder = match &self.text_encoder {
+            Some(text_encoder) => Some(text_encoder.get()?),
+            None => None,
+        };
         let second = match &self.text_encoder_2 {
             Some(second) => Some((second, second.text_encoder.get()?)),
             None => None,
         };
         let encoders = Encoders {
-            first: (&self.tokenizer, &text_encoder),
+            first: text_encoder
+                .as_ref()
+                .map(|text_encoder| (&self.tokenizer, &**text_encoder)),
             embeddings: &self.embeddings,
             second: second
                 .as_ref()
@@ -426,7 +433,10 @@ impl StableDiffusion {
                  clip_l and clip_g (add_sdxl_embedding)"
             )));
         }
-        let text_encoder = self.text_encoder.get()?;
+        let text_encoder = match &self.text_encoder {
+            Some(text_encoder) => text_encoder.get()?,
+            None => return Err(refiner_embedding(name)),
+        };
         self.embeddings
             .insert(&self.tokenizer, &text_encoder, name, vectors)
     }
@@ -461,7 +471,10 @@ impl StableDiffusion {
         }
         // Both tables take the name, or neither: the first is restored if the second refuses.
         let first_table = self.embeddings.clone();
-        let text_encoder = self.text_encoder.get()?;
+        let text_encoder = match &self.text_encoder {
+            Some(text_encoder) => text_encoder.get()?,
+            None => return Err(refiner_embedding(name)),
+        };
         self.embeddings
             .insert(&self.tokenizer, &text_encoder, name, clip_l)?;
         let text_encoder_2 = second.text_encoder.get()?;
@@ -474,6 +487,14 @@ impl StableDiffusion {
         }
         inserted
     }
+}
+
+/// The refusal of textual inversion for the SDXL refiner, which has no first text encoder.
+fn refiner_embedding(name: &str) -> DreamError {
+    DreamError::NotSupported(format!(
+        "the embedding {name:?} with the SDXL refiner (textual inversion for a model with only \
+         the second text encoder)"
+    ))
 }
 
 fn token_count(embeddings: &Tensor) -> usize {
@@ -520,10 +541,12 @@ impl Texts {
     }
 }
 
-/// A model's text encoders: SD 1.x/2.x's one, or SDXL's two side by side.
+/// A model's text encoders: SD 1.x/2.x's one, SDXL's two side by side, or the SDXL refiner's
+/// one (SDXL's second).
 struct TextEncoders<'a> {
-    first: TextEncoder<'a>,
-    second: Option<TextEncoder<'a>>,
+    /// In the order their sequences are joined; SDXL's second encoder, with its projection,
+    /// gives the pooled embeddings.
+    encoders: Vec<TextEncoder<'a>>,
     /// Whether an empty negative prompt conditions with zeros (SDXL).
     zeros_for_empty_negative: bool,
 }
@@ -531,53 +554,65 @@ struct TextEncoders<'a> {
 impl TextEncoders<'_> {
     /// A1111 syntax: each encoder reads the texts with its own tokenizer and weighs them on its
     /// own; the sequences are joined along the features, and the pooled embeddings are the
-    /// second encoder's.
+    /// projecting encoder's.
     fn sub_prompt(&self, part: &SubPrompt) -> Result<Texts, DreamError> {
-        let first = self.first.sub_prompt(part)?;
-        let Some(second) = &self.second else {
-            return Ok(first);
-        };
-        let second = second.sub_prompt(part)?;
-        Ok(Texts {
-            context: side_by_side_texts(&first, &second)?,
-            pooled: second.pooled,
-        })
+        let texts = self
+            .encoders
+            .iter()
+            .map(|encoder| encoder.sub_prompt(part))
+            .collect::<Result<Vec<_>, _>>()?;
+        join_texts(texts)
     }
 
     /// InvokeAI syntax: compel reads the texts with each encoder on its own; the sequences are
-    /// joined along the features, and the pooled embedding is the second encoder's of `text`
-    /// as written (InvokeAI 3's SDXL prompt node).
+    /// joined along the features, and the pooled embedding is the projecting encoder's of
+    /// `text` as written (InvokeAI 3's SDXL prompt node).
     fn compel_sub_prompt(&self, part: &SubPrompt, text: &str) -> Result<Texts, DreamError> {
-        let first = self.first.compel_sub_prompt(part)?;
-        let Some(second) = &self.second else {
-            return Ok(first);
-        };
-        let context = side_by_side_texts(&first, &second.compel_sub_prompt(part)?)?;
-        let pooled = second.pooled_of_text(text)?;
-        Ok(Texts {
-            pooled: vec![pooled; context.len()],
-            context,
-        })
+        let texts = self
+            .encoders
+            .iter()
+            .map(|encoder| encoder.compel_sub_prompt(part))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut joined = join_texts(texts)?;
+        if let Some(projecting) = self.encoders.iter().find(|e| e.projection.is_some()) {
+            joined.pooled = vec![projecting.pooled_of_text(text)?; joined.context.len()];
+        }
+        Ok(joined)
     }
 
     /// The empty prompt's chunk through every encoder, `[1, 77, D]`.
     fn empty_chunk(&self) -> Result<Tensor, DreamError> {
-        let first = self.first.empty_chunk()?;
-        match &self.second {
-            Some(second) => side_by_side(&first, &second.empty_chunk()?),
-            None => Ok(first),
-        }
+        let chunks = self
+            .encoders
+            .iter()
+            .map(TextEncoder::empty_chunk)
+            .collect::<Result<Vec<_>, _>>()?;
+        join_all(chunks)
     }
 }
 
-/// Each text's sequences from two encoders, joined along the features.
-fn side_by_side_texts(first: &Texts, second: &Texts) -> Result<Vec<Tensor>, DreamError> {
-    first
-        .context
+/// Each text's sequences from every encoder joined along the features, and the pooled
+/// embeddings of the encoder that has them.
+fn join_texts(texts: Vec<Texts>) -> Result<Texts, DreamError> {
+    let pooled = texts
         .iter()
-        .zip(&second.context)
-        .map(|(a, b)| side_by_side(a, b))
-        .collect()
+        .map(|t| t.pooled.clone())
+        .find(|pooled| !pooled.is_empty())
+        .unwrap_or_default();
+    let count = texts.first().map_or(0, |t| t.context.len());
+    let context = (0..count)
+        .map(|i| join_all(texts.iter().map(|t| t.context[i].clone()).collect()))
+        .collect::<Result<_, _>>()?;
+    Ok(Texts { context, pooled })
+}
+
+/// One text's sequences from every encoder, joined along the features.
+fn join_all(sequences: Vec<Tensor>) -> Result<Tensor, DreamError> {
+    let mut sequences = sequences.into_iter();
+    let first = sequences
+        .next()
+        .ok_or_else(|| DreamError::InvalidRequest("a model without a text encoder".into()))?;
+    sequences.try_fold(first, |joined, next| side_by_side(&joined, &next))
 }
 
 /// Two encoders' sequences for one text joined along the features: `[1, L, D₁ + D₂]`.

@@ -10,7 +10,6 @@ use dream_models::unet::AddedConditions;
 use crate::conditioning::PromptConditioning;
 use crate::model::StableDiffusion;
 use crate::sampling::Predictor;
-use crate::sdxl::size_conditioning;
 
 /// Classifier-free guidance: the UNet sees the negative prompt's and every `AND` part's
 /// conditioning of the current step as one batch (for SDXL with their pooled embeddings and the
@@ -42,11 +41,15 @@ impl Predictor for Guided<'_> {
         let context = self.conditioning.context_at(step)?;
         let batch = latents.repeat((context.dim(0)?, 1, 1, 1))?;
         let predictions = match self.conditioning.pooled_at(step)? {
-            // SDXL: the pooled prompt embeddings and the image's size go in beside the text.
+            // SDXL: the pooled prompt embeddings and the image's size (the refiner: and an
+            // aesthetic score) go in beside the text.
             Some(pooled) => {
                 let (_, _, height, width) = latents.dims4()?;
                 let factor = self.model.vae_factor();
-                let sizes = size_conditioning(
+                let micro = self.model.micro_conditioning().ok_or_else(|| {
+                    candle_core::Error::Msg("pooled embeddings for a model without them".into())
+                })?;
+                let time_ids = micro.time_ids(
                     height * factor,
                     width * factor,
                     pooled.dim(0)?,
@@ -54,7 +57,7 @@ impl Predictor for Guided<'_> {
                 )?;
                 let added = AddedConditions {
                     text_embeds: &pooled,
-                    time_ids: &sizes,
+                    time_ids: &time_ids,
                 };
                 self.model
                     .unet

@@ -43,6 +43,7 @@ pub use model::{LoadOptions, StableDiffusion};
 pub use outpaint::{Outcrop, Seam};
 pub use precision::Precision;
 pub use sampling::StepInfo;
+pub use sdxl::RefinerSwitch;
 pub use tiling::VaeTiling;
 pub use txt2img::{Generated, ModelStamp, Seamless, Txt2Img};
 pub use variation::Variation;

@@ -18,7 +18,7 @@ use dream_models::weights;
 use crate::conditioning::TextualInversions;
 use crate::offload::{DeviceSlot, Staged};
 use crate::precision::{Precision, Vae};
-use crate::sdxl::SecondTextEncoder;
+use crate::sdxl::{MicroConditioning, SecondTextEncoder};
 use crate::tiling::VaeTiling;
 use crate::DreamError;
 
@@ -73,8 +73,11 @@ pub fn default_device() -> Device {
 }
 
 pub struct StableDiffusion {
+    /// The first text encoder's tokenizer (the SDXL refiner, without one: unused).
     pub(crate) tokenizer: ClipTokenizer,
-    pub(crate) text_encoder: Staged<ClipTextTransformer>,
+    /// The first text encoder; `None` for the SDXL refiner, which conditions on its second
+    /// alone.
+    pub(crate) text_encoder: Option<Staged<ClipTextTransformer>>,
     pub(crate) unet: Staged<UNet2DConditionModel>,
     pub(crate) vae: Vae,
     /// The networks' dtype; latents and noise are always float32.
@@ -154,14 +157,16 @@ impl StableDiffusion {
             true => Arc::clone(&shared),
             false => Arc::default(),
         };
-        let text_encoder = Staged::of(
-            "text encoder",
-            &components.text_encoder,
-            dtype,
-            device,
-            slot(),
-            ClipTextTransformer::new,
-        );
+        let text_encoder = components.text_encoder.as_ref().map(|component| {
+            Staged::of(
+                "text encoder",
+                component,
+                dtype,
+                device,
+                slot(),
+                ClipTextTransformer::new,
+            )
+        });
         let unet = Staged::of(
             "unet",
             &components.unet,
@@ -172,7 +177,9 @@ impl StableDiffusion {
         );
         let vae_networks = Vae::new(&vae, dtype, device, &slot());
         // Weights that do not fit their network fail here, not at the first image.
-        text_encoder.get().map_err(build_error)?;
+        if let Some(text_encoder) = &text_encoder {
+            text_encoder.get().map_err(build_error)?;
+        }
         let text_encoder_2 = match &components.text_encoder_2 {
             Some(component) => {
                 let text_encoder = Staged::of(
@@ -184,11 +191,24 @@ impl StableDiffusion {
                     ClipTextModelWithProjection::new,
                 );
                 text_encoder.get().map_err(build_error)?;
+                let micro_conditioning =
+                    MicroConditioning::of(&components.unet.config, component.config.projection_dim)
+                        .map_err(|message| DreamError::InvalidModelFile {
+                            path: path.to_path_buf(),
+                            message,
+                        })?;
                 Some(SecondTextEncoder {
                     tokenizer: second_tokenizer(config_dir)?,
                     text_encoder,
                     embeddings: TextualInversions::default(),
                     zeros_for_empty_negative: zeros_for_empty_prompt(config_dir)?,
+                    micro_conditioning,
+                })
+            }
+            None if text_encoder.is_none() => {
+                return Err(DreamError::InvalidModelFile {
+                    path: path.to_path_buf(),
+                    message: "it has no text encoder (text_encoder/ or text_encoder_2/)".into(),
                 })
             }
             None => None,
@@ -239,11 +259,13 @@ impl StableDiffusion {
             .text_encoder_2
             .as_ref()
             .map(|second| &second.text_encoder);
-        let second = second.map(|t| (t.name(), t.is_loaded()));
-        let vae = self.vae.networks().map(|v| (v.name(), v.is_loaded()));
-        [(self.text_encoder.name(), self.text_encoder.is_loaded())]
+        let first = self.text_encoder.as_ref();
+        let text_encoders = first
+            .map(|t| (t.name(), t.is_loaded()))
             .into_iter()
-            .chain(second)
+            .chain(second.map(|t| (t.name(), t.is_loaded())));
+        let vae = self.vae.networks().map(|v| (v.name(), v.is_loaded()));
+        text_encoders
             .chain([(self.unet.name(), self.unet.is_loaded())])
             .chain(vae)
             .filter_map(|(name, loaded)| loaded.then_some(name))

@@ -30,6 +30,7 @@ use crate::sampling::{
     sample_lcm, sample_plms, sample_unipc, schedule_from, BrownianNoise, Denoiser, DiscreteModel,
     GeneratorNoise, Noise, NoiseSource, Predictor, StepCallback, StepInfo, StrengthRule,
 };
+use crate::sdxl::{HandOff, RefinerSwitch};
 use crate::variation::{initial_noise, Variation};
 use crate::DreamError;
 
@@ -85,6 +86,9 @@ pub struct Txt2Img {
     pub seamless: Seamless,
     /// Render smaller first, enlarge and refine (`--hires_fix`, A1111's "Hires. fix").
     pub hires: Option<HiresFix>,
+    /// Hand the sampling over to a refiner part-way (`--refiner`, A1111's "Refiner"); the
+    /// refiner itself goes to [`StableDiffusion::generate_refined`].
+    pub refiner: Option<RefinerSwitch>,
 }
 
 impl Txt2Img {
@@ -117,6 +121,7 @@ impl Txt2Img {
             perlin: 0.0,
             seamless: Seamless::NONE,
             hires: None,
+            refiner: None,
         }
     }
 
@@ -360,6 +365,11 @@ impl Generated {
             }
             field("Hires upscaler", hires.upscaler.a1111_name().to_string());
         }
+        if let Some(refiner) = &r.refiner {
+            let mut field = |key: &str, value: String| info.extra.push((key.to_string(), value));
+            field("Refiner", refiner.name.clone());
+            field("Refiner switch at", python_float(refiner.switch_at));
+        }
         if let Some(inpaint) = &r.inpaint {
             // A1111 records these for every inpainting.
             let mut field = |key: &str, value: String| info.extra.push((key.to_string(), value));
@@ -514,6 +524,17 @@ impl StableDiffusion {
         request: &Txt2Img,
         progress: &mut dyn FnMut(StepInfo<'_>),
     ) -> Result<Generated, DreamError> {
+        self.generate_refined(request, None, progress)
+    }
+
+    /// [`Self::generate`] with `request.refiner`'s model, `refiner`, taking over part-way.
+    pub fn generate_refined(
+        &self,
+        request: &Txt2Img,
+        refiner: Option<&StableDiffusion>,
+        progress: &mut dyn FnMut(StepInfo<'_>),
+    ) -> Result<Generated, DreamError> {
+        self.check_refiner(request, refiner)?;
         if let Some(padding) = request.inpaint.as_ref().and_then(|i| i.only_masked_padding) {
             return self.generate_only_masked(request, padding, progress);
         }
@@ -533,6 +554,18 @@ impl StableDiffusion {
             &request.negative_prompt,
             &request.conditioning_options(),
         )?;
+        let refiner = match refiner.zip(request.refiner.as_ref()) {
+            Some((refiner, switch)) => {
+                refiner.set_seamless(request.seamless);
+                let conditioning = refiner.condition(
+                    &request.prompt,
+                    &request.negative_prompt,
+                    &request.conditioning_options(),
+                )?;
+                Some((refiner, conditioning, switch.switch_at))
+            }
+            None => None,
+        };
         let mut generator = TorchGenerator::seeded(request.seed as u64);
         let mut start = self.request_start(request, &mut generator)?;
         let noise = self.request_noise(request, &mut generator)?;
@@ -542,12 +575,21 @@ impl StableDiffusion {
             .guided(&conditioning, request.cfg_scale, &step)
             .with_rescale(request.guidance_rescale);
         let mut inpainted;
-        let model: &mut dyn Predictor = match &inpainting {
-            Some(inpainting) => {
+        let mut handed_off;
+        let model: &mut dyn Predictor = match (&inpainting, &refiner) {
+            (Some(inpainting), _) => {
                 inpainted = inpainting.predictor(&mut guided);
                 &mut inpainted
             }
-            None => &mut guided,
+            (None, Some((refiner, conditioning, switch_at))) => {
+                let refined = refiner
+                    .guided(conditioning, request.cfg_scale, &step)
+                    .with_rescale(request.guidance_rescale);
+                let schedule = NoiseSchedule::new(&self.scheduler)?;
+                handed_off = HandOff::new(guided, refined, schedule, *switch_at);
+                &mut handed_off
+            }
+            (None, None) => &mut guided,
         };
         let mut callback = |info: StepInfo<'_>| {
             step.set(info.step + 1);
