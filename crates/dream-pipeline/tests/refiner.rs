@@ -12,7 +12,7 @@ use dream_pipeline::hires::HiresFix;
 use dream_pipeline::{
     InitImage, Inpaint, LoadOptions, Mask, RefinerSwitch, Sampler, StableDiffusion, Txt2Img,
 };
-use dream_test_support::{fixture, load_fixture, max_abs_diff};
+use dream_test_support::{copy_dir, fixture, load_fixture, max_abs_diff, temp_dir};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -302,11 +302,19 @@ fn bad_refiner_requests_are_refused_by_name() {
     let inpaint = Txt2Img {
         init: Some(init),
         inpaint: Some(Inpaint::new(mask)),
-        ..refined
+        ..refined.clone()
     };
     let err = message(&inpaint, Some(&refiner));
     assert!(
         err.contains("inpainting with a refiner is not supported yet"),
         "{err}"
     );
+    // An inpainting UNet cannot take over ordinary latents.
+    let dir = temp_dir("refiner-inpainting-unet");
+    copy_dir(&fixture("tiny-sdxl"), &dir);
+    copy_dir(&fixture("sdxl_pipeline/inpaint_unet"), &dir.join("unet"));
+    let inpainting = StableDiffusion::load(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = message(&refined, Some(&inpainting));
+    assert!(err.contains("9-channel (inpainting) UNet"), "{err}");
 }
