@@ -247,26 +247,32 @@ impl ClipTokenizer {
 
     /// The id of a vocabulary entry written as in `vocab.json`.
     fn token_id(&self, token: &str) -> Option<u32> {
-        match (token, &self.bpe) {
-            (START_OF_TEXT, _) => Some(self.bos),
-            (END_OF_TEXT, _) => Some(self.eos),
-            (_, WordBpe::Merges(bpe)) => {
-                let (stem, end) = match token.strip_suffix(END_OF_WORD) {
-                    Some(stem) => (stem, END_OF_WORD),
-                    None => (token, ""),
-                };
-                let chars = bytes_to_unicode();
-                let mut bytes = stem
-                    .chars()
-                    .map(|c| chars.iter().position(|&b| b == c).map(|b| b as u8))
-                    .collect::<Option<Vec<u8>>>()?;
-                bytes.extend_from_slice(end.as_bytes());
-                bpe.token_bytes
-                    .iter()
-                    .find(|(_, token_bytes)| **token_bytes == bytes)
-                    .map(|(&id, _)| id)
+        match token {
+            START_OF_TEXT => return Some(self.bos),
+            END_OF_TEXT => return Some(self.eos),
+            _ => {}
+        }
+        let (stem, end) = match token.strip_suffix(END_OF_WORD) {
+            Some(stem) => (stem, END_OF_WORD),
+            None => (token, ""),
+        };
+        let chars = bytes_to_unicode();
+        let mut bytes = stem
+            .chars()
+            .map(|c| chars.iter().position(|&b| b == c).map(|b| b as u8))
+            .collect::<Option<Vec<u8>>>()?;
+        bytes.extend_from_slice(end.as_bytes());
+        match &self.bpe {
+            WordBpe::Merges(bpe) => bpe
+                .token_bytes
+                .iter()
+                .find(|(_, token_bytes)| **token_bytes == bytes)
+                .map(|(&id, _)| id),
+            // The compiled-in vocabulary only maps ids to text: the id whose text this is.
+            WordBpe::Bundled(_) => {
+                let text = String::from_utf8_lossy(&bytes).replace(END_OF_WORD, " ");
+                (0..self.bos).find(|&id| self.decode(&[id]) == text)
             }
-            (_, WordBpe::Bundled(_)) => None,
         }
     }
 

@@ -164,6 +164,34 @@ fn special_ids() {
 }
 
 #[test]
+fn pad_tokens_have_the_vocabularys_ids_in_both_tokenizers() {
+    // vocab.json: "!" is 0 (SD 2.x's and SDXL's second pad token), "!</w>" 256, "a</w>" 320.
+    let files = || {
+        ClipTokenizer::from_vocab_and_merges(
+            &read("tiny/tokenizer/vocab.json"),
+            &read("tiny/tokenizer/merges.txt"),
+        )
+        .unwrap()
+    };
+    for make in [
+        &files as &dyn Fn() -> ClipTokenizer,
+        &ClipTokenizer::bundled,
+    ] {
+        for (token, id) in [("!", 0), ("!</w>", 256), ("a</w>", 320)] {
+            assert_eq!(
+                make().with_pad_token(token).unwrap().pad_id(),
+                id,
+                "{token}"
+            );
+        }
+        assert!(matches!(
+            make().with_pad_token("no such token</w>"),
+            Err(TokenizerError::MissingToken(_))
+        ));
+    }
+}
+
+#[test]
 fn decoding() {
     for tokenizer in [from_files(), bundled()] {
         // transformers' `decode` of these ids gives the same text.
