@@ -2,7 +2,7 @@
 //! the text embedding (Rombach et al. 2022, §3.3), as diffusers' `Transformer2DModel` with
 //! `BasicTransformerBlock`s.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{layer_norm, LayerNorm, VarBuilder};
 
 use crate::layers::{
@@ -27,6 +27,9 @@ pub struct Attention {
     to_out: Linear,
     heads: usize,
     scale: f64,
+    /// diffusers' `upcast_attention` (SD 2.1): the attention runs in float32 in a half-precision
+    /// network, whose query-key products would overflow (NaN images).
+    upcast: bool,
 }
 
 impl Attention {
@@ -37,6 +40,7 @@ impl Attention {
         context_dim: Option<usize>,
         heads: usize,
         dim_head: usize,
+        upcast: bool,
     ) -> Result<Self> {
         let inner_dim = heads * dim_head;
         let context_dim = context_dim.unwrap_or(query_dim);
@@ -48,6 +52,7 @@ impl Attention {
             to_out: linear(inner_dim, query_dim, vb.pp("to_out.0"))?,
             heads,
             scale: 1.0 / (dim_head as f64).sqrt(),
+            upcast,
         })
     }
 
@@ -73,7 +78,13 @@ impl Attention {
         let q = self.split_heads(&self.to_q.forward(xs)?)?;
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
-        let attended = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
+        let dtype = q.dtype();
+        let attended = if self.upcast && dtype != DType::F32 {
+            let [q, k, v] = [q, k, v].map(|t| t.to_dtype(DType::F32));
+            scaled_dot_product_attention(&q?, &k?, &v?, self.scale)?.to_dtype(dtype)?
+        } else {
+            scaled_dot_product_attention(&q, &k, &v, self.scale)?
+        };
         let (batch, _, tokens, _) = attended.dims4()?;
         attended.transpose(1, 2)?.reshape((batch, tokens, ()))
     }
@@ -137,12 +148,23 @@ impl BasicTransformerBlock {
         heads: usize,
         dim_head: usize,
         context_dim: usize,
+        upcast_attention: bool,
     ) -> Result<Self> {
+        let attention = |name, context_dim| {
+            Attention::new(
+                vb.pp(name),
+                dim,
+                context_dim,
+                heads,
+                dim_head,
+                upcast_attention,
+            )
+        };
         Ok(Self {
             norm1: layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm1"))?,
-            attn1: Attention::new(vb.pp("attn1"), dim, None, heads, dim_head)?,
+            attn1: attention("attn1", None)?,
             norm2: layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm2"))?,
-            attn2: Attention::new(vb.pp("attn2"), dim, Some(context_dim), heads, dim_head)?,
+            attn2: attention("attn2", Some(context_dim))?,
             norm3: layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), dim)?,
         })
@@ -188,6 +210,8 @@ pub struct Transformer2DConfig {
     pub context_dim: usize,
     pub norm_num_groups: usize,
     pub use_linear_projection: bool,
+    /// SD 2.1's `upcast_attention` (see [`Attention`]).
+    pub upcast_attention: bool,
 }
 
 /// GroupNorm, projection to tokens, transformer blocks, projection back, plus the input.
@@ -211,6 +235,7 @@ impl Transformer2DModel {
                     cfg.heads,
                     cfg.dim_head,
                     cfg.context_dim,
+                    cfg.upcast_attention,
                 )
             })
             .collect::<Result<_>>()?;
@@ -253,5 +278,66 @@ impl Transformer2DModel {
             Projection::Conv(conv) => conv.forward_add(&to_map(&tokens)?, xs),
             Projection::Linear(lin) => to_map(&lin.forward(&tokens)?)? + xs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::Device;
+
+    use super::*;
+
+    /// One head of width 4 whose query and key projections scale by 300: two equal tokens give
+    /// a query-key product of 4·300² = 360 000, beyond float16's 65 504, and a logit of 180 000
+    /// after the 1/√4 scale.
+    fn overflowing_attention(dtype: DType, upcast: bool) -> Attention {
+        let eye = Tensor::eye(4, DType::F32, &Device::Cpu).unwrap();
+        let big = (&eye * 300.0).unwrap();
+        let tensors = HashMap::from([
+            ("to_q.weight".to_string(), big.clone()),
+            ("to_k.weight".to_string(), big),
+            ("to_v.weight".to_string(), eye.clone()),
+            ("to_out.0.weight".to_string(), eye),
+            (
+                "to_out.0.bias".to_string(),
+                Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),
+            ),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, dtype, &Device::Cpu);
+        Attention::new(vb, 4, None, 1, 4, upcast).unwrap()
+    }
+
+    #[test]
+    fn upcast_attention_keeps_float16_logits_from_overflowing() {
+        // Tokens (1,1,1,1) and (1,1,1,0.5): softmax over logits 180 000 and 157 500 is (1, 0),
+        // so both attend to the first token's value.
+        let xs = Tensor::new(&[[[1f32, 1., 1., 1.], [1., 1., 1., 0.5]]], &Device::Cpu).unwrap();
+        let run = |upcast| {
+            let half = xs.to_dtype(DType::F16).unwrap();
+            overflowing_attention(DType::F16, upcast)
+                .forward(&half, None)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap()
+        };
+        let expected = vec![vec![vec![1f32, 1., 1., 1.]; 2]];
+        assert_eq!(run(true), expected);
+        // Without upcasting, float16 turns the logits into infinities and the softmax into NaN.
+        assert!(run(false)[0].iter().flatten().any(|v| v.is_nan()));
+        // In float32 the flag changes nothing.
+        let full = overflowing_attention(DType::F32, true)
+            .forward(&xs, None)
+            .unwrap();
+        let plain = overflowing_attention(DType::F32, false)
+            .forward(&xs, None)
+            .unwrap();
+        assert_eq!(
+            full.to_vec3::<f32>().unwrap(),
+            plain.to_vec3::<f32>().unwrap()
+        );
     }
 }

@@ -48,6 +48,7 @@ struct BlockSettings {
     eps: f64,
     context_dim: usize,
     use_linear_projection: bool,
+    upcast_attention: bool,
     /// Heads and transformer depth at this resolution; `None` for a [`BlockKind::Plain`] block.
     attention: Option<(usize, usize)>,
 }
@@ -81,6 +82,7 @@ impl BlockSettings {
             context_dim: self.context_dim,
             norm_num_groups: self.groups,
             use_linear_projection: self.use_linear_projection,
+            upcast_attention: self.upcast_attention,
         };
         Transformer2DModel::new(vb, &config).map(Some)
     }
@@ -342,9 +344,6 @@ impl UNet2DConditionModel {
         let channels = &cfg.block_out_channels;
         let blocks = channels.len();
         let time_embed_dim = channels[0] * 4;
-        // `upcast_attention` (SD 2.1) computes attention logits in f32 under fp16 weights; this
-        // network runs in the dtype of its weights, f32 for SD, so the flag has nothing to change.
-
         // diffusers' misnomer: `attention_head_dim` is the head count unless `num_attention_heads`
         // is given (see config::UNetConfig).
         let heads = cfg
@@ -375,6 +374,7 @@ impl UNet2DConditionModel {
                 eps: cfg.norm_eps,
                 context_dim: cfg.cross_attention_dim,
                 use_linear_projection: cfg.use_linear_projection,
+                upcast_attention: cfg.upcast_attention,
                 attention,
             })
         };
