@@ -15,11 +15,14 @@
 //!   ([`sdxl_unet_config`]).
 //! * **VAE scaling factor**: SD's 0.18215, SDXL's [`SDXL_VAE_SCALING_FACTOR`].
 //! * **Prediction type** ([`default_prediction`]).
-//! * **fp16 attention upcasting** (`upcast_attention`, set in SD 2.1's diffusers config): off;
-//!   it changes nothing in f32.
+//! * **fp16 attention upcasting** (`upcast_attention`): on for SD 2.x (1024-wide conditioning),
+//!   as in SD 2.1's diffusers config, which diffusers' `from_single_file` gives SD 2.x files (SD
+//!   2.1's attention overflows float16 without it); off otherwise. It changes nothing in f32.
 //!
 //! A model that departs from these (the tiny test model has 8 groups and 2 heads) needs its
 //! diffusers configs: `weights::load_single_file(path, Some(config_dir))`.
+
+use std::path::Path;
 
 use serde_json::json;
 
@@ -77,12 +80,47 @@ pub fn model_kind(unet: &UNetConfig, prediction: Prediction) -> ModelKind {
 /// `from_single_file`, this follows what most SD 2.x files are, the 768-v models: SD 2.x (an
 /// OpenCLIP text encoder) means v-prediction, except for inpainting UNets (Stability's only
 /// SD 2.x inpainting model predicts ε); SD 1.x means ε. A 512-base SD 2.x file needs its
-/// diffusers config folder.
+/// diffusers config folder or a [`sibling_config_prediction`] file. (A1111 instead runs the
+/// UNet once on a test input and compares its output with what ε- and v-prediction would give.)
 pub fn default_prediction(open_clip_text_encoder: bool, inpainting: bool) -> Prediction {
     if open_clip_text_encoder && !inpainting {
         Prediction::VPrediction
     } else {
         Prediction::Epsilon
+    }
+}
+
+/// The prediction type that the latent-diffusion config beside a single file says, as A1111
+/// reads `NAME.yaml` next to `NAME.safetensors`: `parameterization: "v"` (Stability's
+/// `v2-inference-v.yaml`) means v-prediction; a config without the key (`v2-inference.yaml`,
+/// `v1-inference.yaml`) means ε, latent diffusion's default. `None` when there is no such file.
+/// The file is scanned for that one key rather than parsed: nothing else in it matters here.
+pub fn sibling_config_prediction(checkpoint: &Path) -> Result<Option<Prediction>, WeightsError> {
+    let path = checkpoint.with_extension("yaml");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| WeightsError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let value = text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let value = line.strip_prefix("parameterization:")?;
+        Some(
+            value
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .to_string(),
+        )
+    });
+    match value.as_deref() {
+        None | Some("eps") => Ok(Some(Prediction::Epsilon)),
+        Some("v") => Ok(Some(Prediction::VPrediction)),
+        Some(other) => Err(WeightsError::Unsupported {
+            path,
+            problem: format!("parameterization {other:?} is not supported (eps or v)"),
+        }),
     }
 }
 
@@ -266,6 +304,7 @@ fn unet_fields(w: &Weights) -> Result<serde_json::Value, WeightsError> {
             "cross_attention_dim": cross_attention_dim,
             "use_linear_projection": proj_in_rank == 2,
             "transformer_layers_per_block": transformer_layers,
+            "upcast_attention": cross_attention_dim == 1024,
     }))
 }
 

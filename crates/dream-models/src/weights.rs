@@ -820,7 +820,10 @@ pub struct SdComponents {
 /// diffusers model folder, as in diffusers' `from_single_file(config=...)`), its
 /// `unet/config.json`, `vae/config.json`, `text_encoder/config.json` (and for SDXL
 /// `text_encoder_2/config.json`) and `scheduler/scheduler_config.json` are used instead; a config that does not fit the tensors
-/// shows up as a shape error naming the tensor when the network is built.
+/// shows up as a shape error naming the tensor when the network is built. The prediction type
+/// comes from the folder's scheduler config; without one, from the latent-diffusion config
+/// `NAME.yaml` beside the file ([`detect::sibling_config_prediction`], as A1111), else from
+/// [`detect::default_prediction`].
 pub fn load_single_file(
     path: &Path,
     config_dir: Option<&Path>,
@@ -841,7 +844,9 @@ pub fn load_single_file(
         .text_encoder_2
         .map(|map| Weights::renamed(file.clone(), map));
 
-    let (unet_config, vae_config, text_config, text_config_2, prediction) = match config_dir {
+    // The config folder's scheduler says the prediction type; without one, the file's sibling
+    // config or SD's rule does (below).
+    let (unet_config, vae_config, text_config, text_config_2, configured) = match config_dir {
         Some(dir) => (
             read_config(&dir.join("unet").join("config.json"))?,
             read_config(&dir.join("vae").join("config.json"))?,
@@ -855,7 +860,7 @@ pub fn load_single_file(
                 )?),
                 None => None,
             },
-            read_prediction(dir)?,
+            scheduler_prediction(dir)?,
         ),
         None => {
             let text_config = text_encoder
@@ -879,18 +884,20 @@ pub fn load_single_file(
                 }
                 None => (detect::unet_config(&unet)?, None),
             };
-            // SD 2.x's OpenCLIP ViT-H, not the SDXL refiner's OpenCLIP bigG.
-            let open_clip =
-                map.text_encoder_layout == TextEncoderLayout::OpenClip && text_encoder_2.is_none();
-            let prediction = detect::default_prediction(open_clip, unet_config.in_channels == 9);
-            (
-                unet_config,
-                vae_config,
-                text_config,
-                text_config_2,
-                prediction,
-            )
+            (unet_config, vae_config, text_config, text_config_2, None)
         }
+    };
+    let prediction = match configured {
+        Some(prediction) => prediction,
+        None => match detect::sibling_config_prediction(path)? {
+            Some(prediction) => prediction,
+            None => {
+                // SD 2.x's OpenCLIP ViT-H, not the SDXL refiner's OpenCLIP bigG.
+                let open_clip = map.text_encoder_layout == TextEncoderLayout::OpenClip
+                    && text_encoder_2.is_none();
+                detect::default_prediction(open_clip, unet_config.in_channels == 9)
+            }
+        },
     };
     Ok(SdComponents {
         kind: detect::model_kind(&unet_config, prediction),
@@ -1037,8 +1044,15 @@ pub(crate) fn read_config<T: DeserializeOwned>(path: &Path) -> Result<T, Weights
     })
 }
 
-/// The scheduler config's `prediction_type` (diffusers' default, epsilon, when absent).
+/// The scheduler config's `prediction_type` (diffusers' default, epsilon, when absent or when
+/// the folder has no scheduler config).
 fn read_prediction(dir: &Path) -> Result<Prediction, WeightsError> {
+    Ok(scheduler_prediction(dir)?.unwrap_or(Prediction::Epsilon))
+}
+
+/// The `prediction_type` of the folder's scheduler config (epsilon when the config does not
+/// say); `None` when the folder has no scheduler config.
+fn scheduler_prediction(dir: &Path) -> Result<Option<Prediction>, WeightsError> {
     #[derive(serde::Deserialize)]
     struct Scheduler {
         #[serde(default)]
@@ -1046,12 +1060,12 @@ fn read_prediction(dir: &Path) -> Result<Prediction, WeightsError> {
     }
     let path = dir.join("scheduler").join("scheduler_config.json");
     if !path.exists() {
-        return Ok(Prediction::Epsilon);
+        return Ok(None);
     }
     let scheduler: Scheduler = read_config(&path)?;
     match scheduler.prediction_type.as_deref() {
-        None | Some("epsilon") => Ok(Prediction::Epsilon),
-        Some("v_prediction") => Ok(Prediction::VPrediction),
+        None | Some("epsilon") => Ok(Some(Prediction::Epsilon)),
+        Some("v_prediction") => Ok(Some(Prediction::VPrediction)),
         Some(other) => Err(WeightsError::Unsupported {
             path,
             problem: format!("prediction_type {other:?} is not supported"),

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use dream_core::schedule::SchedulerConfig;
+use dream_core::schedule::{PredictionType, SchedulerConfig};
 use dream_core::tokenizer::ClipTokenizer;
 use dream_models::clip::{ClipTextModelWithProjection, ClipTextTransformer};
-use dream_models::config::VaeConfig;
+use dream_models::config::{Activation, VaeConfig};
 use dream_models::detect::{Prediction, SdVersion};
 use dream_models::taesd::TinyDecoder;
 use dream_models::unet::UNet2DConditionModel;
 use dream_models::vae::DiagonalGaussian;
-use dream_models::weights;
+use dream_models::weights::{self, Component};
 
 use crate::conditioning::TextualInversions;
 use crate::offload::{DeviceSlot, Staged};
@@ -62,7 +62,7 @@ impl Default for LoadOptions {
 /// The CPU, or the first GPU when Dream was built with a GPU backend and one is present.
 pub fn default_device() -> Device {
     #[cfg(feature = "cuda")]
-    if let Ok(device) = Device::new_cuda(0) {
+    if let Ok(device) = named_device("cuda") {
         return device;
     }
     #[cfg(feature = "metal")]
@@ -70,6 +70,24 @@ pub fn default_device() -> Device {
         return device;
     }
     Device::Cpu
+}
+
+/// The device a `--device` switch names: `cpu`, or `cuda` for the first CUDA GPU (an error
+/// saying how to build Dream for it when it was built without CUDA).
+pub fn named_device(name: &str) -> Result<Device, DreamError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if cfg!(feature = "cuda") => Device::new_cuda(0)
+            .map_err(|e| DreamError::InvalidRequest(format!("no usable CUDA GPU: {e}"))),
+        "cuda" => Err(DreamError::InvalidRequest(
+            "this build of Dream has no CUDA support (build it with `cargo build --release \
+             -p dream-cli --features cuda`)"
+                .into(),
+        )),
+        other => Err(DreamError::InvalidRequest(format!(
+            "unknown device {other:?} (cpu, cuda)"
+        ))),
+    }
 }
 
 pub struct StableDiffusion {
@@ -112,23 +130,36 @@ impl StableDiffusion {
         };
         let (components, tokenizer, scheduler) = if path.is_dir() {
             let components = weights::load_diffusers_folder(path)?;
-            (components, folder_tokenizer(path)?, folder_scheduler(path)?)
+            let open_clip = is_open_clip(&components);
+            let tokenizer = folder_tokenizer(path, open_clip)?;
+            (components, tokenizer, folder_scheduler(path)?)
         } else {
             let components = weights::load_single_file(path, config_dir)?;
-            let tokenizer =
-                config_dir.map_or_else(|| Ok(ClipTokenizer::bundled()), folder_tokenizer)?;
-            let scheduler =
+            let open_clip = is_open_clip(&components);
+            let tokenizer = match config_dir {
+                Some(dir) => folder_tokenizer(dir, open_clip)?,
+                None => bundled_tokenizer(open_clip)?,
+            };
+            let mut scheduler =
                 config_dir.map_or_else(|| Ok(SchedulerConfig::sd1()), folder_scheduler)?;
+            // Without a scheduler config, the file's sibling config or SD 2.x's rule decided
+            // (weights::load_single_file); SD's noise schedule is the same either way.
+            scheduler.prediction_type = match components.kind.prediction {
+                Prediction::Epsilon => PredictionType::Epsilon,
+                Prediction::VPrediction => PredictionType::VPrediction,
+            };
             (components, tokenizer, scheduler)
         };
-        if components.kind.prediction == Prediction::VPrediction {
-            return Err(DreamError::NotSupported(format!(
-                "{}: v-prediction models (SD 2.x 768)",
-                path.display()
-            )));
-        }
         let vae = match &options.vae {
-            Some(vae_path) => weights::load_vae(vae_path)?,
+            // A diffusers vae/ folder brings its own config.
+            Some(vae_path) if vae_path.is_dir() => weights::load_vae(vae_path)?,
+            // A bare weights file replaces the weights of the model's own VAE, as A1111 loads
+            // one: the model's config stays, its scaling factor too (SDXL's 0.13025 under an
+            // SDXL model).
+            Some(vae_path) => Component {
+                config: components.vae.config.clone(),
+                weights: weights::load_vae_file(vae_path)?.weights,
+            },
             None => components.vae,
         };
         let device = &options.device;
@@ -326,22 +357,41 @@ fn read_text(path: &Path) -> Result<String, DreamError> {
     })
 }
 
-/// The folder's own `tokenizer/` vocabulary, or OpenAI's CLIP vocabulary when it has none.
-fn folder_tokenizer(dir: &Path) -> Result<ClipTokenizer, DreamError> {
-    Ok(tokenizer_in(&dir.join("tokenizer"))?.unwrap_or_else(ClipTokenizer::bundled))
+/// Whether the first text encoder is OpenCLIP's, SD 2.x's: the only one with the exact GELU.
+fn is_open_clip(components: &weights::SdComponents) -> bool {
+    let first = components.text_encoder.as_ref();
+    first.is_some_and(|encoder| encoder.config.hidden_act == Activation::Gelu)
 }
 
-/// SDXL's second tokenizer: the config folder's `tokenizer_2/`, else OpenAI's CLIP vocabulary
-/// padding with `!` (id 0) as SDXL's OpenCLIP tokenizer and A1111 do.
+/// The folder's own `tokenizer/` vocabulary, or [`bundled_tokenizer`] when it has none.
+fn folder_tokenizer(dir: &Path, open_clip: bool) -> Result<ClipTokenizer, DreamError> {
+    match tokenizer_in(&dir.join("tokenizer"))? {
+        Some(tokenizer) => Ok(tokenizer),
+        None => bundled_tokenizer(open_clip),
+    }
+}
+
+/// OpenAI's CLIP vocabulary (OpenCLIP's is the same), padding with end-of-text as SD 1.x's
+/// tokenizer does, or for an OpenCLIP encoder with `!` (id 0) as SD 2.x's and SDXL's second
+/// tokenizers, A1111 and compel do.
+fn bundled_tokenizer(open_clip: bool) -> Result<ClipTokenizer, DreamError> {
+    if !open_clip {
+        return Ok(ClipTokenizer::bundled());
+    }
+    ClipTokenizer::bundled()
+        .with_pad_token("!")
+        .map_err(|e| DreamError::InvalidRequest(e.to_string()))
+}
+
+/// SDXL's second tokenizer (OpenCLIP's): the config folder's `tokenizer_2/`, else
+/// [`bundled_tokenizer`].
 fn second_tokenizer(config_dir: Option<&Path>) -> Result<ClipTokenizer, DreamError> {
     if let Some(tokenizer) = config_dir.map(|dir| tokenizer_in(&dir.join("tokenizer_2"))) {
         if let Some(tokenizer) = tokenizer? {
             return Ok(tokenizer);
         }
     }
-    ClipTokenizer::bundled()
-        .with_pad_token("!")
-        .map_err(|e| DreamError::InvalidRequest(e.to_string()))
+    bundled_tokenizer(true)
 }
 
 /// The tokenizer of a transformers tokenizer folder (`vocab.json`, `merges.txt`), if it has one.

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
-use dream_core::schedule::{euler_schedule, NoiseSchedule, PredictionType, SchedulerConfig};
+use dream_core::schedule::{euler_schedule, NoiseSchedule, SchedulerConfig};
 use dream_pipeline::conditioning::ConditioningOptions;
+use dream_pipeline::image::RgbImage;
 use dream_pipeline::sampling::{sample_euler, Denoiser, StepInfo};
 use dream_pipeline::{Sampler, StableDiffusion, Txt2Img};
 
@@ -68,7 +69,8 @@ pub fn euler_request(prompt: &str, seed: u32, steps: usize, size: (usize, usize)
 }
 
 /// Euler on diffusers' own schedule, as its `EulerDiscreteScheduler` builds it from the
-/// `scheduler_config.json` at `scheduler_config` (with its timestep spacing and starting noise).
+/// `scheduler_config.json` at `scheduler_config` (with its timestep spacing, starting noise and
+/// prediction type).
 /// diffusers interpolates σ linearly between training timesteps, where k-diffusion (Dream's
 /// "normal" schedule, what A1111 and InvokeAI use) interpolates log σ; the sampler is the same,
 /// so this runs it on diffusers' schedule. `generate` with Euler is checked against k-diffusion
@@ -92,7 +94,7 @@ pub fn euler_on_diffusers_schedule(
     let step = Cell::new(0);
     let mut guided = model.guided(&conditioning, request.cfg_scale, &step);
     let noise_schedule = NoiseSchedule::new(&config).unwrap();
-    let mut denoiser = Denoiser::new(&mut guided, &noise_schedule, PredictionType::Epsilon);
+    let mut denoiser = Denoiser::new(&mut guided, &noise_schedule, config.prediction_type);
     let noise = model
         .initial_noise(request.seed, request.width, request.height)
         .unwrap();
@@ -125,4 +127,17 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// The largest difference of an image's 8-bit values from a reference's `image_u8` `[H, W, 3]`.
+pub fn max_pixel_diff(image: &RgbImage, expected_u8: &Tensor) -> u8 {
+    let expected = expected_u8.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    assert_eq!(image.pixels.len(), expected.len(), "image sizes differ");
+    image
+        .pixels
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0)
 }
