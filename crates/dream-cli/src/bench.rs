@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use dream_models::bench::{self, BenchModel, BenchOptions, Timing};
+use dream_pipeline::model::{default_device, named_device};
+use dream_pipeline::Precision;
 
 /// Times SD 1.5's or SDXL's text encoders, UNet (batch 1 and 2) and VAE decoder and encoder,
 /// built with seeded random weights, and prints median times and peak memory.
@@ -30,6 +32,14 @@ struct BenchArgs {
     /// tools/bench/compare.py).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where the networks run: the CPU, or the first CUDA GPU (a build with `--features
+    /// cuda`). By default the GPU when Dream was built for one and one is present, else the CPU.
+    #[arg(long, value_parser = ["cpu", "cuda"])]
+    device: Option<String>,
+    /// The networks' precision, as `dream --precision`: auto (float16 on a GPU, float32 on the
+    /// CPU), float32, float16 or autocast (as float16).
+    #[arg(long, value_parser = str::parse::<Precision>, default_value = "auto")]
+    precision: Precision,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,6 +66,11 @@ pub fn bench(args: &[String]) -> Result<()> {
         anyhow::bail!("--sizes: {size} is not a positive multiple of 8");
     }
     anyhow::ensure!(args.iters > 0, "--iters must be at least 1");
+    let device = match &args.device {
+        Some(name) => named_device(name).with_context(|| format!("--device {name}"))?,
+        None => default_device(),
+    };
+    let dtype = args.precision.dtype(&device);
     let model = args.model.bench_model();
     let options = BenchOptions {
         model,
@@ -66,10 +81,14 @@ pub fn bench(args: &[String]) -> Result<()> {
         },
         iters: args.iters,
         seed: args.seed,
+        device,
+        dtype,
     };
     println!(
-        "{} on random weights, f32, {} threads, {} timed runs after a warm-up",
+        "{} on random weights, {} on {}, {} threads, {} timed runs after a warm-up",
         model.title(),
+        dtype.as_str(),
+        device_name(&options),
         rayon_threads(),
         options.iters
     );
@@ -88,10 +107,15 @@ pub fn bench(args: &[String]) -> Result<()> {
         );
     })?;
     if let Some(path) = &args.json {
-        std::fs::write(path, to_json(model, &timings))
+        std::fs::write(path, to_json(&options, &timings))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `Cpu`, `Cuda { gpu_id: 0 }`, …
+fn device_name(options: &BenchOptions) -> String {
+    format!("{:?}", options.device.location())
 }
 
 fn rayon_threads() -> String {
@@ -104,7 +128,8 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
-fn to_json(model: BenchModel, timings: &[Timing]) -> String {
+fn to_json(options: &BenchOptions, timings: &[Timing]) -> String {
+    let model = options.model;
     let rows: Vec<String> = timings
         .iter()
         .map(|t| {
@@ -131,8 +156,10 @@ fn to_json(model: BenchModel, timings: &[Timing]) -> String {
         .map(|(name, config)| format!("\"{name}\": {config}"))
         .collect();
     format!(
-        "{{\"model\": \"{}\", \"timings\": [\n  {}\n], \"peak_rss_bytes\": {peak},\n\"configs\": {{{}}}}}\n",
+        "{{\"model\": \"{}\", \"device\": \"{}\", \"dtype\": \"{}\", \"timings\": [\n  {}\n], \"peak_rss_bytes\": {peak},\n\"configs\": {{{}}}}}\n",
         model.name(),
+        device_name(options),
+        options.dtype.as_str(),
         rows.join(",\n  "),
         networks.join(",\n")
     )

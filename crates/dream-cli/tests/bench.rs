@@ -41,3 +41,29 @@ fn bench_names_the_models_it_builds() {
         "{error}"
     );
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn bench_on_cuda_without_cuda_support_says_how_to_build_it() {
+    let error = bench_error(&["--device", "cuda", "--precision", "float16"]);
+    assert!(
+        error.contains("--device cuda: this build of Dream has no CUDA support")
+            && error.contains("--features cuda"),
+        "{error}"
+    );
+}
+
+#[test]
+fn bench_names_its_devices_and_precisions() {
+    let error = bench_error(&["--device", "gpu"]);
+    assert!(
+        error.contains("invalid value 'gpu' for '--device <DEVICE>'")
+            && error.contains("[possible values: cpu, cuda]"),
+        "{error}"
+    );
+    let error = bench_error(&["--precision", "half"]);
+    assert!(
+        error.contains("unknown precision \"half\" (auto, float32, float16, autocast)"),
+        "{error}"
+    );
+}

@@ -178,8 +178,10 @@ pub struct RandomWeights {
 }
 
 impl RandomWeights {
-    pub fn var_builder(self, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self), DType::F32, device.clone())
+    /// Weights of `dtype` on `device`, drawn in f32 and converted (the same values, rounded, in
+    /// every precision).
+    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
     }
 
     fn values(self, name: &str, dims: &[usize]) -> Vec<f32> {
@@ -255,6 +257,10 @@ pub struct BenchOptions {
     /// Timed runs per measurement, after one untimed warm-up run.
     pub iters: usize,
     pub seed: u64,
+    /// Where the networks run.
+    pub device: Device,
+    /// The networks' weights and activations (token ids and the timestep stay as they are).
+    pub dtype: DType,
 }
 
 impl Default for BenchOptions {
@@ -264,6 +270,8 @@ impl Default for BenchOptions {
             sizes: vec![BenchModel::default().native_size()],
             iters: 3,
             seed: 0,
+            device: Device::Cpu,
+            dtype: DType::F32,
         }
     }
 }
@@ -308,14 +316,16 @@ fn measure(
     mut run: impl FnMut() -> Result<Tensor>,
 ) -> Result<Timing> {
     // The warm-up run also checks that random weights gave finite outputs.
-    let sum = run()?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    // Summed in f32: a float16 sum of a whole image can overflow where its values do not.
+    let sum = run()?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
     if !sum.is_finite() {
         candle_core::bail!("{component} gave non-finite outputs on random weights");
     }
     let runs = (0..iters)
         .map(|_| {
             let start = Instant::now();
-            run()?;
+            // A GPU returns before its kernels finish: the time is taken when they have.
+            run()?.device().synchronize()?;
             Ok(start.elapsed().as_secs_f64())
         })
         .collect::<Result<Vec<_>>>()?;
@@ -333,7 +343,7 @@ fn measure(
 /// decoder and encoder and TAESD's decoder, at every size. `report` sees each timing as soon as
 /// it is measured.
 pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Vec<Timing>> {
-    let device = Device::Cpu;
+    let (device, dtype) = (&options.device, options.dtype);
     let configs = options.model.configs();
     let weights = RandomWeights { seed: options.seed };
     let inputs = RandomWeights {
@@ -342,7 +352,7 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
     let random = |name: &str, dims: &[usize]| {
         // Uniform in ±√3 has unit variance, like the Gaussian latents and contexts it stands in for.
         let values = inputs.uniform(name, dims.iter().product(), 3f32.sqrt());
-        Tensor::from_vec(values, dims, &device)
+        Tensor::from_vec(values, dims, device)?.to_dtype(dtype)
     };
     let mut timings = Vec::new();
     let mut record = |timing: Timing| {
@@ -356,9 +366,9 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
         let ids: Vec<u32> = (0..2 * tokens as u32)
             .map(|i| i * 7919 % text_config.vocab_size as u32)
             .collect();
-        let ids = Tensor::from_vec(ids, (2, tokens), &device)?;
+        let ids = Tensor::from_vec(ids, (2, tokens), device)?;
         // Each encoder's random weights are named under its own folder.
-        let vb = weights.var_builder(&device).pp(encoder.name);
+        let vb = weights.var_builder(dtype, device).pp(encoder.name);
         let timing = if encoder.with_projection {
             let model = ClipTextModelWithProjection::new(vb, &text_config)?;
             measure(encoder.name, &ids, options.iters, || {
@@ -374,7 +384,7 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
     }
     {
         let unet_config = configs.unet();
-        let unet = UNet2DConditionModel::new(weights.var_builder(&device), &unet_config)?;
+        let unet = UNet2DConditionModel::new(weights.var_builder(dtype, device), &unet_config)?;
         for &size in &options.sizes {
             for batch in [1, 2] {
                 let latent = size / 8;
@@ -394,9 +404,12 @@ pub fn run(options: &BenchOptions, report: &mut dyn FnMut(&Timing)) -> Result<Ve
         }
     }
     let vae_config = configs.vae();
-    let vae = AutoencoderKL::new(weights.var_builder(&device), &vae_config)?;
+    let vae = AutoencoderKL::new(weights.var_builder(dtype, device), &vae_config)?;
     // TAESD's few megabytes add nothing to the VAE's peak memory. TAESDXL has TAESD's shape.
-    let taesd = TinyDecoder::new(weights.var_builder(&device), &TinyDecoderConfig::default())?;
+    let taesd = TinyDecoder::new(
+        weights.var_builder(dtype, device),
+        &TinyDecoderConfig::default(),
+    )?;
     for &size in &options.sizes {
         let latent = size / 8;
         let latents = random("latents", &[1, vae_config.latent_channels, latent, latent])?;
@@ -435,8 +448,9 @@ fn sdxl_conditions(
     let time_ids = Tensor::from_vec(
         time_ids.repeat(batch),
         (batch, time_ids.len()),
-        &Device::Cpu,
-    )?;
+        text_embeds.device(),
+    )?
+    .to_dtype(text_embeds.dtype())?;
     Ok(Some((text_embeds, time_ids)))
 }
 
@@ -465,6 +479,22 @@ mod tests {
         assert_ne!(values, weights.values("conv2.weight", &[64, 16, 3, 3]));
         assert_eq!(weights.values("norm.weight", &[4]), vec![1.0; 4]);
         assert_eq!(weights.values("norm.bias", &[4]), vec![0.0; 4]);
+    }
+
+    #[test]
+    fn random_weights_in_float16_are_the_float32_values_rounded() {
+        let weights = RandomWeights { seed: 7 };
+        let get = |dtype| {
+            weights
+                .var_builder(dtype, &Device::Cpu)
+                .get((8, 4), "layer.weight")
+                .unwrap()
+        };
+        let half = get(DType::F16);
+        assert_eq!(half.dtype(), DType::F16);
+        let as_f32 = |t: Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let rounded = get(DType::F32).to_dtype(DType::F16).unwrap();
+        assert_eq!(as_f32(half), as_f32(rounded));
     }
 
     /// Hands out zero-stride stand-ins for weights and adds up the elements a network asks for,
