@@ -71,6 +71,18 @@ pub fn command(info: &GenerationInfo, karras_max: usize) -> String {
     if info.hires_fix {
         words.push("--hires_fix".into());
     }
+    // A1111's "Refiner" is its title, `name [short hash]`: the name is what --refiner finds
+    // in the registry.
+    let extra = |key: &str| info.extra.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    if let Some(title) = extra("Refiner") {
+        let name = title
+            .rsplit_once(" [")
+            .map_or(title.as_str(), |(name, _)| name);
+        words.push(format!("--refiner {}", shell_quote(name)));
+        if let Some(switch_at) = extra("Refiner switch at") {
+            words.push(format!("--refiner_switch_at {switch_at}"));
+        }
+    }
     if !info.variations.is_empty() {
         let chain: Vec<String> = info
             .variations
@@ -176,6 +188,18 @@ mod tests {
         assert_eq!(
             command(&info, 30),
             r#""a (cat)1.2" --syntax invokeai -s 8 -S 1"#
+        );
+    }
+
+    #[test]
+    fn the_refiner_comes_back_by_name() {
+        let info = A1111Parameters::parse(
+            "cat\nSteps: 8, Seed: 1, Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.7",
+        )
+        .to_info();
+        assert_eq!(
+            command(&info, 30),
+            r#""cat" -s 8 -S 1 --refiner sd_xl_refiner_1.0 --refiner_switch_at 0.7"#
         );
     }
 
