@@ -30,6 +30,10 @@ rm -rf $FX/tiny
 "$PY" "$TOOLS/make_tiny_sdxl.py" $FX/tiny-sdxl --tokenizer $FX/tiny/tokenizer >"$WORK/make_tiny_sdxl.log"
 # 2c. The same SDXL model as one original-layout (sgm/A1111) file, verified with diffusers.
 "$PY" "$TOOLS/make_sdxl_single_file.py" $FX/tiny-sdxl $FX/tiny-sdxl.safetensors >"$WORK/make_sdxl_single_file.log"
+# 2d. A tiny SD 2.x 768-v model (OpenCLIP-style encoder padding with "!", v_prediction), its
+#     single file (verified with diffusers) and StableDiffusionPipeline references on it.
+"$PY" "$TOOLS/make_tiny_sd2v.py" --tokenizer $FX/tiny/tokenizer --folder $FX/tiny-sd2v \
+    --single-file $FX/tiny-sd2v.safetensors --refs $FX/sd2v >"$WORK/make_tiny_sd2v.log"
 
 # SDXL's networks (both text encoders, the text_time UNet) on the tiny SDXL model.
 mkdir -p $FX/sdxl

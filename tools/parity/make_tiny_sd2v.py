@@ -44,8 +44,9 @@ config=folder) gives every tensor of the three networks identical (torch.equal) 
 References (fixtures/sd2v/NAME.safetensors), StableDiffusionPipeline.from_pretrained(folder) in
 float32, prompt "a photograph of an astronaut riding a horse", 64x64, CFG 7.5, seed 42 with
 generator=torch.Generator("cpu").manual_seed(42):
-  euler  EulerDiscreteScheduler.from_config(the folder's) ("linspace"), 6 steps, negative "blurry"
-  ddim   the folder's DDIMScheduler ("leading": 834, 667, 501, 334, 167, 1), 6 steps, negative ""
+  euler  EulerDiscreteScheduler.from_config(the folder's) ("linspace": 999, 799.2, ..., 0), 6 steps,
+         negative "blurry"
+  ddim   the folder's DDIMScheduler ("leading": 831, 665, 499, 333, 167, 1), 6 steps, negative ""
 Each holds prompt_embeds and negative_prompt_embeds [1,77,32] (what the UNet attends to),
 final_latents [1,4,8,8] and image_u8 uint8 [64,64,3], and the metadata key "reference" (JSON).
 The script prints how far the final latents move when the same run reads the UNet as
