@@ -139,6 +139,7 @@ enum ModelInput {
         /// 1 where repainted, at latent resolution.
         mask: Tensor,
         schedule: NoiseSchedule,
+        prediction: PredictionType,
     },
 }
 
@@ -209,12 +210,6 @@ impl StableDiffusion {
             let masked = self.masked_image_latents(&init.image, &mask, generator)?;
             ModelInput::Conditioning(Tensor::cat(&[&latent_mask, &masked], 1)?)
         } else {
-            if self.scheduler.prediction_type != PredictionType::Epsilon {
-                // The blend reads the network's output as ε.
-                return Err(DreamError::NotSupported(
-                    "inpainting with a v-prediction model".into(),
-                ));
-            }
             let Some(start) = &start else {
                 return Err(DreamError::InvalidRequest(
                     "inpainting needs the init image's latents".into(),
@@ -224,6 +219,7 @@ impl StableDiffusion {
                 init: start.latents.clone(),
                 mask: overlay.latent_rounded(&self.device)?,
                 schedule: NoiseSchedule::new(&self.scheduler)?,
+                prediction: self.scheduler.prediction_type,
             }
         };
         if let Some(start) = start {
@@ -314,13 +310,21 @@ impl Predictor for InpaintPredictor<'_> {
                 init,
                 mask,
                 schedule,
+                prediction,
             } => {
-                let eps = self.inner.predict(latents, timestep)?;
+                let output = self.inner.predict(latents, timestep)?;
                 // The ε that makes the x₀ estimate the init latents: (x − α·x₀)/s.
                 let sigma = schedule.t_to_sigma(timestep);
                 let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
                 let known_eps = ((latents - (init * alpha)?)? / (sigma * alpha))?;
-                blend(&known_eps, &eps, mask)
+                let known = match prediction {
+                    PredictionType::Epsilon => known_eps,
+                    // v = α·ε − s·x₀ for that ε and x₀ = the init latents.
+                    PredictionType::VPrediction => {
+                        ((known_eps * alpha)? - (init * (sigma * alpha))?)?
+                    }
+                };
+                blend(&known, &output, mask)
             }
         }
     }

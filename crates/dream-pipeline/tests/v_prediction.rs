@@ -9,10 +9,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
+use dream_core::rng::TorchGenerator;
 use dream_models::detect::Prediction;
 use dream_models::weights::load_single_file;
 use dream_pipeline::conditioning::ConditioningOptions;
-use dream_pipeline::{LoadOptions, Sampler, StableDiffusion, Txt2Img};
+use dream_pipeline::image::RgbImage;
+use dream_pipeline::{InitImage, Inpaint, LoadOptions, Mask, Sampler, StableDiffusion, Txt2Img};
 use dream_test_support::{
     euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, max_pixel_diff, temp_dir,
 };
@@ -180,4 +182,42 @@ fn a_latent_diffusion_config_beside_the_file_decides_the_prediction_type() {
         "read as epsilon, the latents moved only {moved}"
     );
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+}
+
+/// Inpainting with the ordinary UNet, A1111's way, keeps the x₀ estimate on the init image
+/// outside the mask: there the UNet's output is replaced by the one that estimates the init
+/// latents, for a v-prediction model the v of that x₀ and the latents' noise. With nothing
+/// masked, every step's x₀ estimate is the init image's latents.
+#[test]
+fn inpainting_with_the_ordinary_unet_keeps_the_x0_estimate_on_the_init_image() {
+    let model = load(&fixture("tiny-sd2v"), None);
+    let init = RgbImage::open(&fixture("images/init_64x64.png")).unwrap();
+    let encoded = model
+        .encode_image(&init, &mut TorchGenerator::seeded(42))
+        .unwrap();
+    for sampler in [Sampler::Euler, Sampler::Ddim] {
+        let request = Txt2Img {
+            init: Some(InitImage {
+                image: init.clone(),
+                strength: 1.0,
+            }),
+            inpaint: Some(Inpaint::new(Mask::keep_all(64, 64))),
+            ..request("blurry", sampler)
+        };
+        let (mut estimates, mut worst) = (0, 0f32);
+        model
+            .generate(&request, &mut |step| {
+                if let Some(denoised) = step.denoised {
+                    estimates += 1;
+                    worst = worst.max(max_abs_diff(denoised, &encoded));
+                }
+            })
+            .unwrap();
+        println!("{sampler}: {estimates} x0 estimates within {worst:.2e} of the init latents");
+        assert_eq!(estimates, 6, "{sampler}");
+        assert!(
+            worst <= 1e-4,
+            "{sampler}: an x0 estimate differs by {worst}"
+        );
+    }
 }
