@@ -11,7 +11,7 @@ use dream_models::vae::AutoencoderKL;
 use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::{LoadOptions, Precision, Sampler, ScheduleKind, StableDiffusion, Txt2Img};
 use dream_test_support::{
-    euler_on_diffusers_schedule, euler_request, fixture, load_fixture, max_abs_diff,
+    euler_on_diffusers_schedule, euler_request, fixture, load_fixture, max_abs_diff, relative_error,
 };
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -20,12 +20,6 @@ const PROMPT: &str = "a photograph of an astronaut riding a horse";
 /// round through a few dozen layers (20 steps of them for a generation): errors are measured
 /// relative to the reference's largest magnitude.
 const HALF_TOLERANCE: f32 = 1e-2;
-
-/// The largest difference from `reference`, relative to its largest magnitude.
-fn relative_error(value: &Tensor, reference: &Tensor) -> f32 {
-    let scale = reference.abs().unwrap().max_all().unwrap();
-    max_abs_diff(value, reference) / scale.to_scalar::<f32>().unwrap()
-}
 
 fn tiny(precision: Precision, free_gpu_mem: bool) -> StableDiffusion {
     let options = LoadOptions {

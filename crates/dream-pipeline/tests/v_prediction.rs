@@ -14,9 +14,12 @@ use dream_models::detect::Prediction;
 use dream_models::weights::load_single_file;
 use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::image::RgbImage;
-use dream_pipeline::{InitImage, Inpaint, LoadOptions, Mask, Sampler, StableDiffusion, Txt2Img};
+use dream_pipeline::{
+    InitImage, Inpaint, LoadOptions, Mask, Precision, Sampler, StableDiffusion, Txt2Img,
+};
 use dream_test_support::{
-    euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, max_pixel_diff, temp_dir,
+    euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, max_pixel_diff,
+    relative_error, temp_dir,
 };
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -220,4 +223,28 @@ fn inpainting_with_the_ordinary_unet_keeps_the_x0_estimate_on_the_init_image() {
             "{sampler}: an x0 estimate differs by {worst}"
         );
     }
+}
+
+/// In float16 (the path every GPU takes; on the CPU through candle's own operations), with the
+/// UNet's attention upcast to float32 as the folder's `upcast_attention` asks, the render stays
+/// within half precision of diffusers' float32 one.
+#[test]
+fn float16_with_upcast_attention_matches_diffusers_within_half_precision() {
+    let options = LoadOptions {
+        device: candle_core::Device::Cpu,
+        precision: Precision::Float16,
+        ..LoadOptions::default()
+    };
+    let model = StableDiffusion::load_with(fixture("tiny-sd2v"), &options).unwrap();
+    let request = request("", Sampler::Ddim);
+    let latents = model.generate(&request, &mut |_| {}).unwrap().latents;
+    let err = relative_error(
+        &latents,
+        &load_fixture("sd2v/ddim.safetensors")["final_latents"],
+    );
+    println!("float16: final latents within {err:.2e} (relative)");
+    assert!(
+        err <= 1e-2,
+        "float16 final latents differ by {err} (relative)"
+    );
 }

@@ -129,6 +129,13 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The largest absolute difference from `reference`, relative to its largest magnitude (how
+/// half-precision results are compared).
+pub fn relative_error(value: &Tensor, reference: &Tensor) -> f32 {
+    let scale = reference.abs().unwrap().max_all().unwrap();
+    max_abs_diff(value, reference) / scale.to_scalar::<f32>().unwrap()
+}
+
 /// The largest difference of an image's 8-bit values from a reference's `image_u8` `[H, W, 3]`.
 pub fn max_pixel_diff(image: &RgbImage, expected_u8: &Tensor) -> u8 {
     let expected = expected_u8.flatten_all().unwrap().to_vec1::<u8>().unwrap();
