@@ -209,12 +209,15 @@ impl Models {
                 if let Some(vae) = &entry.vae {
                     options.vae = Some(self.registry.resolve(vae));
                 }
-                // InvokeAI's LDM .yaml configs say what the tensor shapes already tell; a
-                // diffusers folder is what a single-file checkpoint's loader can use.
+                // A diffusers folder describes a single-file checkpoint; of InvokeAI's LDM .yaml
+                // configs only the prediction type matters (the tensor shapes tell the rest),
+                // and one that is not there (InvokeAI's own configs/ folder) is passed over.
                 if let Some(config) = &entry.config {
                     let config = self.registry.resolve(config);
                     if config.is_dir() {
                         options.config_dir = Some(config);
+                    } else if config.is_file() {
+                        options.ldm_config = Some(config);
                     }
                 }
                 Ok((path, options))

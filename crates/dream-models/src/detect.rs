@@ -90,18 +90,14 @@ pub fn default_prediction(open_clip_text_encoder: bool, inpainting: bool) -> Pre
     }
 }
 
-/// The prediction type that the latent-diffusion config beside a single file says, as A1111
-/// reads `NAME.yaml` next to `NAME.safetensors`: `parameterization: "v"` (Stability's
-/// `v2-inference-v.yaml`) means v-prediction; a config without the key (`v2-inference.yaml`,
-/// `v1-inference.yaml`) means ε, latent diffusion's default. `None` when there is no such file.
-/// The file is scanned for that one key rather than parsed: nothing else in it matters here.
-pub fn sibling_config_prediction(checkpoint: &Path) -> Result<Option<Prediction>, WeightsError> {
-    let path = checkpoint.with_extension("yaml");
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|source| WeightsError::Io {
-        path: path.clone(),
+/// The prediction type a latent-diffusion `.yaml` config says (A1111 reads `NAME.yaml` beside
+/// `NAME.safetensors`, InvokeAI 2.x its `models.yaml` entry's `config:`): `parameterization:
+/// "v"` (Stability's `v2-inference-v.yaml`) means v-prediction; a config without the key
+/// (`v2-inference.yaml`, `v1-inference.yaml`) means ε, latent diffusion's default. The file is
+/// scanned for that one key rather than parsed: nothing else in it matters here.
+pub fn ldm_config_prediction(config: &Path) -> Result<Prediction, WeightsError> {
+    let text = std::fs::read_to_string(config).map_err(|source| WeightsError::Io {
+        path: config.to_path_buf(),
         source,
     })?;
     let value = text.lines().find_map(|line| {
@@ -115,12 +111,22 @@ pub fn sibling_config_prediction(checkpoint: &Path) -> Result<Option<Prediction>
         )
     });
     match value.as_deref() {
-        None | Some("eps") => Ok(Some(Prediction::Epsilon)),
-        Some("v") => Ok(Some(Prediction::VPrediction)),
+        None | Some("eps") => Ok(Prediction::Epsilon),
+        Some("v") => Ok(Prediction::VPrediction),
         Some(other) => Err(WeightsError::Unsupported {
-            path,
+            path: config.to_path_buf(),
             problem: format!("parameterization {other:?} is not supported (eps or v)"),
         }),
+    }
+}
+
+/// [`ldm_config_prediction`] of the `NAME.yaml` beside a single file `NAME.*`, as A1111 reads
+/// it; `None` when there is no such file.
+pub fn sibling_config_prediction(checkpoint: &Path) -> Result<Option<Prediction>, WeightsError> {
+    let config = checkpoint.with_extension("yaml");
+    match config.is_file() {
+        true => ldm_config_prediction(&config).map(Some),
+        false => Ok(None),
     }
 }
 

@@ -828,6 +828,17 @@ pub fn load_single_file(
     path: &Path,
     config_dir: Option<&Path>,
 ) -> Result<SdComponents, WeightsError> {
+    load_single_file_with(path, config_dir, None)
+}
+
+/// [`load_single_file`] with a latent-diffusion `.yaml` config for the file (InvokeAI 2.x's
+/// `models.yaml` `config:`), which says the prediction type in place of a `NAME.yaml` beside it
+/// (a config folder's scheduler config still comes first).
+pub fn load_single_file_with(
+    path: &Path,
+    config_dir: Option<&Path>,
+    ldm_config: Option<&Path>,
+) -> Result<SdComponents, WeightsError> {
     let file = Arc::new(Checkpoint::open(path)?);
     let names: Vec<&str> = file.names().collect();
     let map =
@@ -889,15 +900,21 @@ pub fn load_single_file(
     };
     let prediction = match configured {
         Some(prediction) => prediction,
-        None => match detect::sibling_config_prediction(path)? {
-            Some(prediction) => prediction,
-            None => {
-                // SD 2.x's OpenCLIP ViT-H, not the SDXL refiner's OpenCLIP bigG.
-                let open_clip = map.text_encoder_layout == TextEncoderLayout::OpenClip
-                    && text_encoder_2.is_none();
-                detect::default_prediction(open_clip, unet_config.in_channels == 9)
+        None => {
+            let from_config = match ldm_config {
+                Some(config) => Some(detect::ldm_config_prediction(config)?),
+                None => detect::sibling_config_prediction(path)?,
+            };
+            match from_config {
+                Some(prediction) => prediction,
+                None => {
+                    // SD 2.x's OpenCLIP ViT-H, not the SDXL refiner's OpenCLIP bigG.
+                    let open_clip = map.text_encoder_layout == TextEncoderLayout::OpenClip
+                        && text_encoder_2.is_none();
+                    detect::default_prediction(open_clip, unet_config.in_channels == 9)
+                }
             }
-        },
+        }
     };
     Ok(SdComponents {
         kind: detect::model_kind(&unet_config, prediction),

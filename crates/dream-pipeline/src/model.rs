@@ -31,6 +31,10 @@ pub struct LoadOptions {
     /// describe it, for details that tensor shapes cannot tell (as diffusers'
     /// `from_single_file(config=...)`).
     pub config_dir: Option<PathBuf>,
+    /// For a single-file checkpoint: its latent-diffusion `.yaml` config (InvokeAI 2.x's
+    /// `models.yaml` `config:`), read for whether it predicts v or ε, in place of a `NAME.yaml`
+    /// beside the file.
+    pub ldm_config: Option<PathBuf>,
     pub device: Device,
     /// The networks' dtype on `device` (`--precision`): float16 on a GPU by default.
     pub precision: Precision,
@@ -50,6 +54,7 @@ impl Default for LoadOptions {
         LoadOptions {
             vae: None,
             config_dir: None,
+            ldm_config: None,
             device: default_device(),
             precision: Precision::default(),
             free_gpu_mem: false,
@@ -134,7 +139,8 @@ impl StableDiffusion {
             let tokenizer = folder_tokenizer(path, open_clip)?;
             (components, tokenizer, folder_scheduler(path)?)
         } else {
-            let components = weights::load_single_file(path, config_dir)?;
+            let ldm_config = options.ldm_config.as_deref();
+            let components = weights::load_single_file_with(path, config_dir, ldm_config)?;
             let open_clip = is_open_clip(&components);
             let tokenizer = match config_dir {
                 Some(dir) => folder_tokenizer(dir, open_clip)?,

@@ -173,17 +173,28 @@ fn a_latent_diffusion_config_beside_the_file_decides_the_prediction_type() {
 
     // Read as ε, the same file renders far from diffusers' v-prediction result.
     std::fs::write(&yaml, eps).unwrap();
-    let model = load(&file, Some(configs));
+    let model = load(&file, Some(configs.clone()));
     let request = request("", Sampler::Ddim);
+    let reference = load_fixture("sd2v/ddim.safetensors");
     let latents = model.generate(&request, &mut |_| {}).unwrap().latents;
-    let moved = max_abs_diff(
-        &latents,
-        &load_fixture("sd2v/ddim.safetensors")["final_latents"],
-    );
+    let moved = max_abs_diff(&latents, &reference["final_latents"]);
     assert!(
         moved > 0.1,
         "read as epsilon, the latents moved only {moved}"
     );
+
+    // A config named for the file (InvokeAI's models.yaml `config:`) comes before the one
+    // beside it: with v2-inference-v.yaml the file renders as diffusers' v-prediction run.
+    let elsewhere = configs.join("v2-inference-v.yaml");
+    std::fs::write(&elsewhere, v).unwrap();
+    let options = LoadOptions {
+        config_dir: Some(configs),
+        ldm_config: Some(elsewhere),
+        ..LoadOptions::default()
+    };
+    let model = StableDiffusion::load_with(&file, &options).unwrap();
+    let latents = model.generate(&request, &mut |_| {}).unwrap().latents;
+    check("ldm_config", &model, &request, &latents, &reference);
     std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
 
