@@ -162,9 +162,7 @@ impl Level {
     }
 
     fn set_padding_mode(&self, mode: PaddingMode) {
-        self.resnets
-            .iter()
-            .for_each(|r| r.set_padding_mode(mode));
+        self.resnets.iter().for_each(|r| r.set_padding_mode(mode));
         match &self.resample {
             Some(Resample::Down(down)) => down.set_padding_mode(mode),
             Some(Resample::Up(up)) => up.set_padding_mode(mode),
