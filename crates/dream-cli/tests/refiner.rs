@@ -2,32 +2,17 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{dream, failed, fixture, png_text, read_rgb, succeeded, temp_dir};
-use dream_test_support::load_fixture;
+use common::{failed, fixture, png_text, read_rgb, render_sdxl, succeeded, temp_dir};
+use dream_test_support::{load_fixture, max_pixel_diff};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
-
-/// Runs `dream PROMPT --model <fixtures/tiny-sdxl> -o OUT ARGS…`.
-fn render_sdxl(out: &Path, args: &[&str]) -> std::process::Output {
-    let model = fixture("tiny-sdxl");
-    let mut all = vec![
-        PROMPT,
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    dream(&all)
-}
 
 #[test]
 fn refiner_renders_as_diffusers_ensemble_and_is_named_in_the_metadata() {
     let out = temp_dir("refiner-render");
     let refiner = fixture("tiny-sdxl-refiner");
     let stdout = succeeded(&render_sdxl(
+        PROMPT,
         &out,
         &[
             "-s",
@@ -59,19 +44,8 @@ fn refiner_renders_as_diffusers_ensemble_and_is_named_in_the_metadata() {
         "{parameters}"
     );
     // diffusers' base (denoising_end 0.8) then refiner (denoising_start 0.8), same settings.
-    let expected = load_fixture("sdxl_refiner/handoff.safetensors")["image_u8"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap();
-    let image = read_rgb(&path);
-    let pixel_err = image
-        .pixels
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let expected = &load_fixture("sdxl_refiner/handoff.safetensors")["image_u8"];
+    let pixel_err = max_pixel_diff(&read_rgb(&path), expected);
     assert!(
         pixel_err <= 1,
         "pixels differ from diffusers' by {pixel_err}"
@@ -81,10 +55,11 @@ fn refiner_renders_as_diffusers_ensemble_and_is_named_in_the_metadata() {
 #[test]
 fn bad_refiner_switches_are_refused_before_loading() {
     let out = temp_dir("refiner-errors");
-    let err = failed(&render_sdxl(&out, &["--refiner_switch_at", "0.5"]));
+    let err = failed(&render_sdxl(PROMPT, &out, &["--refiner_switch_at", "0.5"]));
     assert!(err.contains("--refiner_switch_at needs --refiner"), "{err}");
     let refiner = fixture("tiny-sdxl-refiner");
     let err = failed(&render_sdxl(
+        PROMPT,
         &out,
         &[
             "--refiner",
@@ -97,6 +72,10 @@ fn bad_refiner_switches_are_refused_before_loading() {
         err.contains("--refiner_switch_at must be above 0 and at most 1, got 1.5"),
         "{err}"
     );
-    let err = failed(&render_sdxl(&out, &["--refiner", "no-such-refiner"]));
+    let err = failed(&render_sdxl(
+        PROMPT,
+        &out,
+        &["--refiner", "no-such-refiner"],
+    ));
     assert!(err.contains("no-such-refiner"), "{err}");
 }

@@ -2,31 +2,16 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{dream, fixture, png_text, read_rgb, succeeded, temp_dir};
-use dream_test_support::load_fixture;
+use common::{fixture, png_text, read_rgb, render_sdxl, succeeded, temp_dir};
+use dream_test_support::{load_fixture, max_pixel_diff};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
-
-/// Runs `dream PROMPT --model <fixtures/tiny-sdxl> -o OUT ARGS…`.
-fn render_sdxl(out: &Path, args: &[&str]) -> std::process::Output {
-    let model = fixture("tiny-sdxl");
-    let mut all = vec![
-        PROMPT,
-        "--model",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    dream(&all)
-}
 
 #[test]
 fn renders_diffusers_sdxl_image_at_the_models_size_with_its_metadata() {
     let out = temp_dir("sdxl-render");
     let stdout = succeeded(&render_sdxl(
+        PROMPT,
         &out,
         &["-s", "4", "-S", "42", "-C", "7.5", "-A", "ddim"],
     ));
@@ -45,18 +30,8 @@ fn renders_diffusers_sdxl_image_at_the_models_size_with_its_metadata() {
     // fixtures/sdxl_pipeline/ddim.safetensors (no negative prompt: zeros).
     let image = read_rgb(&path);
     assert_eq!((image.width, image.height), (64, 64));
-    let expected = load_fixture("sdxl_pipeline/ddim.safetensors")["image_u8"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap();
-    let pixel_err = image
-        .pixels
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let expected = &load_fixture("sdxl_pipeline/ddim.safetensors")["image_u8"];
+    let pixel_err = max_pixel_diff(&image, expected);
     assert!(
         pixel_err <= 1,
         "pixels differ from diffusers' by {pixel_err}"
@@ -69,6 +44,7 @@ fn inpaints_with_sdxl() {
     let init = fixture("images/init_64x64.png");
     let mask = fixture("images/mask_64x64.png");
     succeeded(&render_sdxl(
+        PROMPT,
         &out,
         &[
             "-s",
@@ -91,6 +67,7 @@ fn inpaints_with_sdxl() {
 fn hires_fix_first_renders_at_the_models_size() {
     let out = temp_dir("sdxl-hires");
     succeeded(&render_sdxl(
+        PROMPT,
         &out,
         &[
             "-s",

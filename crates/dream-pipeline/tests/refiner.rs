@@ -4,15 +4,15 @@
 //! References: fixtures/sdxl_refiner, made by tools/parity/make_tiny_refiner.py (DDIM, 10
 //! steps, 64×64, CFG 7.5, seed 42, torch CPU generator).
 
-use std::collections::HashMap;
-
 use candle_core::Tensor;
 use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::hires::HiresFix;
 use dream_pipeline::{
     InitImage, Inpaint, LoadOptions, Mask, RefinerSwitch, Sampler, StableDiffusion, Txt2Img,
 };
-use dream_test_support::{copy_dir, fixture, load_fixture, max_abs_diff, temp_dir};
+use dream_test_support::{
+    check_latents_and_pixels, copy_dir, fixture, load_fixture, max_abs_diff, temp_dir,
+};
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -64,35 +64,6 @@ fn check_conditioning(name: &str, model: &StableDiffusion, request: &Txt2Img) {
     }
 }
 
-/// Final latents within 1e-4 and pixels within 1 of the reference's.
-fn check_result(
-    name: &str,
-    model: &StableDiffusion,
-    latents: &Tensor,
-    r: &HashMap<String, Tensor>,
-) {
-    let latents_err = max_abs_diff(latents, &r["final_latents"]);
-    let image = model.decode_to_image(latents).unwrap();
-    let expected = r["image_u8"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap();
-    let pixel_err = image
-        .pixels
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
-    println!("{name}: final latents differ by {latents_err:.2e}, pixels by {pixel_err}");
-    assert!(
-        latents_err <= 1e-4,
-        "{name}: final latents differ by {latents_err}"
-    );
-    assert!(pixel_err <= 1, "{name}: pixels differ by {pixel_err}");
-}
-
 #[test]
 fn the_refiner_folder_loads_with_its_one_text_encoder() {
     let refiner = load("tiny-sdxl-refiner");
@@ -136,7 +107,7 @@ fn the_refiner_single_file_renders_as_the_folder() {
     };
     let generated = refiner.generate(&request, &mut |_| {}).unwrap();
     let r = load_fixture("sdxl_refiner/img2img.safetensors");
-    check_result("single file img2img", &refiner, &generated.latents, &r);
+    check_latents_and_pixels("single file img2img", &refiner, &generated.latents, &r);
     // Without them, the shapes cannot tell its heads, and the error says what to pass.
     let err = StableDiffusion::load(fixture("tiny-sdxl-refiner.safetensors"))
         .err()
@@ -159,7 +130,7 @@ fn refiner_img2img_matches_diffusers() {
     let generated = refiner.generate(&request, &mut |_| steps += 1).unwrap();
     assert_eq!(steps, 3);
     let r = load_fixture("sdxl_refiner/img2img.safetensors");
-    check_result("img2img", &refiner, &generated.latents, &r);
+    check_latents_and_pixels("img2img", &refiner, &generated.latents, &r);
 }
 
 #[test]
@@ -173,7 +144,7 @@ fn the_refiner_encodes_an_empty_negative_prompt_as_its_config_says() {
     check_conditioning("img2img_empty", &refiner, &request);
     let generated = refiner.generate(&request, &mut |_| {}).unwrap();
     let r = load_fixture("sdxl_refiner/img2img_empty.safetensors");
-    check_result("img2img_empty", &refiner, &generated.latents, &r);
+    check_latents_and_pixels("img2img_empty", &refiner, &generated.latents, &r);
 }
 
 #[test]
@@ -202,7 +173,7 @@ fn base_to_refiner_hand_off_matches_diffusers_ensemble_of_experts() {
     let err = max_abs_diff(&handed_over.unwrap(), &r["base_latents"]);
     println!("handoff: base latents differ by {err:.2e}");
     assert!(err <= 1e-4, "the base's latents differ by {err}");
-    check_result("handoff", &base, &generated.latents, &r);
+    check_latents_and_pixels("handoff", &base, &generated.latents, &r);
     // The refiner's two steps matter: the base alone ends elsewhere.
     let alone = Txt2Img {
         refiner: None,

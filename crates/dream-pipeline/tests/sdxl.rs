@@ -14,7 +14,8 @@ use dream_pipeline::{
     InitImage, Inpaint, LoadOptions, Mask, Sampler, StableDiffusion, Syntax, Txt2Img,
 };
 use dream_test_support::{
-    copy_dir, euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, temp_dir,
+    check_kept_outside_the_mask, check_latents_and_pixels, copy_dir, euler_on_diffusers_schedule,
+    fixture, load_fixture, max_abs_diff, square_mask, temp_dir,
 };
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -65,37 +66,6 @@ fn check_conditioning(name: &str, c: &PromptConditioning, r: &HashMap<String, Te
     worst
 }
 
-/// Final latents within `1e-4`, and the image's pixels within 1 (a value within the latents'
-/// error of a rounding boundary may round the other way).
-fn check_result(
-    name: &str,
-    model: &StableDiffusion,
-    latents: &Tensor,
-    r: &HashMap<String, Tensor>,
-) {
-    let latents_err = max_abs_diff(latents, &r["final_latents"]);
-    let image = model.decode_to_image(latents).unwrap();
-    let expected = r["image_u8"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap();
-    assert_eq!((image.width, image.height), (64, 64));
-    let pixel_err = image
-        .pixels
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
-    println!("{name}: final latents differ by {latents_err:.2e}, pixels by {pixel_err}");
-    assert!(
-        latents_err <= 1e-4,
-        "{name}: final latents differ by {latents_err}"
-    );
-    assert!(pixel_err <= 1, "{name}: pixels differ by {pixel_err}");
-}
-
 #[test]
 fn euler_with_a_negative_prompt_matches_diffusers() {
     let model = tiny_sdxl();
@@ -112,7 +82,7 @@ fn euler_with_a_negative_prompt_matches_diffusers() {
         &mut |_| steps += 1,
     );
     assert_eq!(steps, 4);
-    check_result("euler", &model, &latents, &r);
+    check_latents_and_pixels("euler", &model, &latents, &r);
 }
 
 #[test]
@@ -127,7 +97,7 @@ fn empty_negative_prompt_conditions_with_zeros_as_diffusers() {
         assert_eq!(zeros(negative).to_scalar::<f32>().unwrap(), 0.0);
     }
     let generated = model.generate(&request, &mut |_| {}).unwrap();
-    check_result("ddim", &model, &generated.latents, &r);
+    check_latents_and_pixels("ddim", &model, &generated.latents, &r);
 }
 
 #[test]
@@ -144,7 +114,7 @@ fn a1111_emphasis_and_break_match_a1111s_sdxl_weighting() {
     let err = check_conditioning("emphasis", &c, &r);
     println!("emphasis: conditioning differs by {err:.2e}");
     let generated = model.generate(&request, &mut |_| {}).unwrap();
-    check_result("emphasis", &model, &generated.latents, &r);
+    check_latents_and_pixels("emphasis", &model, &generated.latents, &r);
 }
 
 #[test]
@@ -166,7 +136,7 @@ fn invokeai_syntax_matches_compel_as_invokeai_runs_it_for_sdxl() {
     let err = check_conditioning("compel", &c, &r);
     println!("compel: conditioning differs by {err:.2e}");
     let generated = model.generate(&request, &mut |_| {}).unwrap();
-    check_result("compel", &model, &generated.latents, &r);
+    check_latents_and_pixels("compel", &model, &generated.latents, &r);
 }
 
 #[test]
@@ -180,7 +150,7 @@ fn img2img_matches_diffusers_sdxl_img2img() {
     let mut steps = 0;
     let generated = model.generate(&request, &mut |_| steps += 1).unwrap();
     assert_eq!(steps, 6);
-    check_result("img2img", &model, &generated.latents, &r);
+    check_latents_and_pixels("img2img", &model, &generated.latents, &r);
 }
 
 #[test]
@@ -279,7 +249,7 @@ fn a_single_file_checkpoint_matches_diffusers() {
     let generated = model
         .generate(&request(PROMPT, "", Sampler::Ddim, 4), &mut |_| {})
         .unwrap();
-    check_result("single file", &model, &generated.latents, &r);
+    check_latents_and_pixels("single file", &model, &generated.latents, &r);
 }
 
 #[test]
@@ -323,12 +293,7 @@ fn inpainting_keeps_the_pixels_outside_the_blurred_mask() {
     // latents outside the mask, and the decoded image is pasted back through the blurred mask.
     let model = tiny_sdxl();
     let original = RgbImage::open(&fixture("images/init_64x64.png")).unwrap();
-    let mut mask = Mask::keep_all(64, 64);
-    for y in 16..40 {
-        for x in 24..48 {
-            mask.values[y * 64 + x] = 1.0;
-        }
-    }
+    let mask = square_mask();
     let inpaint = Inpaint::new(mask.clone());
     let blurred = mask.blurred(inpaint.mask_blur);
     let request = Txt2Img {
@@ -340,15 +305,8 @@ fn inpainting_keeps_the_pixels_outside_the_blurred_mask() {
         ..request(PROMPT, "blurry", Sampler::Euler, 8)
     };
     let generated = model.generate(&request, &mut |_| {}).unwrap();
-    let pixel = |image: &RgbImage, i: usize| image.pixels[i * 3..i * 3 + 3].to_vec();
-    let mut changed = 0;
-    for (i, (&soft, &hard)) in blurred.values.iter().zip(&mask.values).enumerate() {
-        if soft == 0.0 {
-            assert_eq!(pixel(&generated.image, i), pixel(&original, i), "pixel {i}");
-        } else if hard == 1.0 && pixel(&generated.image, i) != pixel(&original, i) {
-            changed += 1;
-        }
-    }
+    let (_, changed) =
+        check_kept_outside_the_mask("sdxl", &generated.image, &original, &mask, &blurred);
     assert!(changed > 200, "only {changed} pixels changed");
 }
 

@@ -6,7 +6,7 @@ use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::sampling::StepInfo;
 use dream_pipeline::{LoadOptions, Sampler, ScheduleKind, StableDiffusion, Txt2Img};
 use dream_test_support::{
-    euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, tiny_model,
+    euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, max_pixel_diff, tiny_model,
 };
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -95,20 +95,9 @@ fn check_generation(
         "{reference_name}: decoded image differs by {raw_err}"
     );
 
-    let expected_u8 = r["image_u8"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap();
     let image = model.decode_to_image(&latents).unwrap();
     assert_eq!((image.width, image.height), size);
-    let pixel_err = image
-        .pixels
-        .iter()
-        .zip(&expected_u8)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let pixel_err = max_pixel_diff(&image, &r["image_u8"]);
     // A raw value within 1e-4 of a rounding boundary may round the other way.
     assert!(
         pixel_err <= 1,

@@ -18,7 +18,7 @@ use dream_pipeline::{
     InitImage, Inpaint, LoadOptions, Mask, Precision, Sampler, StableDiffusion, Txt2Img,
 };
 use dream_test_support::{
-    euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, max_pixel_diff,
+    check_latents_and_pixels, euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff,
     relative_error, temp_dir,
 };
 
@@ -45,8 +45,7 @@ fn load(path: &Path, config_dir: Option<PathBuf>) -> StableDiffusion {
 }
 
 /// The conditioning within 1e-5 (the last hidden state of the encoder's layers, padded with
-/// "!"), the final latents within 1e-4 and the pixels within 1 (a value within the latents'
-/// error of a rounding boundary may round the other way); returns the latents' error.
+/// "!"), then [`check_latents_and_pixels`]; returns the latents' error.
 fn check(
     name: &str,
     model: &StableDiffusion,
@@ -65,15 +64,7 @@ fn check(
         let err = max_abs_diff(ours.unwrap(), &r[key]);
         assert!(err <= 1e-5, "{name}: {key} differs by {err}");
     }
-    let latents_err = max_abs_diff(latents, &r["final_latents"]);
-    let pixel_err = max_pixel_diff(&model.decode_to_image(latents).unwrap(), &r["image_u8"]);
-    println!("{name}: final latents differ by {latents_err:.2e}, pixels by {pixel_err}");
-    assert!(
-        latents_err <= 1e-4,
-        "{name}: final latents differ by {latents_err}"
-    );
-    assert!(pixel_err <= 1, "{name}: pixels differ by {pixel_err}");
-    latents_err
+    check_latents_and_pixels(name, model, latents, r)
 }
 
 #[test]

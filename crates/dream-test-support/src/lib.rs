@@ -11,7 +11,7 @@ use dream_core::schedule::{euler_schedule, NoiseSchedule, SchedulerConfig};
 use dream_pipeline::conditioning::ConditioningOptions;
 use dream_pipeline::image::RgbImage;
 use dream_pipeline::sampling::{sample_euler, Denoiser, StepInfo};
-use dream_pipeline::{Sampler, StableDiffusion, Txt2Img};
+use dream_pipeline::{Mask, Sampler, StableDiffusion, Txt2Img};
 
 /// A path inside the workspace's `fixtures/` folder.
 pub fn fixture(name: &str) -> PathBuf {
@@ -147,4 +147,59 @@ pub fn max_pixel_diff(image: &RgbImage, expected_u8: &Tensor) -> u8 {
         .map(|(a, b)| a.abs_diff(*b))
         .max()
         .unwrap_or(0)
+}
+
+/// A generation against a diffusers reference `r`: its final latents within 1e-4 of the
+/// reference's `final_latents`, and their decoded image within 1 of its `image_u8` (a value
+/// within the latents' error of a rounding boundary may round the other way). Returns the
+/// latents' error.
+pub fn check_latents_and_pixels(
+    name: &str,
+    model: &StableDiffusion,
+    latents: &Tensor,
+    r: &HashMap<String, Tensor>,
+) -> f32 {
+    let latents_err = max_abs_diff(latents, &r["final_latents"]);
+    let pixel_err = max_pixel_diff(&model.decode_to_image(latents).unwrap(), &r["image_u8"]);
+    println!("{name}: final latents differ by {latents_err:.2e}, pixels by {pixel_err}");
+    assert!(
+        latents_err <= 1e-4,
+        "{name}: final latents differ by {latents_err}"
+    );
+    assert!(pixel_err <= 1, "{name}: pixels differ by {pixel_err}");
+    latents_err
+}
+
+/// A 64×64 mask that repaints the 24×24 square at x 24..48, y 16..40.
+pub fn square_mask() -> Mask {
+    let mut mask = Mask::keep_all(64, 64);
+    for y in 16..40 {
+        for x in 24..48 {
+            mask.values[y * 64 + x] = 1.0;
+        }
+    }
+    mask
+}
+
+/// Inpainting's promise, A1111's way: every pixel the blurred mask leaves at 0 is the
+/// original's, bit for bit (asserted, `name` says which run). Returns how many pixels were kept,
+/// and how many of the pixels `mask` repaints fully (1.0) changed.
+pub fn check_kept_outside_the_mask(
+    name: &str,
+    image: &RgbImage,
+    original: &RgbImage,
+    mask: &Mask,
+    blurred: &Mask,
+) -> (usize, usize) {
+    let pixel = |image: &RgbImage, i: usize| image.pixels[i * 3..i * 3 + 3].to_vec();
+    let (mut kept, mut changed) = (0, 0);
+    for (i, (&soft, &hard)) in blurred.values.iter().zip(&mask.values).enumerate() {
+        if soft == 0.0 {
+            assert_eq!(pixel(image, i), pixel(original, i), "{name}: pixel {i}");
+            kept += 1;
+        } else if hard == 1.0 && pixel(image, i) != pixel(original, i) {
+            changed += 1;
+        }
+    }
+    (kept, changed)
 }

@@ -46,6 +46,19 @@ pub fn render(prompt: &str, out: &Path, args: &[&str]) -> Output {
     tiny(&[prompt], out).args(args).output().unwrap()
 }
 
+/// Runs `dream PROMPT --model <fixtures/tiny-sdxl> -o OUT ARGS…`.
+pub fn render_sdxl(prompt: &str, out: &Path, args: &[&str]) -> Output {
+    dream_command()
+        .arg(prompt)
+        .arg("--model")
+        .arg(fixture("tiny-sdxl"))
+        .arg("-o")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// Starts `command` with its standard streams piped to the test.
 pub fn spawn_piped(command: &mut Command) -> Child {
     command
