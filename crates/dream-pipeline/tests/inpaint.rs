@@ -11,8 +11,8 @@ use dream_pipeline::{
     Txt2Img,
 };
 use dream_test_support::{
-    check_kept_outside_the_mask, copy_dir, euler_request, fixture, load_fixture, max_abs_diff,
-    square_mask, temp_dir, tiny_copy, tiny_model,
+    check_kept_outside_the_mask, check_step_latents, copy_dir, euler_request, fixture,
+    load_fixture, max_abs_diff, square_mask, temp_dir, tiny_copy, tiny_model,
 };
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -64,24 +64,8 @@ fn unblurred(mask: Mask) -> Inpaint {
 fn check_against_diffusers(model: &StableDiffusion, name: &str, sampler: Sampler, strength: f64) {
     let r = load_fixture(&format!("inpaint/ref_{name}.safetensors"));
     let request = request(sampler, 10, strength, unblurred(diffusers_mask()));
-    let mut steps = 0;
-    let mut step_err = 0f32;
-    let generated = model
-        .generate(&request, &mut |step| {
-            let expected = &r[&format!("step.{:03}.latents", step.step)];
-            step_err = step_err.max(max_abs_diff(step.latents, expected));
-            steps += 1;
-        })
-        .unwrap();
-    let expected_steps = (10.0 * strength) as usize;
-    assert_eq!(steps, expected_steps, "{name}");
-    let err = max_abs_diff(&generated.latents, &r["final_latents"]);
-    println!("9-channel {name}: steps {step_err:.2e}, final latents {err:.2e}");
-    assert!(
-        step_err <= 1e-4,
-        "{name}: step latents differ by {step_err}"
-    );
-    assert!(err <= 1e-4, "{name}: final latents differ by {err}");
+    let steps_run = (10.0 * strength) as usize;
+    check_step_latents(&format!("9-channel {name}"), model, &request, &r, steps_run);
 }
 
 #[test]

@@ -14,8 +14,8 @@ use dream_pipeline::{
     InitImage, Inpaint, LoadOptions, Mask, Sampler, StableDiffusion, Syntax, Txt2Img,
 };
 use dream_test_support::{
-    check_kept_outside_the_mask, check_latents_and_pixels, copy_dir, euler_on_diffusers_schedule,
-    fixture, load_fixture, max_abs_diff, square_mask, temp_dir,
+    check_kept_outside_the_mask, check_latents_and_pixels, check_step_latents, copy_dir,
+    euler_on_diffusers_schedule, fixture, load_fixture, max_abs_diff, square_mask, temp_dir,
 };
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -330,21 +330,6 @@ fn nine_channel_sdxl_inpainting_matches_diffusers() {
             }),
             ..request(PROMPT, "blurry", Sampler::Ddim, 8)
         };
-        let (mut steps, mut step_err) = (0, 0f32);
-        let generated = model
-            .generate(&request, &mut |step| {
-                let expected = &r[&format!("step.{:03}.latents", step.step)];
-                step_err = step_err.max(max_abs_diff(step.latents, expected));
-                steps += 1;
-            })
-            .unwrap();
-        assert_eq!(steps, steps_run, "{name}");
-        let err = max_abs_diff(&generated.latents, &r["final_latents"]);
-        println!("{name}: steps {step_err:.2e}, final latents {err:.2e}");
-        assert!(
-            step_err <= 1e-4,
-            "{name}: step latents differ by {step_err}"
-        );
-        assert!(err <= 1e-4, "{name}: final latents differ by {err}");
+        check_step_latents(name, &model, &request, &r, steps_run);
     }
 }

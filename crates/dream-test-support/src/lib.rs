@@ -170,6 +170,34 @@ pub fn check_latents_and_pixels(
     latents_err
 }
 
+/// Generates `request` and compares every step's latents with the reference's
+/// `step.NNN.latents` and the result with its `final_latents`, all within 1e-4; `steps_run`
+/// steps must run (an img2img or inpainting request runs the part its strength asks for).
+pub fn check_step_latents(
+    name: &str,
+    model: &StableDiffusion,
+    request: &Txt2Img,
+    r: &HashMap<String, Tensor>,
+    steps_run: usize,
+) {
+    let (mut steps, mut step_err) = (0, 0f32);
+    let generated = model
+        .generate(request, &mut |step| {
+            let expected = &r[&format!("step.{:03}.latents", step.step)];
+            step_err = step_err.max(max_abs_diff(step.latents, expected));
+            steps += 1;
+        })
+        .unwrap();
+    assert_eq!(steps, steps_run, "{name}: steps run");
+    let err = max_abs_diff(&generated.latents, &r["final_latents"]);
+    println!("{name}: steps {step_err:.2e}, final latents {err:.2e}");
+    assert!(
+        step_err <= 1e-4,
+        "{name}: step latents differ by {step_err}"
+    );
+    assert!(err <= 1e-4, "{name}: final latents differ by {err}");
+}
+
 /// A 64×64 mask that repaints the 24×24 square at x 24..48, y 16..40.
 pub fn square_mask() -> Mask {
     let mut mask = Mask::keep_all(64, 64);
