@@ -46,6 +46,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, PARITY)
 
 import make_model  # noqa: E402  (unet_to_ldm, vae_to_ldm, te_hub_state_dict)
+from round_model import compare_pipes  # noqa: E402
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -116,18 +117,6 @@ def single_file_state_dict(pipe):
     return {k: v.contiguous() for k, v in sd.items()}
 
 
-def compare(a, b, what):
-    for comp in COMPONENTS:
-        sa, sb = getattr(a, comp).state_dict(), getattr(b, comp).state_dict()
-        if set(sa) != set(sb):
-            raise RuntimeError(f"{what}: {comp} key sets differ: {sorted(set(sa) ^ set(sb))[:10]}")
-        for k in sa:
-            x, y = sa[k], sb[k].reshape(sa[k].shape)
-            if x.dtype != y.dtype or not torch.equal(x, y):
-                raise RuntimeError(f"{what}: {comp}.{k} differs")
-        print(f"{what}: {comp} {len(sa)} tensors identical", flush=True)
-
-
 def text_encoders_via_diffusers(path, folder):
     """The two text encoders as diffusers' single-file conversion reads them from `path`."""
     from diffusers.loaders import single_file_utils as su
@@ -176,7 +165,7 @@ def main():
     encoders = text_encoders_via_diffusers(a.out, a.folder)
     single = StableDiffusionXLPipeline.from_single_file(a.out, config=a.folder, local_files_only=True,
                                                         **encoders, **kw)
-    compare(ref, single, "single file vs folder")
+    compare_pipes(ref, single, "single file vs folder", COMPONENTS)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -62,6 +61,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_tiny_sdxl as base  # noqa: E402  (its sizes and rounding helper; it puts the harness on the path)
 from make_tiny_sdxl import make_model  # noqa: E402  (calibration, unet_to_ldm, vae_to_ldm)
+from round_model import compare_pipes  # noqa: E402
+from sdxl_pipeline_fixtures import (  # noqa: E402  (what a reference run records)
+    capture_encode_prompt, image_u8, last_latents, save_reference, scheduler_config)
 
 PROMPT, NEGATIVE = "a photograph of an astronaut riding a horse", "blurry"
 SEED, SIZE, CFG, STEPS = 42, 64, 7.5, 10
@@ -91,7 +93,7 @@ def build(a):
 
     ids = tokenizer_2([PROMPT, ""], padding="max_length", max_length=77, truncation=True,
                       return_tensors="pt").input_ids
-    x_cal = make_model._rng_t(1234, (2, 4, 8, 8))
+    x_cal, _, _ = base.calibration_inputs()
     time_ids = torch.tensor([TIME_IDS, TIME_IDS[:4] + [NEGATIVE_AESTHETIC]])
 
     def run_unet(x, t, ctx, pooled, tid):
@@ -101,9 +103,7 @@ def build(a):
     with torch.no_grad():
         out = text_encoder_2(ids, output_hidden_states=True)
         ctx, pooled = out.hidden_states[-2], out.text_embeds
-        for n, p in unet.named_parameters():
-            if n.startswith(("time_embedding.linear_", "add_embedding.linear_")) and n.endswith(".weight"):
-                p.mul_(3.0)
+    base.scale_time_embeddings_(unet)
     probe = make_model.AttnProbe()
     probe.add_diffusers(unet, "unet.")
     make_model.calibrate(probe, lambda: run_unet(x_cal, 500, ctx, pooled, time_ids), 2.5)
@@ -129,13 +129,10 @@ def build(a):
     for sub in ("text_encoder_2", "tokenizer_2", "vae", "scheduler"):
         shutil.rmtree(os.path.join(a.out, sub))
         shutil.copytree(os.path.join(a.base, sub), os.path.join(a.out, sub))
-    sd = {k: v.half().contiguous() for k, v in unet.state_dict().items()}
-    save_file(sd, os.path.join(a.out, "unet", base.WEIGHTS["unet"]), metadata={"format": "pt"})
+    base.save_fp16(unet.state_dict(), os.path.join(a.out, "unet", base.WEIGHTS["unet"]))
 
     back = StableDiffusionXLImg2ImgPipeline.from_pretrained(a.out, torch_dtype=torch.float32, local_files_only=True)
-    x, y = unet.state_dict(), back.unet.state_dict()
-    if set(x) != set(y) or not all(torch.equal(x[k], y[k]) for k in x):
-        raise RuntimeError("unet: reloaded weights differ")
+    compare_pipes(pipe, back, "reloaded vs built", ["unet"])
     if back.text_encoder is not None or not back.config.requires_aesthetics_score \
             or back.config.force_zeros_for_empty_prompt:
         raise RuntimeError("the refiner's pipeline config did not survive the reload")
@@ -187,32 +184,24 @@ def generator():
 
 def capture(pipe, captured):
     """Wraps the pipeline's prompt encoding and added time ids to record them."""
-    encode_prompt, get_add_time_ids = pipe.encode_prompt, pipe._get_add_time_ids
-
-    def capture_encode(*args, **kwargs):
-        result = encode_prompt(*args, **kwargs)
-        for key, value in zip(["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
-                               "negative_pooled_prompt_embeds"], result):
-            captured[key] = value.detach().clone()
-        return result
+    capture_encode_prompt(pipe, captured)
+    get_add_time_ids = pipe._get_add_time_ids
 
     def capture_time_ids(*args, **kwargs):
         ids, neg_ids = get_add_time_ids(*args, **kwargs)
         captured["add_time_ids"], captured["add_neg_time_ids"] = ids.detach().clone(), neg_ids.detach().clone()
         return ids, neg_ids
 
-    pipe.encode_prompt, pipe._get_add_time_ids = capture_encode, capture_time_ids
+    pipe._get_add_time_ids = capture_time_ids
 
 
 def save(out_dir, name, captured, image, meta, scheduler):
-    captured["image_u8"] = torch.from_numpy(np.round(image * 255).astype(np.uint8))
-    tensors = {k: v.contiguous() for k, v in captured.items()}
-    config = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+    captured["image_u8"] = image_u8(image)
     meta = dict(meta, seed=SEED, width=SIZE, height=SIZE, cfg=CFG, steps=STEPS, sampler="ddim",
-                aesthetic_score=AESTHETIC, negative_aesthetic_score=NEGATIVE_AESTHETIC, scheduler=config)
-    save_file(tensors, os.path.join(out_dir, f"{name}.safetensors"),
-              metadata={"reference": json.dumps(meta, sort_keys=True, default=str)})
-    print(f"{name}: final latents std {tensors['final_latents'].std():.4f}", flush=True)
+                aesthetic_score=AESTHETIC, negative_aesthetic_score=NEGATIVE_AESTHETIC,
+                scheduler=scheduler_config(scheduler))
+    save_reference(out_dir, name, captured, meta)
+    print(f"{name}: final latents std {captured['final_latents'].std():.4f}", flush=True)
 
 
 def references(refiner, a):
@@ -223,12 +212,6 @@ def references(refiner, a):
     refiner.set_progress_bar_config(disable=True)
     refiner.scheduler = DDIMScheduler.from_config(refiner.scheduler.config)
     init = load_image(a.init)
-
-    def last_latents(captured):
-        def on_step_end(p, i, t, kw):
-            captured["final_latents"] = kw["latents"].detach().clone()
-            return kw
-        return on_step_end
 
     for name, negative in (("img2img", NEGATIVE), ("img2img_empty", None)):
         captured = {}

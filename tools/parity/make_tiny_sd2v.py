@@ -58,9 +58,7 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import torch
-from safetensors.torch import save_file
 
 PARITY = os.environ.get("PARITY_DIR") or os.path.normpath(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "parity"))
@@ -71,7 +69,10 @@ sys.path.insert(0, TOOLS)
 
 import make_model  # noqa: E402  (calibration, LDM key maps)
 import make_sdxl_single_file  # noqa: E402  (open_clip_state_dict)
-import make_tiny_sdxl  # noqa: E402  (write_tokenizer, round_fp16_)
+import make_tiny_sdxl  # noqa: E402  (write_tokenizer, round_fp16_, calibration and writing helpers)
+from round_model import compare_pipes  # noqa: E402
+from sdxl_pipeline_fixtures import (  # noqa: E402  (what a reference run records)
+    capture_encode_prompt, image_u8, last_latents, save_reference, scheduler_config)
 
 TEXT_ENCODER = dict(vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=3,
                     num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
@@ -126,23 +127,17 @@ def build(a):
 
     ids = tokenizer([PROMPT, ""], padding="max_length", max_length=77, truncation=True,
                     return_tensors="pt").input_ids
-    x_cal = make_model._rng_t(1234, (2, 4, 8, 8))
-    z_cal = make_model._rng_t(1236, (1, 4, 8, 8))
-    img_cal = make_model._rng_t(1235, (1, 3, 64, 64), 0.5).clamp(-1, 1)
+    x_cal, z_cal, img_cal = make_tiny_sdxl.calibration_inputs()
     probe = make_model.AttnProbe()
     probe.add_clip(text_encoder, "text_encoder.")
     probe.add_diffusers(unet, "unet.")
     probe.add_diffusers(vae, "vae.")
-    with torch.no_grad():
-        for n, p in unet.named_parameters():
-            if n.startswith("time_embedding.linear_") and n.endswith(".weight"):
-                p.mul_(3.0)
+    make_tiny_sdxl.scale_time_embeddings_(unet)
     make_model.calibrate(probe, lambda: text_encoder(ids), 2.5)
     with torch.no_grad():
         ctx = text_encoder(ids).last_hidden_state
     make_model.calibrate(probe, lambda: unet(x_cal, 500, encoder_hidden_states=ctx), 2.5)
-    make_model.calibrate(probe, lambda: vae.decode(z_cal / VAE["scaling_factor"]), 2.5)
-    make_model.calibrate(probe, lambda: vae.encode(img_cal), 2.5)
+    make_tiny_sdxl.calibrate_vae(probe, vae, z_cal, img_cal)
     probe.remove()
     for m in (text_encoder, unet, vae):
         make_tiny_sdxl.round_fp16_(m)
@@ -164,12 +159,8 @@ def write_folder(a, pipe):
     live = {"unet": pipe.unet.state_dict(), "vae": pipe.vae.state_dict(),
             "text_encoder": make_model.te_hub_state_dict(pipe.text_encoder)}
     for comp, fname in WEIGHTS.items():
-        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in live[comp].items()}
-        save_file(sd, os.path.join(a.folder, comp, fname), metadata={"format": "pt"})
-    import diffusers
-    with open(os.path.join(a.folder, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump({"_class_name": "DDIMScheduler", "_diffusers_version": diffusers.__version__, **SCHEDULER},
-                  f, indent=2)
+        make_tiny_sdxl.save_fp16(live[comp], os.path.join(a.folder, comp, fname))
+    make_tiny_sdxl.write_scheduler_config(a.folder, "DDIMScheduler", SCHEDULER)
     # Configs without the run-dependent keys, so that rebuilds are byte-identical.
     for comp in ("unet", "vae", "text_encoder"):
         path = os.path.join(a.folder, comp, "config.json")
@@ -199,8 +190,7 @@ def write_single_file(a, pipe):
             te[k] = v
     for k, v in make_sdxl_single_file.open_clip_state_dict(te, layers + 1).items():
         sd[OPEN_CLIP + k] = v
-    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    save_file(sd, a.single_file, metadata={"format": "pt"})
+    make_tiny_sdxl.save_fp16(sd, a.single_file)
     print(f"wrote {a.single_file} ({len(sd)} tensors)", flush=True)
 
 
@@ -225,40 +215,26 @@ def verify_single_file(a, pipe):
 
 def run(pipe, scheduler, name, negative, out_dir):
     captured = {}
-    encode_prompt = pipe.encode_prompt
-
-    def capture_encode(*args, **kwargs):
-        result = encode_prompt(*args, **kwargs)
-        for key, value in zip(["prompt_embeds", "negative_prompt_embeds"], result):
-            captured[key] = value.detach().clone()
-        return result
-
-    def on_step_end(p, i, t, kw):
-        captured["final_latents"] = kw["latents"].detach().clone()
-        return kw
 
     def render(scheduler):
         pipe.scheduler = scheduler
         with torch.no_grad():
             return pipe(PROMPT, negative_prompt=negative, height=SIZE, width=SIZE, num_inference_steps=STEPS,
                         guidance_scale=CFG, generator=torch.Generator("cpu").manual_seed(SEED),
-                        callback_on_step_end=on_step_end, output_type="np").images[0]
+                        callback_on_step_end=last_latents(captured), output_type="np").images[0]
 
-    pipe.encode_prompt = capture_encode
+    capture_encode_prompt(pipe, captured)
     image = render(scheduler)
     del pipe.encode_prompt
-    tensors = {k: v.contiguous() for k, v in captured.items()}
-    tensors["image_u8"] = torch.from_numpy(np.round(image * 255).astype(np.uint8)).contiguous()
+    tensors = dict(captured, image_u8=image_u8(image))
     render(scheduler.__class__.from_config(scheduler.config, prediction_type="epsilon"))
     moved = (captured["final_latents"] - tensors["final_latents"]).abs().max().item()
     print(f"{name}: read as epsilon-prediction, the final latents move by {moved:.3f} "
           f"(std {tensors['final_latents'].std():.3f})", flush=True)
-    config = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
     meta = dict(prompt=PROMPT, negative_prompt=negative, steps=STEPS, seed=SEED, width=SIZE, height=SIZE,
-                cfg=CFG, scheduler=scheduler.__class__.__name__, scheduler_config=config,
+                cfg=CFG, scheduler=scheduler.__class__.__name__, scheduler_config=scheduler_config(scheduler),
                 timesteps=[float(t) for t in scheduler.timesteps])
-    save_file(tensors, os.path.join(out_dir, f"{name}.safetensors"),
-              metadata={"reference": json.dumps(meta, sort_keys=True, default=str)})
+    save_reference(out_dir, name, tensors, meta)
     print(f"{name}: timesteps {meta['timesteps']}", flush=True)
 
 
@@ -287,10 +263,7 @@ def main():
     # Everything below reads the files back, as a user of diffusers would.
     back = StableDiffusionPipeline.from_pretrained(a.folder, torch_dtype=torch.float32, local_files_only=True)
     back.set_progress_bar_config(disable=True)
-    for comp in WEIGHTS:
-        x, y = getattr(pipe, comp).state_dict(), getattr(back, comp).state_dict()
-        if set(x) != set(y) or not all(y[k].dtype == torch.float32 and torch.equal(x[k], y[k]) for k in x):
-            raise RuntimeError(f"{comp}: reloaded weights differ")
+    compare_pipes(pipe, back, "reloaded vs built", WEIGHTS)
     if back.tokenizer.pad_token_id != 0 or back.scheduler.config.prediction_type != "v_prediction":
         raise RuntimeError("the tokenizer's pad token or the scheduler's prediction type did not survive")
     verify_single_file(a, back)

@@ -43,9 +43,8 @@ import os
 import shutil
 import sys
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 PARITY = os.environ.get("PARITY_DIR") or os.path.normpath(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "parity"))
@@ -53,6 +52,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, PARITY)
 
 import make_model  # noqa: E402  (the parity harness: calibration and statistics helpers)
+from round_model import compare_pipes  # noqa: E402
 
 UNET = dict(
     sample_size=8, in_channels=4, out_channels=4, center_input_sample=False,
@@ -112,6 +112,41 @@ def round_fp16_(module):
             p.copy_(p.half().float())
 
 
+def calibration_inputs():
+    """make_model's fixed calibration inputs: UNet latents [2,4,8,8], VAE latents [1,4,8,8] and an
+    image [1,3,64,64]."""
+    return (make_model._rng_t(1234, (2, 4, 8, 8)), make_model._rng_t(1236, (1, 4, 8, 8)),
+            make_model._rng_t(1235, (1, 3, 64, 64), 0.5).clamp(-1, 1))
+
+
+def scale_time_embeddings_(unet):
+    """The time embedding's linears (and SDXL's text_time add_embedding's) x3, so that the random
+    UNet's output depends on the timestep and the added conditions."""
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if n.startswith(("time_embedding.linear_", "add_embedding.linear_")) and n.endswith(".weight"):
+                p.mul_(3.0)
+
+
+def calibrate_vae(probe, vae, z_cal, img_cal):
+    """The VAE's attention logits to std 2.5, decoding and encoding."""
+    make_model.calibrate(probe, lambda: vae.decode(z_cal / vae.config.scaling_factor), 2.5)
+    make_model.calibrate(probe, lambda: vae.encode(img_cal), 2.5)
+
+
+def save_fp16(sd, path):
+    """A state dict with its float tensors stored float16."""
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    save_file(sd, path, metadata={"format": "pt"})
+
+
+def write_scheduler_config(folder, class_name, config):
+    """FOLDER/scheduler/scheduler_config.json: `config` key for key, as diffusers writes it."""
+    import diffusers
+    with open(os.path.join(folder, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump({"_class_name": class_name, "_diffusers_version": diffusers.__version__, **config}, f, indent=2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out")
@@ -144,9 +179,7 @@ def main():
     prompts = ["a photograph of an astronaut riding a horse", ""]
     tok = dict(padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, ids_2 = tokenizer(prompts, **tok).input_ids, tokenizer_2(prompts, **tok).input_ids
-    x_cal = make_model._rng_t(1234, (2, 4, 8, 8))
-    z_cal = make_model._rng_t(1236, (1, 4, 8, 8))
-    img_cal = make_model._rng_t(1235, (1, 3, 64, 64), 0.5).clamp(-1, 1)
+    x_cal, z_cal, img_cal = calibration_inputs()
     time_ids = torch.tensor([TIME_IDS, TIME_IDS])
 
     def conditioning():
@@ -165,17 +198,13 @@ def main():
     probe.add_clip(text_encoder_2, "text_encoder_2.")
     probe.add_diffusers(unet, "unet.")
     probe.add_diffusers(vae, "vae.")
-    with torch.no_grad():
-        for n, p in unet.named_parameters():
-            if n.startswith(("time_embedding.linear_", "add_embedding.linear_")) and n.endswith(".weight"):
-                p.mul_(3.0)
+    scale_time_embeddings_(unet)
     make_model.calibrate(probe, lambda: text_encoder(ids), 2.5)
     make_model.calibrate(probe, lambda: text_encoder_2(ids_2), 2.5)
     with torch.no_grad():
         ctx, pooled = conditioning()
     make_model.calibrate(probe, lambda: run_unet(x_cal, 500, ctx, pooled, time_ids), 2.5)
-    make_model.calibrate(probe, lambda: vae.decode(z_cal / VAE["scaling_factor"]), 2.5)
-    make_model.calibrate(probe, lambda: vae.encode(img_cal), 2.5)
+    calibrate_vae(probe, vae, z_cal, img_cal)
     for m in (text_encoder, text_encoder_2, unet, vae):
         round_fp16_(m)
 
@@ -215,20 +244,12 @@ def main():
     live = {"unet": unet.state_dict(), "vae": vae.state_dict(),
             "text_encoder": make_model.te_hub_state_dict(text_encoder), "text_encoder_2": text_encoder_2.state_dict()}
     for comp, fname in WEIGHTS.items():
-        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in live[comp].items()}
-        save_file(sd, os.path.join(a.out, comp, fname), metadata={"format": "pt"})
-    import diffusers
-    with open(os.path.join(a.out, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump({"_class_name": "EulerDiscreteScheduler", "_diffusers_version": diffusers.__version__, **SCHEDULER},
-                  f, indent=2)
+        save_fp16(live[comp], os.path.join(a.out, comp, fname))
+    write_scheduler_config(a.out, "EulerDiscreteScheduler", SCHEDULER)
 
     # Reload with plain diffusers: every tensor identical, and a finite 64x64 render.
     back = StableDiffusionXLPipeline.from_pretrained(a.out, torch_dtype=torch.float32, local_files_only=True)
-    for comp in WEIGHTS:
-        x, y = getattr(pipe, comp).state_dict(), getattr(back, comp).state_dict()
-        if set(x) != set(y) or not all(y[k].dtype == torch.float32 and torch.equal(x[k], y[k]) for k in x):
-            raise RuntimeError(f"{comp}: reloaded weights differ")
-        print(f"{comp}: {len(x)} tensors reload identically", flush=True)
+    compare_pipes(pipe, back, "reloaded vs built", WEIGHTS)
     if back.scheduler.config.timestep_spacing != "leading" or not back.config.force_zeros_for_empty_prompt:
         raise RuntimeError("scheduler / pipeline config did not survive the reload")
     image = back(prompts[0], negative_prompt="blurry", num_inference_steps=3, height=64, width=64,

@@ -60,8 +60,9 @@ def write_folders(src, out32, out16):
         print(f"{rel}: {len(r)} tensors rounded to fp16 (max |rounding| {maxdiff:.3g})", flush=True)
 
 
-def compare_pipes(a, b, what):
-    for comp in ("unet", "vae", "text_encoder"):
+def compare_pipes(a, b, what, components=("unet", "vae", "text_encoder")):
+    """Every tensor of the pipelines' `components` identical, dtype included, or an error."""
+    for comp in components:
         sa, sb = getattr(a, comp).state_dict(), getattr(b, comp).state_dict()
         if set(sa) != set(sb):
             raise RuntimeError(f"{what}: {comp} key sets differ: {sorted(set(sa) ^ set(sb))[:10]}")

@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+import make_tiny_sdxl  # (save_fp16)
+
 PROMPT = "a photograph of an astronaut riding a horse"
 NEGATIVE = "blurry"
 SEED, SIZE, CFG = 42, 64, 7.5
@@ -105,9 +107,10 @@ def generator():
     return torch.Generator("cpu").manual_seed(SEED)
 
 
-def run(pipe, name, out_dir, meta, **kw):
-    """Runs the pipeline, capturing its conditioning and final latents."""
-    captured = {}
+def capture_encode_prompt(pipe, captured):
+    """Wraps pipe.encode_prompt to record what it returns in `captured`: prompt_embeds,
+    negative_prompt_embeds and, from an SDXL pipeline, the two pooled embeddings. `del
+    pipe.encode_prompt` unwraps it."""
     encode_prompt = pipe.encode_prompt
 
     def capture_encode(*args, **kwargs):
@@ -117,6 +120,37 @@ def run(pipe, name, out_dir, meta, **kw):
             captured[key] = value.detach().clone()
         return result
 
+    pipe.encode_prompt = capture_encode
+
+
+def last_latents(captured):
+    """A callback_on_step_end that keeps each step's latents as captured["final_latents"]."""
+    def on_step_end(p, i, t, kw):
+        captured["final_latents"] = kw["latents"].detach().clone()
+        return kw
+    return on_step_end
+
+
+def image_u8(image):
+    """A pipeline's output_type="np" image as the 8-bit values of the PNG it saves."""
+    return torch.from_numpy(np.round(image * 255).astype(np.uint8))
+
+
+def scheduler_config(scheduler):
+    # (diffusers' `_use_default_values` is a set in arbitrary order: left out, for identical rebuilds.)
+    return {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+
+
+def save_reference(out_dir, name, tensors, meta):
+    """OUT_DIR/NAME.safetensors: the tensors, and the run's settings as the metadata key "reference"."""
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, f"{name}.safetensors"),
+              metadata={"reference": json.dumps(meta, sort_keys=True, default=str)})
+
+
+def run(pipe, name, out_dir, meta, **kw):
+    """Runs the pipeline, capturing its conditioning and final latents."""
+    captured = {}
+    capture_encode_prompt(pipe, captured)
     get_add_time_ids = pipe._get_add_time_ids
 
     def capture_time_ids(*args, **kwargs):
@@ -125,23 +159,15 @@ def run(pipe, name, out_dir, meta, **kw):
         captured["add_time_ids"] = ids.detach().clone()
         return result
 
-    def on_step_end(p, i, t, kwargs):
-        captured["final_latents"] = kwargs["latents"].detach().clone()
-        return kwargs
-
-    pipe.encode_prompt, pipe._get_add_time_ids = capture_encode, capture_time_ids
+    pipe._get_add_time_ids = capture_time_ids
     with torch.no_grad():
         image = pipe(height=SIZE, width=SIZE, guidance_scale=CFG, generator=generator(),
-                     callback_on_step_end=on_step_end, output_type="np", **kw).images[0]
+                     callback_on_step_end=last_latents(captured), output_type="np", **kw).images[0]
     del pipe.encode_prompt, pipe._get_add_time_ids
-    captured["image_u8"] = torch.from_numpy(np.round(image * 255).astype(np.uint8))
-    tensors = {k: v.contiguous() for k, v in captured.items()}
-    # (diffusers' `_use_default_values` is a set in arbitrary order: left out, for identical rebuilds.)
-    scheduler = {k: v for k, v in pipe.scheduler.config.items() if k != "_use_default_values"}
-    meta = dict(meta, seed=SEED, width=SIZE, height=SIZE, cfg=CFG, scheduler=scheduler)
-    save_file(tensors, os.path.join(out_dir, f"{name}.safetensors"),
-              metadata={"reference": json.dumps(meta, sort_keys=True, default=str)})
-    print(f"{name}: final latents std {tensors['final_latents'].std():.4f}", flush=True)
+    captured["image_u8"] = image_u8(image)
+    meta = dict(meta, seed=SEED, width=SIZE, height=SIZE, cfg=CFG, scheduler=scheduler_config(pipe.scheduler))
+    save_reference(out_dir, name, captured, meta)
+    print(f"{name}: final latents std {captured['final_latents'].std():.4f}", flush=True)
 
 
 def inpaint_fixtures(pipe, a):
@@ -158,7 +184,7 @@ def inpaint_fixtures(pipe, a):
     folder = os.path.join(a.out, "inpaint_unet")
     unet.save_pretrained(folder, safe_serialization=True)
     weights = os.path.join(folder, "diffusion_pytorch_model.safetensors")
-    save_file({k: v.half().contiguous() for k, v in unet.state_dict().items()}, weights, metadata={"format": "pt"})
+    make_tiny_sdxl.save_fp16(unet.state_dict(), weights)
     inpaint = StableDiffusionXLInpaintPipeline(**dict(pipe.components, unet=unet))
     inpaint.set_progress_bar_config(disable=True)
     image = Image.open(a.init).convert("RGB")
@@ -174,11 +200,9 @@ def inpaint_fixtures(pipe, a):
             latents = inpaint(PROMPT, negative_prompt=NEGATIVE, image=image, mask_image=mask, height=SIZE,
                               width=SIZE, strength=strength, num_inference_steps=8, guidance_scale=CFG,
                               generator=generator(), output_type="latent", callback_on_step_end=on_step_end).images
-        tensors = dict(steps, final_latents=latents)
         meta = dict(prompt=PROMPT, negative_prompt=NEGATIVE, steps=8, strength=strength, sampler="ddim",
                     seed=SEED, width=SIZE, height=SIZE, cfg=CFG, mask="mask_64x64.png")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(a.out, f"{name}.safetensors"),
-                  metadata={"reference": json.dumps(meta, sort_keys=True)})
+        save_reference(a.out, name, dict(steps, final_latents=latents), meta)
         print(f"{name}: final latents std {latents.std():.4f}", flush=True)
 
 
