@@ -204,7 +204,8 @@ pub fn scaled_dot_product_attention(
 /// A fully connected layer `x·Wᵀ + b` over the last dimension, like `torch.nn.Linear`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `[out_features, in_features]`.
+    /// `[out_features, in_features]`; for the fused kernels a transposed view of
+    /// `[in_features, out_features]` memory, the layout their matrix product reads fastest.
     weight: Tensor,
     bias: Option<Tensor>,
 }
@@ -212,17 +213,20 @@ pub struct Linear {
 /// Reads `weight` `[out, in]` and `bias` `[out]` from `vb`.
 pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
     Ok(Linear {
-        weight: vb.get((out_features, in_features), "weight")?,
         bias: Some(vb.get(out_features, "bias")?),
+        ..linear_no_bias(in_features, out_features, vb)?
     })
 }
 
 /// Reads `weight` `[out, in]` from `vb`; the layer has no bias.
 pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(Linear {
-        weight: vb.get((out_features, in_features), "weight")?,
-        bias: None,
-    })
+    let weight = vb.get((out_features, in_features), "weight")?;
+    let weight = if kernels::supported(&[&weight]) {
+        weight.t()?.contiguous()?.t()?
+    } else {
+        weight
+    };
+    Ok(Linear { weight, bias: None })
 }
 
 impl Linear {

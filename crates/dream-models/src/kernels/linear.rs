@@ -6,12 +6,24 @@ use rayon::prelude::*;
 
 use super::math;
 
+/// How a `[out_features, in_features]` weight lies in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Row-major `[out, in]`, PyTorch's layout.
+    OutIn,
+    /// Row-major `[in, out]`: the transpose. gemm reads it 1.2–3.5× faster for the few-row
+    /// inputs of the text encoders and for wide inputs (a 3072 → 768 projection over 154 rows
+    /// takes 1.8 instead of 6 ms on two cores).
+    InOut,
+}
+
 /// `out[r, o] += Σ_i x[r, i]·weight[o, i]` for `x` `[rows, in_features]` and `weight`
-/// `[out_features, in_features]` (PyTorch's layout), `out` `[rows, out_features]`, all
-/// row-major; `out` is overwritten instead when `!accumulate`.
+/// `[out_features, in_features]` lying in memory as `layout` says, `out` `[rows, out_features]`,
+/// `x` and `out` row-major; `out` is overwritten instead when `!accumulate`.
 pub fn linear_accumulate(
     x: &[f32],
     weight: &[f32],
+    layout: WeightLayout,
     in_features: usize,
     out: &mut [f32],
     accumulate: bool,
@@ -27,6 +39,11 @@ pub fn linear_accumulate(
     if out.is_empty() {
         return;
     }
+    // The strides of `weightᵀ` `[in, out]`, the right-hand matrix, along its columns and rows.
+    let (rhs_cs, rhs_rs) = match layout {
+        WeightLayout::OutIn => (in_features as isize, 1),
+        WeightLayout::InOut => (1, out_features as isize),
+    };
     // SAFETY: the three matrices have the sizes checked above and the strides given here.
     unsafe {
         gemm::gemm(
@@ -41,8 +58,8 @@ pub fn linear_accumulate(
             1,
             in_features as isize,
             weight.as_ptr(),
-            in_features as isize,
-            1,
+            rhs_cs,
+            rhs_rs,
             1.0,
             1.0,
             false,
@@ -79,21 +96,30 @@ mod tests {
     use crate::kernels::test_util::pseudo_random;
 
     #[test]
-    fn linear_matches_definition_and_accumulates() {
+    fn linear_matches_definition_in_both_layouts_and_accumulates() {
         for (n, &(rows, inputs, outputs)) in [(1, 1, 1), (3, 5, 7), (130, 33, 17), (2, 320, 65)]
             .iter()
             .enumerate()
         {
             let x = pseudo_random(rows * inputs, n as u32);
             let w = pseudo_random(outputs * inputs, 10 + n as u32);
+            let w_transposed: Vec<f32> = (0..inputs * outputs)
+                .map(|j| w[(j % outputs) * inputs + j / outputs])
+                .collect();
             let initial = pseudo_random(rows * outputs, 20 + n as u32);
-            for accumulate in [false, true] {
+            for (accumulate, layout) in [false, true].into_iter().flat_map(|accumulate| {
+                [WeightLayout::OutIn, WeightLayout::InOut].map(|layout| (accumulate, layout))
+            }) {
+                let weight = match layout {
+                    WeightLayout::OutIn => &w,
+                    WeightLayout::InOut => &w_transposed,
+                };
                 let mut out = if accumulate {
                     initial.clone()
                 } else {
                     vec![f32::NAN; rows * outputs]
                 };
-                linear_accumulate(&x, &w, inputs, &mut out, accumulate);
+                linear_accumulate(&x, weight, layout, inputs, &mut out, accumulate);
                 for r in 0..rows {
                     for o in 0..outputs {
                         let dot: f64 = (0..inputs)
@@ -107,7 +133,7 @@ mod tests {
                         let got = out[r * outputs + o];
                         assert!(
                             (got as f64 - base as f64 - dot).abs() < 1e-4,
-                            "[{rows}, {inputs}] -> {outputs}, accumulate {accumulate}: {got}"
+                            "[{rows}, {inputs}] -> {outputs}, {layout:?}, accumulate {accumulate}: {got}"
                         );
                     }
                 }

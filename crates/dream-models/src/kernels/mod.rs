@@ -387,9 +387,16 @@ pub fn linear(
         (None, Some(residual)) => (to_vec(residual)?, true),
     };
     if in_features > 0 {
+        // A transposed view of `[in, out]` memory (how `layers::Linear` keeps its weights) is
+        // read in place; any other layout is copied to `[out, in]`.
+        let (weight, layout) = if weight.t()?.is_contiguous() && !weight.is_contiguous() {
+            (weight.t()?, linear::WeightLayout::InOut)
+        } else {
+            (weight.clone(), linear::WeightLayout::OutIn)
+        };
         with_data(x, |x| {
-            with_data(weight, |w| {
-                linear::linear_accumulate(x, w, in_features, &mut out, accumulate)
+            with_data(&weight, |w| {
+                linear::linear_accumulate(x, w, layout, in_features, &mut out, accumulate)
             })
         })??;
     }
@@ -495,14 +502,19 @@ mod tests {
             (None, Some(&r), (&product + &r)?),
             (Some(&b), Some(&r), (&with_bias + &r)?),
         ];
+        // The weight as `[out, in]` memory and as a transposed view of `[in, out]` memory.
+        let w_in_out = w.t()?.contiguous()?.t()?;
         for (bias, residual, expected) in cases {
-            let diff = max_diff(&linear(&x, &w, bias, residual)?, &expected)?;
-            assert!(
-                diff < 1e-5,
-                "bias {} residual {}: {diff}",
-                bias.is_some(),
-                residual.is_some()
-            );
+            for weight in [&w, &w_in_out] {
+                let diff = max_diff(&linear(&x, weight, bias, residual)?, &expected)?;
+                assert!(
+                    diff < 1e-5,
+                    "bias {} residual {} weight strides {:?}: {diff}",
+                    bias.is_some(),
+                    residual.is_some(),
+                    weight.stride()
+                );
+            }
         }
         // A transposed (non-contiguous) input is read correctly too.
         let xt = Tensor::randn(0f32, 1., (2, 5, 7), &dev)?.transpose(1, 2)?;
