@@ -143,7 +143,7 @@ fn attention_cases(options: &Options) -> Result<()> {
                     let logits = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
                     candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v.contiguous()?)
                 }),
-                dream: Box::new(move || kernels::attention(q, k, v, scale)),
+                dream: Box::new(move || kernels::attention(q, k, v, None, scale)),
             },
             options,
         )?;

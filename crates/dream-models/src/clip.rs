@@ -11,7 +11,9 @@ use candle_core::{bail, DType, Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use crate::config::{Activation, ClipTextConfig};
-use crate::layers::{linear, linear_no_bias, Linear};
+use crate::layers::{
+    activation, linear, linear_no_bias, masked_scaled_dot_product_attention, Linear,
+};
 
 /// The `eos_token_id` of CLIP configs written before transformers corrected it to 49407. SD's
 /// and SDXL's configs still carry it, and transformers keeps their pooling rule for it.
@@ -299,17 +301,16 @@ impl Attention {
     /// `attention(x) + residual`, the residual added by the output projection.
     fn forward_add(&self, x: &Tensor, mask: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (batch, seq_len, hidden) = x.dims3()?;
+        // [batch, heads, seq, head_dim] views of the projections.
         let heads = |t: Tensor| -> Result<Tensor> {
             t.reshape((batch, seq_len, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+                .transpose(1, 2)
         };
         let q = heads(self.q_proj.forward(x)?)?;
         let k = heads(self.k_proj.forward(x)?)?;
         let v = heads(self.v_proj.forward(x)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let logits = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let attended = candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v)?;
+        let attended = masked_scaled_dot_product_attention(&q, &k, &v, Some(mask), scale)?;
         let merged = attended
             .transpose(1, 2)?
             .reshape((batch, seq_len, hidden))?;
@@ -335,11 +336,7 @@ impl Mlp {
 
     /// `mlp(x) + residual`, the residual added by the second projection.
     fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let x = self.fc1.forward(x)?;
-        let x = match self.activation {
-            Activation::QuickGelu => (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?,
-            Activation::Gelu => x.gelu_erf()?,
-        };
+        let x = activation(&self.fc1.forward(x)?, self.activation)?;
         self.fc2.forward_add(&x, residual)
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use candle_core::{bail, Result, Tensor, D};
 use candle_nn::{Module, VarBuilder};
 
+use crate::config::Activation;
 use crate::kernels;
 
 /// How a convolution fills the border it pads.
@@ -194,10 +195,26 @@ pub fn scaled_dot_product_attention(
     v: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    if kernels::supported(&[q, k, v]) {
-        return kernels::attention(q, k, v, scale);
+    masked_scaled_dot_product_attention(q, k, v, None, scale)
+}
+
+/// [`scaled_dot_product_attention`] with `mask` added to the scaled logits: a tensor that
+/// broadcasts to `[..., seq_q, seq_k]`, `-∞` where a query must not see a key.
+pub fn masked_scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    if kernels::supported(&[q, k, v]) && mask.is_none_or(|m| kernels::supported(&[m])) {
+        return kernels::attention(q, k, v, mask, scale);
     }
     let logits = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
+    let logits = match mask {
+        Some(mask) => logits.broadcast_add(mask)?,
+        None => logits,
+    };
     candle_nn::ops::softmax_last_dim(&logits)?.matmul(&v.contiguous()?)
 }
 
@@ -266,6 +283,17 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     let value = projected.narrow(D::Minus1, 0, half)?;
     let gate = projected.narrow(D::Minus1, half, half)?;
     value * gate.gelu_erf()?
+}
+
+/// `activation(x)` element-wise: the hidden layer of a feed-forward network.
+pub fn activation(x: &Tensor, activation: Activation) -> Result<Tensor> {
+    if kernels::supported(&[x]) {
+        return kernels::activation(x, activation);
+    }
+    match activation {
+        Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+        Activation::Gelu => x.gelu_erf(),
+    }
 }
 
 /// Nearest-neighbour resize of `[B, C, H, W]` to `height × width`, like

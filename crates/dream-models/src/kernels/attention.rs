@@ -52,8 +52,19 @@ impl View<'_> {
 /// them) and vectorises the softmax across queries.
 const QUERY_BLOCK: usize = 64;
 
-/// `out = softmax(q·kᵀ·scale)·v` per batch and head, written as `[batch, q_len, heads, v_dim]`.
-pub fn attention(q: View, k: View, v: View, g: &AttentionGeometry, scale: f32, out: &mut [f32]) {
+/// `out = softmax(q·kᵀ·scale + mask)·v` per batch and head, written as
+/// `[batch, q_len, heads, v_dim]`. `mask`, when given, is `[batch, heads, q_len, kv_len]` (a
+/// view, so broadcast dimensions cost nothing): added to the scaled logits, `-∞` where a query
+/// must not see a key, as CLIP's causal mask.
+pub fn attention(
+    q: View,
+    k: View,
+    v: View,
+    mask: Option<View>,
+    g: &AttentionGeometry,
+    scale: f32,
+    out: &mut [f32],
+) {
     assert_eq!(
         out.len(),
         g.batch * g.q_len * g.heads * g.v_dim,
@@ -66,6 +77,9 @@ pub fn attention(q: View, k: View, v: View, g: &AttentionGeometry, scale: f32, o
     q.check("query", g.batch, g.heads, g.q_len, g.head_dim);
     k.check("key", g.batch, g.heads, g.kv_len, g.head_dim);
     v.check("value", g.batch, g.heads, g.kv_len, g.v_dim);
+    if let Some(mask) = &mask {
+        mask.check("mask", g.batch, g.heads, g.q_len, g.kv_len);
+    }
 
     let blocks_per_head = g.q_len.div_ceil(QUERY_BLOCK);
     let out_row = g.heads * g.v_dim;
@@ -111,6 +125,14 @@ pub fn attention(q: View, k: View, v: View, g: &AttentionGeometry, scale: f32, o
                     false,
                     gemm::Parallelism::None,
                 );
+                if let Some(mask) = &mask {
+                    for r in 0..rows {
+                        let mask_row = std::slice::from_raw_parts(mask.ptr(b, h, q0 + r), g.kv_len);
+                        for (j, m) in mask_row.iter().enumerate() {
+                            scores[j * rows + r] += m;
+                        }
+                    }
+                }
                 softmax_columns(scores, rows, max, sum);
                 // block_outᵀ[c, i] = Σ_j e[i, j]·v[j, c]
                 gemm::gemm(
@@ -178,7 +200,14 @@ mod tests {
     use super::*;
     use crate::kernels::test_util::pseudo_random;
 
-    fn naive(q: View, k: View, v: View, g: &AttentionGeometry, scale: f32) -> Vec<f32> {
+    fn naive(
+        q: View,
+        k: View,
+        v: View,
+        mask: Option<View>,
+        g: &AttentionGeometry,
+        scale: f32,
+    ) -> Vec<f32> {
         let at = |x: &View, b: usize, h: usize, t: usize, c: usize| {
             x.data[b * x.strides[0] + h * x.strides[1] + t * x.strides[2] + c] as f64
         };
@@ -192,6 +221,7 @@ mod tests {
                                 .map(|c| at(&q, b, h, i, c) * at(&k, b, h, j, c))
                                 .sum::<f64>()
                                 * scale as f64
+                                + mask.as_ref().map_or(0.0, |m| at(m, b, h, i, j))
                         })
                         .collect();
                     let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -251,17 +281,39 @@ mod tests {
                 data: &v_data,
                 strides: bthc(heads, kv_len, v_dim),
             };
+            // A causal mask (a key after the query is -∞) plus finite offsets that differ per
+            // batch, shared by the heads (stride 0) as CLIP's.
+            let mask_data: Vec<f32> = (0..batch * q_len * kv_len)
+                .map(|e| {
+                    let (i, j) = (e / kv_len % q_len, e % kv_len);
+                    if j > i {
+                        f32::NEG_INFINITY
+                    } else {
+                        (e % 5) as f32 * 0.3
+                    }
+                })
+                .collect();
+            let mask = View {
+                data: &mask_data,
+                strides: [q_len * kv_len, 0, kv_len],
+            };
             // Large logits, to exercise the max subtraction.
             let scale = 3.0;
-            let mut out = vec![f32::NAN; g.batch * g.q_len * g.heads * g.v_dim];
-            attention(q, k, v, &g, scale, &mut out);
-            let expected = naive(q, k, v, &g, scale);
-            let max_diff = out
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(max_diff < 1e-5, "{g:?}: max abs diff {max_diff}");
+            for mask in [None, Some(mask)] {
+                let mut out = vec![f32::NAN; g.batch * g.q_len * g.heads * g.v_dim];
+                attention(q, k, v, mask, &g, scale, &mut out);
+                let expected = naive(q, k, v, mask, &g, scale);
+                let max_diff = out
+                    .iter()
+                    .zip(&expected)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                let masked = mask.is_some();
+                assert!(
+                    max_diff < 1e-5,
+                    "{g:?}, mask {masked}: max abs diff {max_diff}"
+                );
+            }
         }
     }
 }

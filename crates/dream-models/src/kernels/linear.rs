@@ -1,10 +1,12 @@
 //! Fully connected layers as one gemm call that accumulates onto what the caller put in the
-//! output (the bias, and a residual), so neither is added in a separate pass; and the gated GELU
-//! that follows SD's feed-forward projection.
+//! output (the bias, and a residual), so neither is added in a separate pass; and the
+//! activations (the gated GELU of SD's feed-forward networks, CLIP's GELUs) that follow a
+//! feed-forward projection.
 
 use rayon::prelude::*;
 
 use super::math;
+use crate::config::Activation;
 
 /// How a `[out_features, in_features]` weight lies in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,19 @@ pub fn geglu(projected: &[f32], width: usize, out: &mut [f32]) {
         });
 }
 
+/// `out[i] = activation(x[i])`, in parallel blocks.
+pub fn activation(x: &[f32], activation: Activation, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "activation sizes");
+    let apply = match activation {
+        Activation::Gelu => math::gelu_into,
+        Activation::QuickGelu => math::quick_gelu_into,
+    };
+    const BLOCK: usize = 1 << 14;
+    out.par_chunks_mut(BLOCK)
+        .zip(x.par_chunks(BLOCK))
+        .for_each(|(out, x)| apply(x, out));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +153,21 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn activations_in_blocks_match_the_whole_slice() {
+        // Three parallel blocks and a ragged end.
+        let x = pseudo_random(3 * (1 << 14) + 5, 4);
+        for (kind, whole) in [
+            (Activation::Gelu, math::gelu_into as fn(&[f32], &mut [f32])),
+            (Activation::QuickGelu, math::quick_gelu_into),
+        ] {
+            let (mut blocked, mut expected) = (vec![f32::NAN; x.len()], vec![0f32; x.len()]);
+            activation(&x, kind, &mut blocked);
+            whole(&x, &mut expected);
+            assert_eq!(blocked, expected, "{kind:?}");
         }
     }
 

@@ -1,6 +1,6 @@
-//! Vectorised element-wise math: the exponential of the softmax and of SiLU. The loops are
-//! plain element-wise code, written so that the compiler turns them into AVX-512 (or AVX2)
-//! code in the copies `dispatch!` makes, which pick the widest instruction set the CPU has at
+//! Vectorised element-wise math: the exponential of the softmax and of SiLU, and the GELUs. The
+//! loops are plain element-wise code, written so that the compiler turns them into AVX-512 (or
+//! AVX2) code in the copies `dispatch!` makes, which pick the widest instruction set the CPU has at
 //! run time.
 
 /// `e^x` to within 2 ulp for `x` in [-87, 88], clamped outside (so `e^-∞` is ~1e-38, not 0).
@@ -60,6 +60,21 @@ fn geglu_impl(value: &[f32], gate: &[f32], out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn gelu_impl(xs: &[f32], out: &mut [f32]) {
+    for (o, x) in out.iter_mut().zip(xs) {
+        *o = gelu(*x);
+    }
+}
+
+/// `x·σ(1.702·x)`: the sigmoid approximation of GELU that OpenAI's CLIP was trained with.
+#[inline(always)]
+fn quick_gelu_impl(xs: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = x / (1.0 + exp(-1.702 * x));
+    }
+}
+
 /// `x·σ(x)`, the SiLU (swish) activation.
 #[inline(always)]
 pub(super) fn silu(x: f32) -> f32 {
@@ -116,6 +131,16 @@ pub(super) use dispatch;
 dispatch! {
     /// `out[i] = value[i]·gelu(gate[i])`, the gated GELU of SD's feed-forward networks.
     fn geglu(value: &[f32], gate: &[f32], out: &mut [f32]) = geglu_impl
+}
+
+dispatch! {
+    /// `out[i] = gelu(xs[i])`, the exact (erf) GELU.
+    fn gelu_into(xs: &[f32], out: &mut [f32]) = gelu_impl
+}
+
+dispatch! {
+    /// `out[i] = xs[i]·σ(1.702·xs[i])`, CLIP's QuickGELU.
+    fn quick_gelu_into(xs: &[f32], out: &mut [f32]) = quick_gelu_impl
 }
 
 dispatch! {
@@ -196,6 +221,30 @@ mod tests {
                 (*o as f64 - exact).abs() < 1e-6 * v.max(1.0),
                 "geglu({v}, {g})"
             );
+        }
+    }
+
+    #[test]
+    fn gelus_match_definitions_on_odd_lengths() {
+        for len in [0, 1, 15, 17, 1001] {
+            let xs: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 203) as f32 - 101.0) / 9.0)
+                .collect();
+            let mut exact_out = vec![f32::NAN; len];
+            let mut quick_out = vec![f32::NAN; len];
+            gelu_into(&xs, &mut exact_out);
+            quick_gelu_into(&xs, &mut quick_out);
+            for ((x, e), q) in xs.iter().zip(&exact_out).zip(&quick_out) {
+                let x = *x as f64;
+                let exact = x * 0.5 * (1.0 + libm::erf(x / 2f64.sqrt()));
+                let quick = x / (1.0 + (-1.702 * x).exp());
+                let tolerance = 1e-6 * x.abs().max(1.0);
+                assert!((*e as f64 - exact).abs() < tolerance, "gelu({x}) = {e}");
+                assert!(
+                    (*q as f64 - quick).abs() < tolerance,
+                    "quick_gelu({x}) = {q}"
+                );
+            }
         }
     }
 

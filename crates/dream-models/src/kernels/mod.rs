@@ -239,10 +239,17 @@ pub fn upsample_nearest(x: &Tensor, height: usize, width: usize) -> Result<Tenso
     from_vec(out, &[batch, channels, height, width])
 }
 
-/// `softmax(q·kᵀ·scale)·v` for `[batch, seq, d]` or `[batch, heads, seq, d]` tensors whose last
-/// dimension is contiguous (others are made so). The result has the shape of `q` (with `v`'s
+/// `softmax(q·kᵀ·scale + mask)·v` for `[batch, seq, d]` or `[batch, heads, seq, d]` tensors
+/// whose last dimension is contiguous (others are made so), and an additive `mask` that
+/// broadcasts to `[batch, heads, seq_q, seq_k]`. The result has the shape of `q` (with `v`'s
 /// width) and is a transposed view of `[batch, seq_q, heads, d_v]` memory.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let four = |t: &Tensor| -> Result<Tensor> {
         match t.rank() {
             3 => t.unsqueeze(1),
@@ -270,16 +277,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
         head_dim,
         v_dim,
     };
+    let mask = mask
+        .map(|m| m.broadcast_as((batch, heads, q_len, kv_len)))
+        .transpose()?;
     let mut out = vec![0f32; batch * q_len * heads * v_dim];
     // With no keys the weighted sum is empty: zeros, as candle's and PyTorch's attention give.
     if kv_len > 0 {
-        with_view(&q4, |q| {
-            with_view(&k4, |k| {
-                with_view(&v4, |v| {
-                    attention::attention(q, k, v, &geometry, scale as f32, &mut out)
+        with_optional_view(mask.as_ref(), |mask| {
+            with_view(&q4, |q| {
+                with_view(&k4, |k| {
+                    with_view(&v4, |v| {
+                        attention::attention(q, k, v, mask, &geometry, scale as f32, &mut out)
+                    })
                 })
             })
-        })???;
+        })????;
     }
     let out = from_vec(out, &[batch, q_len, heads, v_dim])?.transpose(1, 2)?;
     if q.rank() == 3 {
@@ -303,6 +315,17 @@ fn with_view<R>(t: &Tensor, f: impl FnOnce(attention::View) -> R) -> Result<R> {
             strides: [s[0], s[1], s[2]],
         })
     })
+}
+
+/// [`with_view`] of `t` when there is one, else `f(None)`.
+fn with_optional_view<R>(
+    t: Option<&Tensor>,
+    f: impl FnOnce(Option<attention::View>) -> R,
+) -> Result<R> {
+    match t {
+        Some(t) => with_view(t, |view| f(Some(view))),
+        None => Ok(f(None)),
+    }
 }
 
 /// Runs `f` on the data of a CPU f32 tensor from its first element on, with its strides.
@@ -422,6 +445,13 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     from_vec(out, &dims)
 }
 
+/// `activation(x)` element-wise, for a feed-forward network's hidden layer.
+pub fn activation(x: &Tensor, activation: crate::config::Activation) -> Result<Tensor> {
+    let mut out = vec![0f32; x.elem_count()];
+    with_data(x, |x| linear::activation(x, activation, &mut out))?;
+    from_vec(out, x.dims())
+}
+
 /// A pointer shared by parallel tasks that write disjoint elements of one buffer.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
@@ -484,6 +514,21 @@ mod tests {
         assert!(diff < 1e-5, "channels-last input: {diff}");
         let bad = Tensor::zeros((3, 6, 2, 2), DType::F32, &dev)?;
         assert!(conv2d(&x, &w, &b, Some(&bad), 1, 0).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn activations_match_candle() -> Result<()> {
+        use crate::config::Activation;
+        let x = (Tensor::randn(0f32, 1., (2, 7, 37), &Device::Cpu)? * 4.0)?;
+        let quick = (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?;
+        for (kind, expected) in [
+            (Activation::Gelu, x.gelu_erf()?),
+            (Activation::QuickGelu, quick),
+        ] {
+            let diff = max_diff(&activation(&x, kind)?, &expected)?;
+            assert!(diff < 1e-5, "{kind:?}: {diff}");
+        }
         Ok(())
     }
 
