@@ -239,7 +239,7 @@ pub fn linear(in_features: usize, out_features: usize, vb: VarBuilder) -> Result
 pub fn linear_no_bias(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_features, in_features), "weight")?;
     let weight = if kernels::supported(&[&weight]) {
-        weight.t()?.contiguous()?.t()?
+        kernels::in_major(&weight)?
     } else {
         weight
     };

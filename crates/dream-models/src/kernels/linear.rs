@@ -72,6 +72,35 @@ pub fn linear_accumulate(
     }
 }
 
+/// `dst[c, r] = src[r, c]` for `src` `[rows, cols]` row-major: the copy that gives a weight
+/// its [`WeightLayout::InOut`] layout, in cache-sized tiles (an element-by-element strided copy
+/// takes ~8× as long, seconds for SDXL's UNet).
+pub fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert_eq!(src.len(), rows * cols, "transpose source size");
+    assert_eq!(dst.len(), rows * cols, "transpose destination size");
+    const TILE: usize = 16;
+    if src.is_empty() {
+        return;
+    }
+    // Each task writes TILE whole rows of `dst` (TILE columns of `src`), a square tile at a
+    // time, so that both the rows read and the rows written stay in cache.
+    dst.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(tile_col, dst)| {
+            let c0 = tile_col * TILE;
+            let width = dst.len() / rows;
+            for r0 in (0..rows).step_by(TILE) {
+                let height = TILE.min(rows - r0);
+                for c in 0..width {
+                    let dst_row = &mut dst[c * rows + r0..c * rows + r0 + height];
+                    for (i, value) in dst_row.iter_mut().enumerate() {
+                        *value = src[(r0 + i) * cols + c0 + c];
+                    }
+                }
+            }
+        });
+}
+
 /// `out[r, i] = projected[r, i]·gelu(projected[r, width + i])` for `projected` `[rows, 2·width]`:
 /// the GEGLU of Shazeer (2020), value half first.
 pub fn geglu(projected: &[f32], width: usize, out: &mut [f32]) {
@@ -151,6 +180,24 @@ mod tests {
                             "[{rows}, {inputs}] -> {outputs}, {layout:?}, accumulate {accumulate}: {got}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols) in [(1, 1), (1, 7), (7, 1), (33, 65), (64, 32), (100, 3)] {
+            let src = pseudo_random(rows * cols, (rows + cols) as u32);
+            let mut dst = vec![f32::NAN; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "[{rows}, {cols}] at {r}, {c}"
+                    );
                 }
             }
         }

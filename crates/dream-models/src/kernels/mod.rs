@@ -426,6 +426,15 @@ pub fn linear(
     from_vec(out, &out_dims)
 }
 
+/// `weight` `[out, in]` as a transposed view of `[in, out]` memory, the layout
+/// [`linear`] reads fastest.
+pub fn in_major(weight: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    let mut out = vec![0f32; rows * cols];
+    with_data(weight, |w| linear::transpose(w, rows, cols, &mut out))?;
+    from_vec(out, &[cols, rows])?.t()
+}
+
 /// The gated GELU: the last dimension of `projected` (`[..., 2·w]`) splits into a value and a
 /// gate half, and the result `[..., w]` is `value·gelu(gate)`.
 pub fn geglu(projected: &Tensor) -> Result<Tensor> {
