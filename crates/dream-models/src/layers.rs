@@ -479,6 +479,43 @@ mod tests {
         Ok(())
     }
 
+    /// The fused kernel (f32) and candle's operations (f64) agree on a causal mask broadcast
+    /// over batch and heads, as CLIP's.
+    #[test]
+    fn masked_attention_kernel_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let (batch, heads, seq, d) = (2, 3, 9, 5);
+        let q = Tensor::randn(0f32, 1., (batch, heads, seq, d), &dev)?;
+        let k = Tensor::randn(0f32, 1., (batch, heads, seq, d), &dev)?;
+        let v = Tensor::randn(0f32, 1., (batch, heads, seq, d), &dev)?;
+        let causal: Vec<f32> = (0..seq * seq)
+            .map(|e| {
+                if e % seq > e / seq {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(causal, (seq, seq), &dev)?;
+        let fused = masked_scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.4)?;
+        let f64s = |t: &Tensor| t.to_dtype(DType::F64);
+        let plain = masked_scaled_dot_product_attention(
+            &f64s(&q)?,
+            &f64s(&k)?,
+            &f64s(&v)?,
+            Some(&f64s(&mask)?),
+            0.4,
+        )?;
+        let diff = (fused.to_dtype(DType::F64)? - plain)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?;
+        assert!(diff < 1e-5, "max abs diff {diff}");
+        Ok(())
+    }
+
     /// Attending to no keys gives zeros (an empty weighted sum), not a panic.
     #[test]
     fn attention_over_no_keys_is_zero() -> Result<()> {
