@@ -20,11 +20,9 @@ and the two processes' peak memory is compared instead of a whole generation's.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -43,37 +41,25 @@ def run_measured(cmd, env=None):
 def diffusers_encode_median(model, size, iters, threads):
     import torch
     from diffusers import AutoencoderKL
+    from diffusers_sdxl import median_seconds
 
     torch.set_num_threads(threads)
     vae = AutoencoderKL.from_pretrained(os.path.join(model, "vae"), torch_dtype=torch.float32).eval()
     image = torch.rand([1, 3, size, size], generator=torch.Generator().manual_seed(0)) * 2 - 1
-    runs = []
-    with torch.inference_mode():
-        vae.encode(image)
-        for _ in range(iters):
-            start = time.perf_counter()
-            vae.encode(image)
-            runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    return median_seconds(lambda: vae.encode(image), iters)[0]
 
 
 def diffusers_taesd_median(size, iters, threads):
     """AutoencoderTiny's decoder with its default (TAESD) config and random weights."""
     import torch
     from diffusers import AutoencoderTiny
+    from diffusers_sdxl import median_seconds
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     taesd = AutoencoderTiny().eval()
     latents = torch.randn([1, 4, size // 8, size // 8], generator=torch.Generator().manual_seed(0))
-    runs = []
-    with torch.inference_mode():
-        taesd.decode(latents)
-        for _ in range(iters):
-            start = time.perf_counter()
-            taesd.decode(latents)
-            runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    return median_seconds(lambda: taesd.decode(latents), iters)[0]
 
 
 def print_table(dream, their_median):
